@@ -1,0 +1,123 @@
+//! `/healthz` (the process answers) and `/readyz` (it can do its job).
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::{ApiTags, AppState};
+use crate::broker::consumer::ConsumerState;
+
+/// Liveness.
+#[derive(Debug, Clone, Object)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// One dependency's state.
+#[derive(Debug, Clone, Object)]
+pub struct Check {
+    pub ok: bool,
+    /// Why it is not ok, or what it is doing.
+    pub detail: String,
+}
+
+/// Readiness: every dependency's state.
+#[derive(Debug, Clone, Object)]
+pub struct Readiness {
+    /// `ready` or `degraded`.
+    pub status: String,
+    /// The broker answers metadata requests.
+    pub broker: Check,
+    /// The store answers reads.
+    pub store: Check,
+    /// The consumer is storing records (not blocked retrying a failure).
+    pub consumer: Check,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum ReadyResponse {
+    /// Broker reachable, store open, consumer running.
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// At least one check failed; the body says which.
+    #[oai(status = 503)]
+    Degraded(Json<Readiness>),
+}
+
+/// Health endpoints for orchestrators and load balancers.
+pub struct HealthApi;
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Liveness probe
+    ///
+    /// `200` whenever the process can answer HTTP.
+    #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
+    async fn healthz(&self) -> Json<Health> {
+        Json(Health {
+            status: "ok".into(),
+        })
+    }
+
+    /// Readiness probe
+    ///
+    /// `200` when the broker is reachable, the store answers and the consumer
+    /// is not stuck retrying; `503` with the failing checks otherwise.
+    #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
+    async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
+        let (broker, store) = tokio::join!(state.producer.probe(), state.store.health());
+        let broker = match broker {
+            Ok(()) => Check {
+                ok: true,
+                detail: "reachable".into(),
+            },
+            Err(e) => Check {
+                ok: false,
+                detail: e.to_string(),
+            },
+        };
+        let store = match store {
+            Ok(()) => Check {
+                ok: true,
+                detail: format!("{} open", state.store.engine()),
+            },
+            Err(e) => Check {
+                ok: false,
+                detail: e.to_string(),
+            },
+        };
+        let consumer = match state.consumer.get() {
+            ConsumerState::Running => Check {
+                ok: true,
+                detail: "running".into(),
+            },
+            ConsumerState::Starting => Check {
+                ok: false,
+                detail: "starting".into(),
+            },
+            ConsumerState::Waiting { reason } => Check {
+                ok: false,
+                detail: reason,
+            },
+            ConsumerState::Stopped => Check {
+                ok: false,
+                detail: "stopped".into(),
+            },
+        };
+        let ready = broker.ok && store.ok && consumer.ok;
+        let body = Readiness {
+            status: if ready { "ready" } else { "degraded" }.into(),
+            broker,
+            store,
+            consumer,
+        };
+        if ready {
+            ReadyResponse::Ready(Json(body))
+        } else {
+            ReadyResponse::Degraded(Json(body))
+        }
+    }
+}

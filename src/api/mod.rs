@@ -1,0 +1,156 @@
+//! The HTTP surface: the OpenAPI service (orders, health), Swagger UI at
+//! `/docs`, the spec at `/openapi.json` and `/openapi.yaml`, `/metrics`, and
+//! the middleware every request passes (body limit, metrics, problem+json).
+
+pub mod health;
+pub mod orders;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use poem::http::StatusCode;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get, handler};
+use poem_openapi::{OpenApiService, Tags};
+use tokio::io::AsyncReadExt;
+
+use crate::broker::consumer::ConsumerStatus;
+use crate::broker::producer::OrderProducer;
+use crate::store::Store;
+use problem::Problem;
+
+/// What the handlers share.
+pub struct AppState {
+    pub producer: OrderProducer,
+    pub store: Arc<dyn Store>,
+    pub consumer: ConsumerStatus,
+    pub retry_after_secs: u32,
+}
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Submit and read orders.
+    Orders,
+    /// Liveness and readiness probes.
+    Health,
+}
+
+/// The OpenAPI service: the single source of the spec (`oms openapi`).
+pub fn openapi() -> OpenApiService<(orders::OrdersApi, health::HealthApi), ()> {
+    OpenApiService::new(
+        (orders::OrdersApi, health::HealthApi),
+        "oms",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Order ingest: every accepted order is appended to a Kafka-API log \
+             (acks=all, idempotent producer) and consumed exactly once into the \
+             configured store. Errors are RFC 9457 problem details \
+             (`application/problem+json`).",
+    )
+}
+
+/// The whole HTTP application.
+pub fn routes(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize) -> impl Endpoint {
+    let api = openapi();
+    let docs = api.swagger_ui();
+    let spec_json = api.spec_endpoint();
+    let spec_yaml = api.spec_endpoint_yaml();
+    Route::new()
+        .nest("/", api)
+        .nest("/docs", docs)
+        .at("/openapi.json", spec_json)
+        .at("/openapi.yaml", spec_yaml)
+        .at("/metrics", get(render_metrics).data(metrics))
+        .data(state)
+        .around(move |ep, req| limit_body(ep, req, body_limit))
+        .around(record_metrics)
+        .catch_all_error(|err: poem::Error| async move {
+            let status = err.status();
+            let kind = match status {
+                StatusCode::NOT_FOUND => "not-found",
+                StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+                StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+                s if s.is_server_error() => "internal",
+                _ => "bad-request",
+            };
+            Problem::new(status, kind, err.to_string()).into_response()
+        })
+}
+
+#[handler]
+fn render_metrics(handle: poem::web::Data<&PrometheusHandle>) -> Response {
+    Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.render())
+}
+
+fn too_large(limit: usize) -> poem::Error {
+    poem::Error::from_string(
+        format!("request body larger than {limit} bytes"),
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+}
+
+/// Refuses bodies over `limit` with 413 — by `Content-Length` before reading,
+/// and by counting for chunked bodies, so an endless body cannot exhaust memory.
+async fn limit_body<E: Endpoint>(ep: E, mut req: Request, limit: usize) -> poem::Result<Response> {
+    let declared = req
+        .header(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > limit as u64 => return Err(too_large(limit)),
+        Some(_) => {}
+        None if req.method() == poem::http::Method::POST
+            || req.method() == poem::http::Method::PUT =>
+        {
+            let mut bytes = Vec::new();
+            let mut reader = req.take_body().into_async_read().take(limit as u64 + 1);
+            reader
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| poem::Error::from_string(e.to_string(), StatusCode::BAD_REQUEST))?;
+            if bytes.len() > limit {
+                return Err(too_large(limit));
+            }
+            req.set_body(bytes);
+        }
+        None => {}
+    }
+    ep.call(req).await.map(IntoResponse::into_response)
+}
+
+/// Bounded-cardinality route label: the matched template, never the raw path.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/orders" => "/orders",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        "/openapi.json" | "/openapi.yaml" => "/openapi",
+        p if p.starts_with("/orders/") => "/orders/{id}",
+        p if p.starts_with("/docs") => "/docs",
+        _ => "other",
+    }
+}
+
+async fn record_metrics<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = route_label(req.uri().path());
+    let result = ep.call(req).await.map(IntoResponse::into_response);
+    let status = match &result {
+        Ok(resp) => resp.status(),
+        Err(err) => err.status(),
+    };
+    let labels = [
+        ("method", method),
+        ("route", route.to_owned()),
+        ("status", status.as_u16().to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    result
+}

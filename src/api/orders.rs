@@ -1,0 +1,355 @@
+//! `/orders`: submit an order, read one back, list a symbol's orders.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use uuid::Uuid;
+
+use super::problem::Problem;
+use super::{ApiTags, AppState};
+use crate::broker::producer::ProduceError;
+use crate::order::{self, NewOrder};
+use crate::store::StoredOrder;
+
+/// Buy or sell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+impl From<order::Side> for Side {
+    fn from(side: order::Side) -> Self {
+        match side {
+            order::Side::Buy => Side::Buy,
+            order::Side::Sell => Side::Sell,
+        }
+    }
+}
+
+/// An order to submit. Unknown fields are refused (a misspelt
+/// `client_order_id` must not silently turn idempotency off).
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "NewOrder", deny_unknown_fields, example)]
+pub struct NewOrderBody {
+    /// Currency given: 3 to 10 upper-case letters A-Z.
+    pub src_currency: String,
+    /// Currency received: 3 to 10 upper-case letters A-Z, different from `src_currency`.
+    pub dst_currency: String,
+    pub side: Side,
+    /// Limit price, a decimal number as a string (exact; > 0; ≤ 28 significant digits).
+    pub price: String,
+    /// Quantity, a decimal number as a string (exact; > 0; ≤ 28 significant digits).
+    pub quantity: String,
+    /// Sales channel: one of 0, 1, 2, 3, 4, 11, 12, 13, 14, 21, 23, 31, 32, 33,
+    /// 34, 41, 42, 51, 52, 53, 54, 61.
+    pub channel: i64,
+    /// Free text, at most 1024 characters.
+    #[oai(default)]
+    pub description: String,
+    /// Idempotency key (1 to 64 characters). Requests with the same key map to
+    /// the same order id, and only the first one is stored: retrying a request
+    /// whose answer was lost can never create a second order.
+    pub client_order_id: Option<String>,
+}
+
+impl Example for NewOrderBody {
+    fn example() -> Self {
+        Self {
+            src_currency: "USD".into(),
+            dst_currency: "EUR".into(),
+            side: Side::Buy,
+            price: "1.0850".into(),
+            quantity: "2500".into(),
+            channel: 11,
+            description: "hedge Q4 invoices".into(),
+            client_order_id: None,
+        }
+    }
+}
+
+/// The broker acknowledged the order; it will be readable once consumed.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "OrderAccepted")]
+pub struct OrderAccepted {
+    /// Order id: a UUIDv7, or a UUIDv5 of `client_order_id` when one was given.
+    pub id: Uuid,
+    /// `SRC-DST`, the key of the record on the log.
+    pub symbol: String,
+    /// Log partition the record was appended to.
+    pub partition: i32,
+    /// Offset of the record in that partition.
+    pub offset: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored order.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Order")]
+pub struct OrderView {
+    pub id: Uuid,
+    pub client_order_id: Option<String>,
+    pub symbol: String,
+    pub src_currency: String,
+    pub dst_currency: String,
+    pub side: Side,
+    /// Decimal string, exactly as accepted.
+    pub price: String,
+    /// Decimal string, exactly as accepted.
+    pub quantity: String,
+    pub channel: i64,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    /// Where the order sits on the log.
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl From<StoredOrder> for OrderView {
+    fn from(stored: StoredOrder) -> Self {
+        let symbol = stored.order.symbol();
+        let o = stored.order;
+        Self {
+            id: o.id,
+            client_order_id: o.client_order_id,
+            symbol,
+            src_currency: o.src_currency,
+            dst_currency: o.dst_currency,
+            side: o.side.into(),
+            price: o.price.to_string(),
+            quantity: o.quantity.to_string(),
+            channel: i64::from(o.channel),
+            description: o.description,
+            created_at: o.created_at,
+            partition: stored.partition,
+            offset: stored.offset,
+        }
+    }
+}
+
+/// One page of a symbol's orders, in id order.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "OrderPage")]
+pub struct OrderPage {
+    pub orders: Vec<OrderView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next_after: Option<Uuid>,
+}
+
+#[derive(Debug, ApiResponse)]
+#[oai(bad_request_handler = "bad_create_request")]
+pub enum CreateOrderResponse {
+    /// Appended to the log and acknowledged by the broker (`acks=all`).
+    #[oai(status = 202)]
+    Accepted(Json<OrderAccepted>, #[oai(header = "Location")] String),
+    /// The body is not JSON, or a field is missing, of the wrong type, or unknown.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// The body is larger than the configured limit.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The body is not `application/json`.
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
+    /// Well-formed, but breaks the order rules; `errors` names every bad field.
+    #[oai(status = 422, content_type = "application/problem+json")]
+    Invalid(Json<Problem>),
+    /// The broker did not acknowledge in time. The order may or may not be on
+    /// the log: retry after `Retry-After` seconds with the same `client_order_id`.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
+}
+
+fn bad_create_request(err: poem::Error) -> CreateOrderResponse {
+    use poem_openapi::error::ContentTypeError;
+    if err.is::<ContentTypeError>() {
+        return CreateOrderResponse::UnsupportedMediaType(Json(Problem::new(
+            poem::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!("{err}; send `Content-Type: application/json`"),
+        )));
+    }
+    CreateOrderResponse::BadRequest(Json(Problem::malformed(err.to_string())))
+}
+
+#[derive(Debug, ApiResponse)]
+#[oai(bad_request_handler = "bad_read_request")]
+pub enum GetOrderResponse {
+    /// The stored order.
+    #[oai(status = 200)]
+    Ok(Json<OrderView>),
+    /// The id is not a UUID.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// No such order, or not consumed yet (usually a few milliseconds after the 202).
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The store cannot be read right now.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
+}
+
+fn bad_read_request(err: poem::Error) -> GetOrderResponse {
+    GetOrderResponse::BadRequest(Json(Problem::malformed(err.to_string())))
+}
+
+#[derive(Debug, ApiResponse)]
+#[oai(bad_request_handler = "bad_list_request")]
+pub enum ListOrdersResponse {
+    /// A page of orders (possibly empty).
+    #[oai(status = 200)]
+    Ok(Json<OrderPage>),
+    /// A query parameter is missing or malformed.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// The store cannot be read right now.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
+}
+
+fn bad_list_request(err: poem::Error) -> ListOrdersResponse {
+    ListOrdersResponse::BadRequest(Json(Problem::malformed(err.to_string())))
+}
+
+fn store_unavailable(err: &crate::store::StoreError) -> Problem {
+    tracing::error!(error = %err, "store read failed");
+    Problem::new(
+        poem::http::StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        "the store cannot be read right now",
+    )
+}
+
+/// The order resource.
+pub struct OrdersApi;
+
+#[OpenApi(tag = "ApiTags::Orders")]
+impl OrdersApi {
+    /// Submit an order
+    ///
+    /// Validates the order, appends it to the `orders` log (key `SRC-DST`) and
+    /// answers `202` only after the broker acknowledged it with `acks=all`.
+    /// The order becomes readable at `Location` once the consumer stored it,
+    /// typically within milliseconds. With `client_order_id`, repeating the
+    /// request is safe: the id is derived from the key and the first stored
+    /// copy wins.
+    #[oai(path = "/orders", method = "post", operation_id = "createOrder")]
+    async fn create(
+        &self,
+        state: Data<&Arc<AppState>>,
+        body: Json<NewOrderBody>,
+    ) -> CreateOrderResponse {
+        let body = body.0;
+        let new_order = NewOrder {
+            src_currency: body.src_currency,
+            dst_currency: body.dst_currency,
+            side: match body.side {
+                Side::Buy => "buy",
+                Side::Sell => "sell",
+            }
+            .into(),
+            price: body.price,
+            quantity: body.quantity,
+            channel: body.channel,
+            description: body.description,
+            client_order_id: body.client_order_id,
+        };
+        let order = match new_order.parse(Utc::now()) {
+            Ok(order) => order,
+            Err(errors) => return CreateOrderResponse::Invalid(Json(Problem::validation(&errors))),
+        };
+        match state.producer.send(&order, None).await {
+            Ok(delivered) => {
+                tracing::debug!(order_id = %order.id, partition = delivered.partition, offset = delivered.offset, "order accepted");
+                let location = format!("/orders/{}", order.id);
+                CreateOrderResponse::Accepted(
+                    Json(OrderAccepted {
+                        id: order.id,
+                        symbol: order.symbol(),
+                        partition: delivered.partition,
+                        offset: delivered.offset,
+                        created_at: order.created_at,
+                    }),
+                    location,
+                )
+            }
+            Err(err) => {
+                tracing::warn!(order_id = %order.id, error = %err, "order not acknowledged");
+                let detail = match &err {
+                    ProduceError::Timeout(_) => format!(
+                        "{err}; the order may or may not be on the log, retry with the same client_order_id"
+                    ),
+                    ProduceError::Refused(_) => err.to_string(),
+                };
+                CreateOrderResponse::Unavailable(
+                    Json(Problem::new(
+                        poem::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "broker-unavailable",
+                        detail,
+                    )),
+                    state.retry_after_secs,
+                )
+            }
+        }
+    }
+
+    /// Read one order
+    ///
+    /// Returns the stored order. `404` means unknown *or* not consumed yet:
+    /// right after a `202`, poll briefly.
+    #[oai(path = "/orders/:id", method = "get", operation_id = "getOrder")]
+    async fn get(&self, state: Data<&Arc<AppState>>, id: Path<Uuid>) -> GetOrderResponse {
+        match state.store.get(id.0).await {
+            Ok(Some(stored)) => GetOrderResponse::Ok(Json(stored.into())),
+            Ok(None) => GetOrderResponse::NotFound(Json(Problem::new(
+                poem::http::StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no order {} in the store (yet)", id.0),
+            ))),
+            Err(err) => {
+                GetOrderResponse::Unavailable(Json(store_unavailable(&err)), state.retry_after_secs)
+            }
+        }
+    }
+
+    /// List a symbol's orders
+    ///
+    /// Orders of one symbol in id order (time order for server-assigned ids),
+    /// one page at a time: pass the previous page's `next_after` as `after`.
+    #[oai(path = "/orders", method = "get", operation_id = "listOrders")]
+    async fn list(
+        &self,
+        state: Data<&Arc<AppState>>,
+        /// `SRC-DST`, e.g. `USD-EUR`.
+        #[oai(validator(pattern = r"^[A-Z]{3,10}-[A-Z]{3,10}$"))]
+        symbol: Query<String>,
+        /// Page size, 1 to 1000 (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+        /// Return orders with an id greater than this one.
+        after: Query<Option<Uuid>>,
+    ) -> ListOrdersResponse {
+        let limit = limit.0.unwrap_or(100) as usize;
+        match state.store.list_by_symbol(&symbol.0, after.0, limit).await {
+            Ok(orders) => {
+                let next_after = (orders.len() == limit)
+                    .then(|| orders.last().map(|o| o.order.id))
+                    .flatten();
+                ListOrdersResponse::Ok(Json(OrderPage {
+                    orders: orders.into_iter().map(OrderView::from).collect(),
+                    next_after,
+                }))
+            }
+            Err(err) => ListOrdersResponse::Unavailable(
+                Json(store_unavailable(&err)),
+                state.retry_after_secs,
+            ),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Topic administration (`oms migrate`) and metadata look-ups.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::{METADATA_TIMEOUT, client_config};
+use crate::config::BrokerSettings;
+
+/// A topic administration failure.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot reach the broker at {bootstrap}: {source}")]
+    Unreachable {
+        bootstrap: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("broker refused to create topic {topic}: {code}")]
+    Create {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("topic {0} does not exist (run `oms migrate` first)")]
+    MissingTopic(String),
+}
+
+/// What `oms migrate` did to one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicOutcome {
+    Created,
+    AlreadyExisted,
+}
+
+/// Creates the orders and dead-letter topics; existing topics are left alone.
+pub async fn create_topics(
+    settings: &BrokerSettings,
+) -> Result<Vec<(String, TopicOutcome)>, AdminError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(settings, "oms-admin")
+        .create()
+        .map_err(|source| unreachable(settings, source))?;
+    let topics = [
+        NewTopic::new(
+            &settings.topic,
+            settings.partitions,
+            TopicReplication::Fixed(settings.replication),
+        ),
+        NewTopic::new(
+            &settings.dlq_topic,
+            1,
+            TopicReplication::Fixed(settings.replication),
+        ),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&topics, &options)
+        .await
+        .map_err(|source| unreachable(settings, source))?;
+    results
+        .into_iter()
+        .map(|result| match result {
+            Ok(topic) => Ok((topic, TopicOutcome::Created)),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                Ok((topic, TopicOutcome::AlreadyExisted))
+            }
+            Err((topic, code)) => Err(AdminError::Create { topic, code }),
+        })
+        .collect()
+}
+
+fn unreachable(settings: &BrokerSettings, source: KafkaError) -> AdminError {
+    AdminError::Unreachable {
+        bootstrap: settings.bootstrap.clone(),
+        source,
+    }
+}
+
+/// The partition ids of `topic`, read from broker metadata.
+pub fn partitions(
+    consumer: &BaseConsumer,
+    settings: &BrokerSettings,
+    topic: &str,
+) -> Result<Vec<i32>, AdminError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|source| unreachable(settings, source))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(AdminError::MissingTopic(topic.to_owned()));
+    }
+    Ok(partitions)
+}

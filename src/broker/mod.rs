@@ -1,0 +1,27 @@
+//! Everything that talks to the Kafka-API log: topic admin, the order
+//! producer, the consumer loop into the store, and the dead-letter writer.
+
+pub mod admin;
+pub mod consumer;
+pub mod dlq;
+pub mod producer;
+
+use rdkafka::ClientConfig;
+
+use crate::config::BrokerSettings;
+
+/// How long a metadata request (health probe, partition lookup) may take.
+pub const METADATA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The librdkafka settings every oms client shares.
+pub fn client_config(settings: &BrokerSettings, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap)
+        .set("client.id", client_id)
+        // Loopback brokers restart in well under a second; reconnect quickly.
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("log_level", "4");
+    config
+}

@@ -1,0 +1,288 @@
+//! Layered settings: built-in defaults < a TOML file given with `-c` <
+//! `OMS__SECTION__KEY` environment variables < command-line flags.
+//!
+//! Every default lives here, in one place, and is chosen so that `oms serve`
+//! works on a developer machine with no file at all.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Which store the consumer writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// redb: one file, on tmpfs by default.
+    Redb,
+}
+
+impl Engine {
+    /// The engine's name, as used in config, flags and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Redb => "redb",
+        }
+    }
+}
+
+/// How the consumer takes the partitions of the orders topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumerMode {
+    /// Assign every partition to this daemon at the store's offsets (no group join).
+    Assign,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// All of oms' settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub broker: BrokerSettings,
+    pub consumer: ConsumerSettings,
+    pub store: StoreSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// `[http]`: the order API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Listen address; port 0 picks a free port.
+    pub addr: String,
+    /// Largest request body accepted; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".into(),
+            body_limit_bytes: 16 * 1024,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[broker]`: the Kafka-API log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// `bootstrap.servers` for librdkafka.
+    pub bootstrap: String,
+    /// Topic of accepted orders.
+    pub topic: String,
+    /// Dead-letter topic for records the consumer cannot store.
+    pub dlq_topic: String,
+    /// Partitions `oms migrate` creates the orders topic with.
+    pub partitions: i32,
+    /// Replication factor `oms migrate` asks for (1 for a single local broker).
+    pub replication: i32,
+    /// Longest a `POST /orders` waits for the broker's ack before answering 503.
+    pub produce_timeout_ms: u64,
+    /// Producer `linger.ms`: how long records wait to be batched.
+    pub linger_ms: u64,
+    /// `Retry-After` seconds sent with a 503.
+    pub retry_after_secs: u32,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap: "127.0.0.1:9092".into(),
+            topic: "orders".into(),
+            dlq_topic: "orders.dlq".into(),
+            partitions: 3,
+            replication: 1,
+            produce_timeout_ms: 2_000,
+            linger_ms: 1,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// `[consumer]`: the log → store loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    pub mode: ConsumerMode,
+    /// Group id used to report committed offsets (lag); never used to seek.
+    pub group_id: String,
+    /// Most records written in one store transaction.
+    pub batch_max: usize,
+    /// Longest a batch waits to fill after its first record.
+    pub batch_wait_ms: u64,
+    /// First retry delay after a transient store or broker failure.
+    pub retry_min_ms: u64,
+    /// Cap of the exponential retry delay.
+    pub retry_max_ms: u64,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            mode: ConsumerMode::Assign,
+            group_id: "oms".into(),
+            batch_max: 1_000,
+            batch_wait_ms: 5,
+            retry_min_ms: 50,
+            retry_max_ms: 5_000,
+        }
+    }
+}
+
+/// `[store]`: where consumed orders are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    pub engine: Engine,
+    /// Folder of the file engines (tmpfs by default: the log rebuilds it).
+    pub path: PathBuf,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            engine: Engine::Redb,
+            path: PathBuf::from("/dev/shm/oms"),
+        }
+    }
+}
+
+/// `[telemetry]`: logs (and, later, traces).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    /// `tracing` filter directives, e.g. `info,oms=debug`.
+    pub log_filter: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] config::ConfigError);
+
+impl Settings {
+    /// Loads the layers in order; `overrides` are `("section.key", value)` pairs
+    /// from command-line flags and win over everything else.
+    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
+        Self::load_from(file, overrides, std::env::vars())
+    }
+
+    /// [`Settings::load`] with an explicit environment, so tests need not touch
+    /// the process environment.
+    pub fn load_from(
+        file: Option<&Path>,
+        overrides: &[(&str, String)],
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder =
+            config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        let env = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("OMS__"))
+            .collect::<std::collections::HashMap<_, _>>();
+        builder = builder.add_source(
+            config::Environment::with_prefix("OMS")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, value.as_str())?;
+        }
+        Ok(builder.build()?.try_deserialize()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let s = Settings::load_from(None, &[], env(&[])).expect("defaults load");
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.http.addr, "127.0.0.1:8080");
+        assert_eq!(s.broker.produce_timeout_ms, 2_000);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let mut file = tempfile::NamedTempFile::with_suffix(".toml").expect("temp file");
+        writeln!(
+            file,
+            "[http]\naddr = \"127.0.0.1:9000\"\n[broker]\ntopic = \"from-file\"\nlinger_ms = 7\n[consumer]\nbatch_max = 10"
+        )
+        .expect("write");
+        let s = Settings::load_from(
+            Some(file.path()),
+            &[("broker.topic", "from-flag".into())],
+            env(&[
+                ("OMS__BROKER__TOPIC", "from-env"),
+                ("OMS__BROKER__LINGER_MS", "9"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.http.addr, "127.0.0.1:9000", "file beats default");
+        assert_eq!(s.broker.linger_ms, 9, "env beats file");
+        assert_eq!(s.broker.topic, "from-flag", "flag beats env");
+        assert_eq!(s.consumer.batch_max, 10);
+        assert_eq!(
+            s.consumer.batch_wait_ms,
+            ConsumerSettings::default().batch_wait_ms
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let mut file = tempfile::NamedTempFile::with_suffix(".toml").expect("temp file");
+        writeln!(file, "[http]\nadr = \"typo\"").expect("write");
+        let err = Settings::load_from(Some(file.path()), &[], env(&[])).expect_err("unknown key");
+        assert!(err.to_string().contains("adr"), "{err}");
+
+        let err = Settings::load_from(None, &[], env(&[("OMS__STORE__ENGINE", "mongo")]))
+            .expect_err("unknown engine");
+        assert!(err.to_string().contains("mongo"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = Settings::load_from(Some(Path::new("/nonexistent/oms.toml")), &[], env(&[]))
+            .expect_err("missing file");
+        assert!(err.to_string().contains("oms.toml"), "{err}");
+    }
+}

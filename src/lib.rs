@@ -1,0 +1,24 @@
+//! oms: an order-ingest daemon.
+//!
+//! ```text
+//! client ─HTTP─▶ api ─validate─▶ producer (acks=all, idempotent) ─▶ topic `orders`
+//!                                                                        │
+//!          store (redb) ◀─ one transaction: rows + offsets ◀─ consumer ◀─┘
+//! ```
+//!
+//! # Layout
+//! - [`config`]: layered settings (defaults < file < env < flags).
+//! - [`order`]: the order domain type and its validation.
+//! - [`api`]: poem-openapi handlers, problem+json errors, Swagger UI.
+//! - [`broker`]: topic admin, producer, consumer loop, dead-letter writer.
+//! - [`store`]: the `Store` trait and one module per engine.
+//! - [`telemetry`]: logs and Prometheus metrics.
+//! - [`app`]: builds the pieces from settings and runs them until shutdown.
+
+pub mod api;
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod order;
+pub mod store;
+pub mod telemetry;

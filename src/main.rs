@@ -1,0 +1,158 @@
+//! The `oms` command line: parse, load settings, call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use oms::app::Application;
+use oms::broker::admin::{self, TopicOutcome};
+use oms::config::{Engine, Settings};
+
+/// Order-ingest daemon: OpenAPI order API → Kafka-API log → redb store.
+#[derive(Debug, Parser)]
+#[command(name = "oms", version, about)]
+struct Cli {
+    /// TOML settings file (see configs/); `OMS__SECTION__KEY` variables and flags override it.
+    #[arg(short, long, global = true, env = "OMS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: HTTP API, producer and consumer.
+    Serve(ServeArgs),
+    /// Create the topics (idempotent).
+    Migrate(BrokerArgs),
+    /// Print the OpenAPI document.
+    Openapi {
+        #[arg(long, value_enum, default_value_t = SpecFormat::Yaml)]
+        format: SpecFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SpecFormat {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct BrokerArgs {
+    /// Kafka bootstrap servers (`broker.bootstrap`).
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// Orders topic (`broker.topic`).
+    #[arg(long)]
+    topic: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Store engine (`store.engine`).
+    #[arg(long, value_enum)]
+    store: Option<Engine>,
+    /// Folder of the file engines (`store.path`).
+    #[arg(long)]
+    store_path: Option<PathBuf>,
+    /// HTTP listen address (`http.addr`).
+    #[arg(long)]
+    http_addr: Option<String>,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+impl BrokerArgs {
+    fn overrides(&self, out: &mut Vec<(&'static str, String)>) {
+        if let Some(v) = &self.bootstrap {
+            out.push(("broker.bootstrap", v.clone()));
+        }
+        if let Some(v) = &self.topic {
+            out.push(("broker.topic", v.clone()));
+        }
+    }
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(v) = self.store {
+            out.push(("store.engine", v.as_str().to_owned()));
+        }
+        if let Some(v) = &self.store_path {
+            out.push(("store.path", v.display().to_string()));
+        }
+        if let Some(v) = &self.http_addr {
+            out.push(("http.addr", v.clone()));
+        }
+        self.broker.overrides(&mut out);
+        out
+    }
+}
+
+fn load(cli: &Cli, overrides: &[(&str, String)]) -> anyhow::Result<Settings> {
+    let settings = Settings::load(cli.config.as_deref(), overrides)?;
+    oms::telemetry::init_logs(&settings.telemetry).context("invalid telemetry.log_filter")?;
+    Ok(settings)
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Serve(args) => {
+            let settings = load(&cli, &args.overrides())?;
+            let app = Application::build(settings).await?;
+            let shutdown = CancellationToken::new();
+            cancel_on_signal(shutdown.clone())?;
+            app.run(shutdown).await
+        }
+        Command::Migrate(args) => {
+            let mut overrides = Vec::new();
+            args.overrides(&mut overrides);
+            let settings = load(&cli, &overrides)?;
+            for (topic, outcome) in admin::create_topics(&settings.broker).await? {
+                match outcome {
+                    TopicOutcome::Created => println!("created topic {topic}"),
+                    TopicOutcome::AlreadyExisted => println!("topic {topic} already exists"),
+                }
+            }
+            Ok(())
+        }
+        Command::Openapi { format } => {
+            let api = oms::api::openapi();
+            match format {
+                SpecFormat::Yaml => print!("{}", api.spec_yaml()),
+                SpecFormat::Json => println!("{}", api.spec()),
+            }
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("oms: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The store contract, written once and run against every engine
+//! (see `store_contract_tests!` at the bottom of each engine's file).
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{Applied, Batch, Offsets, Store, StoredOrder};
+use crate::order::NewOrder;
+
+/// How a contract test gets a store; `open` again must see the same data.
+pub trait Engine {
+    async fn open(&self) -> Arc<dyn Store>;
+}
+
+pub const TOPIC: &str = "contract-orders";
+
+pub fn order(symbol: (&str, &str), n: i64) -> StoredOrder {
+    let order = NewOrder {
+        src_currency: symbol.0.into(),
+        dst_currency: symbol.1.into(),
+        side: "sell".into(),
+        price: format!("{n}.5"),
+        quantity: "3".into(),
+        channel: 1,
+        description: format!("order {n}"),
+        client_order_id: None,
+    }
+    .parse(Utc::now())
+    .expect("valid order");
+    StoredOrder {
+        order,
+        partition: (n % 3) as i32,
+        offset: n,
+    }
+}
+
+pub fn batch(orders: Vec<StoredOrder>, offsets: &[(i32, i64)]) -> Arc<Batch> {
+    Arc::new(Batch::new(TOPIC, orders, offsets.iter().copied().collect()))
+}
+
+pub async fn applies_rows_and_offsets_together(engine: impl Engine) {
+    let store = engine.open().await;
+    assert_eq!(store.offsets(TOPIC).await.expect("offsets"), Offsets::new());
+    let rows: Vec<_> = (0..10).map(|n| order(("USD", "EUR"), n)).collect();
+    let applied = store
+        .apply(batch(rows.clone(), &[(0, 4), (1, 5), (2, 6)]))
+        .await
+        .expect("apply");
+    assert_eq!(
+        applied,
+        Applied {
+            inserted: 10,
+            duplicates: 0
+        }
+    );
+    assert_eq!(store.count().await.expect("count"), 10);
+    for row in &rows {
+        assert_eq!(
+            store.get(row.order.id).await.expect("get").as_ref(),
+            Some(row)
+        );
+    }
+    let offsets = store.offsets(TOPIC).await.expect("offsets");
+    assert_eq!(offsets, [(0, 4), (1, 5), (2, 6)].into_iter().collect());
+    assert!(
+        store
+            .offsets("another-topic")
+            .await
+            .expect("offsets")
+            .is_empty()
+    );
+    assert!(store.get(Uuid::now_v7()).await.expect("get").is_none());
+}
+
+pub async fn reapplying_a_batch_is_harmless(engine: impl Engine) {
+    let store = engine.open().await;
+    let rows: Vec<_> = (0..5).map(|n| order(("USD", "EUR"), n)).collect();
+    store
+        .apply(batch(rows.clone(), &[(0, 5)]))
+        .await
+        .expect("first apply");
+    let mut changed = rows.clone();
+    changed[0].order.description = "second copy".into();
+    changed.push(order(("USD", "EUR"), 99));
+    let applied = store
+        .apply(batch(changed, &[(0, 7)]))
+        .await
+        .expect("re-apply");
+    assert_eq!(
+        applied,
+        Applied {
+            inserted: 1,
+            duplicates: 5
+        }
+    );
+    assert_eq!(store.count().await.expect("count"), 6);
+    let first = store
+        .get(rows[0].order.id)
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(
+        first.order.description, rows[0].order.description,
+        "first write wins"
+    );
+    assert_eq!(store.offsets(TOPIC).await.expect("offsets")[&0], 7);
+}
+
+pub async fn a_failed_batch_leaves_nothing(engine: impl Engine) {
+    let store = engine.open().await;
+    let good = order(("USD", "EUR"), 1);
+    store
+        .apply(batch(vec![good], &[(0, 2)]))
+        .await
+        .expect("apply");
+
+    let rows: Vec<_> = (10..20).map(|n| order(("GBP", "JPY"), n)).collect();
+    let mut failing = Batch::new(
+        TOPIC,
+        rows.clone(),
+        [(0, 30), (1, 31)].into_iter().collect(),
+    );
+    failing.fail_before_commit = true;
+    store
+        .apply(Arc::new(failing))
+        .await
+        .expect_err("injected failure");
+
+    assert_eq!(
+        store.count().await.expect("count"),
+        1,
+        "no row of the failed batch"
+    );
+    for row in &rows {
+        assert!(store.get(row.order.id).await.expect("get").is_none());
+    }
+    assert!(
+        store
+            .list_by_symbol("GBP-JPY", None, 100)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let offsets = store.offsets(TOPIC).await.expect("offsets");
+    assert_eq!(
+        offsets,
+        [(0, 2)].into_iter().collect(),
+        "no offset of the failed batch"
+    );
+}
+
+pub async fn lists_by_symbol_with_a_cursor(engine: impl Engine) {
+    let store = engine.open().await;
+    let mut usd: Vec<_> = (0..7).map(|n| order(("USD", "EUR"), n)).collect();
+    let gbp: Vec<_> = (0..3).map(|n| order(("GBP", "EUR"), n)).collect();
+    let mut all = usd.clone();
+    all.extend(gbp.clone());
+    store.apply(batch(all, &[(0, 10)])).await.expect("apply");
+    usd.sort_by_key(|o| o.order.id);
+
+    let page1 = store
+        .list_by_symbol("USD-EUR", None, 3)
+        .await
+        .expect("page 1");
+    assert_eq!(page1, usd[0..3]);
+    let page2 = store
+        .list_by_symbol("USD-EUR", Some(page1[2].order.id), 3)
+        .await
+        .expect("page 2");
+    assert_eq!(page2, usd[3..6]);
+    let page3 = store
+        .list_by_symbol("USD-EUR", Some(page2[2].order.id), 3)
+        .await
+        .expect("page 3");
+    assert_eq!(page3, usd[6..]);
+    let empty = store
+        .list_by_symbol("USD-EUR", Some(page3[0].order.id), 3)
+        .await
+        .expect("end");
+    assert!(empty.is_empty());
+    assert_eq!(
+        store
+            .list_by_symbol("GBP-EUR", None, 100)
+            .await
+            .expect("gbp")
+            .len(),
+        3
+    );
+    assert!(
+        store
+            .list_by_symbol("JPY-EUR", None, 100)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_by_symbol("USD-EUR", Some(Uuid::max()), 3)
+            .await
+            .expect("max")
+            .is_empty()
+    );
+}
+
+pub async fn reopening_keeps_everything(engine: impl Engine) {
+    let rows: Vec<_> = (0..4).map(|n| order(("USD", "CHF"), n)).collect();
+    {
+        let store = engine.open().await;
+        store
+            .apply(batch(rows.clone(), &[(1, 40)]))
+            .await
+            .expect("apply");
+        store.health().await.expect("healthy");
+    }
+    let store = engine.open().await;
+    assert_eq!(store.count().await.expect("count"), 4);
+    assert_eq!(store.offsets(TOPIC).await.expect("offsets")[&1], 40);
+    assert_eq!(
+        store.get(rows[3].order.id).await.expect("get").as_ref(),
+        Some(&rows[3])
+    );
+}
+
+/// Expands to one `#[tokio::test]` per contract case for the engine that
+/// `$engine()` builds.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($engine:ident) => {
+        mod contract {
+            use super::$engine;
+            use $crate::store::contract as c;
+
+            #[tokio::test]
+            async fn applies_rows_and_offsets_together() {
+                c::applies_rows_and_offsets_together($engine()).await;
+            }
+            #[tokio::test]
+            async fn reapplying_a_batch_is_harmless() {
+                c::reapplying_a_batch_is_harmless($engine()).await;
+            }
+            #[tokio::test]
+            async fn a_failed_batch_leaves_nothing() {
+                c::a_failed_batch_leaves_nothing($engine()).await;
+            }
+            #[tokio::test]
+            async fn lists_by_symbol_with_a_cursor() {
+                c::lists_by_symbol_with_a_cursor($engine()).await;
+            }
+            #[tokio::test]
+            async fn reopening_keeps_everything() {
+                c::reopening_keeps_everything($engine()).await;
+            }
+        }
+    };
+}

@@ -1,0 +1,245 @@
+//! The redb engine: one file (on tmpfs by default), one write transaction per
+//! batch. redb is synchronous, so every call runs on the blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use uuid::Uuid;
+
+use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
+
+/// id (as u128) → JSON of the [`StoredOrder`].
+const ORDERS: TableDefinition<u128, &[u8]> = TableDefinition::new("orders");
+/// (symbol, id) → () : the per-symbol listing index.
+const BY_SYMBOL: TableDefinition<(&str, u128), ()> = TableDefinition::new("orders_by_symbol");
+/// (topic, partition) → next offset to read.
+const OFFSETS: TableDefinition<(&str, i32), i64> = TableDefinition::new("log_offsets");
+
+/// File name inside the configured store folder.
+pub const FILE_NAME: &str = "orders.redb";
+
+/// A redb database holding the orders view.
+pub struct RedbStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn io_kind_is_transient(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        StorageFull | QuotaExceeded | Interrupted | WouldBlock | OutOfMemory
+    )
+}
+
+/// redb's errors, sorted into what a retry can fix and what it cannot.
+fn classify(err: impl Into<redb::Error>) -> StoreError {
+    let err: redb::Error = err.into();
+    match &err {
+        redb::Error::Io(io) if io_kind_is_transient(io.kind()) => {
+            StoreError::Transient(err.to_string())
+        }
+        redb::Error::DatabaseAlreadyOpen => StoreError::Transient(err.to_string()),
+        _ => StoreError::Permanent(err.to_string()),
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<StoredOrder, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Permanent(format!("corrupt stored order: {e}")))
+}
+
+impl RedbStore {
+    /// Opens (or creates) `dir/orders.redb`, creating `dir` as needed.
+    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                StoreError::Permanent(format!("cannot create store folder {}: {e}", dir.display()))
+            })?;
+            let path = dir.join(FILE_NAME);
+            let db = Database::create(&path).map_err(classify)?;
+            // Create the tables up front so readers never see "table missing".
+            let tx = db.begin_write().map_err(classify)?;
+            tx.open_table(ORDERS).map_err(classify)?;
+            tx.open_table(BY_SYMBOL).map_err(classify)?;
+            tx.open_table(OFFSETS).map_err(classify)?;
+            tx.commit().map_err(classify)?;
+            Ok(RedbStore {
+                db: Arc::new(db),
+                path,
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))?
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(|e| StoreError::Transient(format!("store task failed: {e}")))?
+    }
+}
+
+fn apply_in(db: &Database, batch: &Batch) -> Result<Applied, StoreError> {
+    let tx = db.begin_write().map_err(classify)?;
+    let mut applied = Applied::default();
+    {
+        let mut orders = tx.open_table(ORDERS).map_err(classify)?;
+        let mut by_symbol = tx.open_table(BY_SYMBOL).map_err(classify)?;
+        let mut offsets = tx.open_table(OFFSETS).map_err(classify)?;
+        for stored in &batch.orders {
+            let key = stored.order.id.as_u128();
+            if orders.get(key).map_err(classify)?.is_some() {
+                applied.duplicates += 1;
+                continue;
+            }
+            let value = serde_json::to_vec(stored)
+                .map_err(|e| StoreError::Permanent(format!("cannot encode order: {e}")))?;
+            orders.insert(key, value.as_slice()).map_err(classify)?;
+            by_symbol
+                .insert((stored.order.symbol().as_str(), key), ())
+                .map_err(classify)?;
+            applied.inserted += 1;
+        }
+        for (partition, next) in &batch.offsets {
+            offsets
+                .insert((batch.topic.as_str(), *partition), *next)
+                .map_err(classify)?;
+        }
+    }
+    #[cfg(test)]
+    if batch.fail_before_commit {
+        return Err(StoreError::Transient(
+            "injected failure before commit".into(),
+        ));
+    }
+    // Dropping `tx` without commit aborts it: an error above leaves nothing behind.
+    tx.commit().map_err(classify)?;
+    Ok(applied)
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    fn engine(&self) -> &'static str {
+        "redb"
+    }
+
+    async fn apply(&self, batch: Arc<Batch>) -> Result<Applied, StoreError> {
+        self.blocking(move |db| apply_in(db, &batch)).await
+    }
+
+    async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError> {
+        let topic = topic.to_owned();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(classify)?;
+            let table = tx.open_table(OFFSETS).map_err(classify)?;
+            let mut out = Offsets::new();
+            for entry in table
+                .range((topic.as_str(), i32::MIN)..=(topic.as_str(), i32::MAX))
+                .map_err(classify)?
+            {
+                let (key, value) = entry.map_err(classify)?;
+                out.insert(key.value().1, value.value());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(classify)?;
+            let table = tx.open_table(ORDERS).map_err(classify)?;
+            let found = table.get(id.as_u128()).map_err(classify)?;
+            found.map(|v| decode(v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn list_by_symbol(
+        &self,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        let symbol = symbol.to_owned();
+        self.blocking(move |db| {
+            let start = match after {
+                Some(id) if id.as_u128() == u128::MAX => return Ok(vec![]),
+                Some(id) => id.as_u128() + 1,
+                None => 0,
+            };
+            let tx = db.begin_read().map_err(classify)?;
+            let index = tx.open_table(BY_SYMBOL).map_err(classify)?;
+            let orders = tx.open_table(ORDERS).map_err(classify)?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for entry in index
+                .range((symbol.as_str(), start)..=(symbol.as_str(), u128::MAX))
+                .map_err(classify)?
+                .take(limit)
+            {
+                let (key, _) = entry.map_err(classify)?;
+                let id = key.value().1;
+                let value = orders.get(id).map_err(classify)?.ok_or_else(|| {
+                    StoreError::Permanent(format!(
+                        "index names order {} that is missing",
+                        Uuid::from_u128(id)
+                    ))
+                })?;
+                out.push(decode(value.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(classify)?;
+            tx.open_table(ORDERS)
+                .map_err(classify)?
+                .len()
+                .map_err(classify)
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        self.blocking(|db| db.begin_read().map(drop).map_err(classify))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Redb(tempfile::TempDir);
+
+    impl super::super::contract::Engine for Redb {
+        async fn open(&self) -> Arc<dyn Store> {
+            Arc::new(RedbStore::open(self.0.path()).await.expect("open redb"))
+        }
+    }
+
+    fn engine() -> Redb {
+        Redb(tempfile::tempdir().expect("tempdir"))
+    }
+
+    crate::store_contract_tests!(engine);
+}
