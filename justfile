@@ -1,0 +1,35 @@
+# oms — the one entry point. `just` lists the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes
+default:
+    @just --list --unsorted
+
+# Install what is missing, start tansu, PostgreSQL and oms (redb on tmpfs), print the URLs
+up:
+    scripts/stack.sh up
+
+# Stop exactly what `just up` started (by pid)
+down:
+    scripts/stack.sh down
+
+# Show what runs
+status:
+    scripts/stack.sh status
+
+# fmt, clippy, unit and integration tests against a real tansu broker
+test:
+    scripts/test.sh
+
+# Install the pinned tools (tansu, PostgreSQL) without starting anything
+install:
+    scripts/install.sh
+
+# Follow a component's log: oms, broker or postgres
+logs component="oms":
+    tail -n 50 -f .oms/dev/log/{{component}}.log
+
+# Print the OpenAPI document generated from the code
+openapi:
+    cargo run --quiet -- openapi

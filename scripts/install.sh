@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what the oms stack needs, pinned and idempotently:
+#   tansu (Kafka-API broker, built with cargo), PostgreSQL (Debian package).
+# Usage: scripts/install.sh [tansu] [postgres]   (no argument: everything)
+source "$(dirname "$0")/lib.sh"
+
+install_tansu() {
+  if [[ -x "$TANSU_BIN" ]] && "$TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    return 0
+  fi
+  local log="$OMS_TOOLS/tansu-build.log"
+  mkdir -p "$OMS_TOOLS"
+  say "building tansu $TANSU_VERSION (features $TANSU_FEATURES) into $OMS_TOOLS"
+  say "this takes about 10 minutes on 2 cores, once per machine; build log: $log"
+  cargo install --locked tansu --version "$TANSU_VERSION" --features "$TANSU_FEATURES" \
+    --root "$OMS_TOOLS" >"$log" 2>&1 &
+  local build=$! started=$SECONDS
+  while kill -0 "$build" 2>/dev/null; do
+    sleep 30
+    kill -0 "$build" 2>/dev/null && say "still building tansu ($(( (SECONDS - started) / 60 )) min so far): $(tail -n 1 "$log" | cut -c1-80)"
+  done
+  wait "$build" || { tail -n 30 "$log" >&2; die "building tansu failed (log: $log)"; }
+  say "tansu $TANSU_VERSION installed in $(( (SECONDS - started) / 60 )) min"
+}
+
+apt_install() {
+  local sudo=""
+  [[ "$(id -u)" == 0 ]] || sudo="sudo"
+  say "installing Debian packages: $*"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+install_postgres() {
+  if [[ -x "$PG_BIN/initdb" && -x "$PG_BIN/pg_ctl" ]]; then
+    return 0
+  fi
+  apt_install "postgresql-$PG_MAJOR"
+}
+
+targets=("$@")
+[[ ${#targets[@]} -gt 0 ]] || targets=(tansu postgres)
+for target in "${targets[@]}"; do
+  case "$target" in
+    tansu) install_tansu ;;
+    postgres) install_postgres ;;
+    *) die "unknown install target: $target" ;;
+  esac
+done

@@ -1,0 +1,81 @@
+# Shared helpers for the oms scripts. Source it; do not run it.
+# Everything the scripts start is recorded by pid under $OMS_STATE/run and
+# stopped by that pid, never by process name.
+set -euo pipefail
+
+OMS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# One git-ignored folder holds the state, logs and pids of a stack.
+OMS_STATE="${OMS_STATE:-$OMS_ROOT/.oms/dev}"
+# Tools we build ourselves live outside the checkout so every clone shares them.
+OMS_TOOLS="${OMS_TOOLS:-$HOME/.cache/oms/tools}"
+
+# Pinned versions.
+TANSU_VERSION="0.6.0"
+TANSU_FEATURES="libsql,dynostore"
+PG_MAJOR="15"
+JUST_VERSION="1.59.0"
+
+# Ports of the stack (the test stack uses its own, see scripts/test.sh).
+OMS_BROKER_PORT="${OMS_BROKER_PORT:-9092}"
+OMS_PG_PORT="${OMS_PG_PORT:-5432}"
+OMS_HTTP_PORT="${OMS_HTTP_PORT:-8080}"
+OMS_STORE_PATH="${OMS_STORE_PATH:-/dev/shm/oms/dev}"
+
+TANSU_BIN="$OMS_TOOLS/bin/tansu"
+PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
+
+say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+warn() { printf '\033[1;33mwarning:\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+run_dir() { mkdir -p "$OMS_STATE/run" "$OMS_STATE/log"; echo "$OMS_STATE/run"; }
+pid_file() { echo "$(run_dir)/$1.pid"; }
+log_file() { run_dir >/dev/null; echo "$OMS_STATE/log/$1.log"; }
+
+# The recorded pid of a component, if that process is still alive.
+live_pid() {
+  local file pid
+  file="$(pid_file "$1")"
+  [[ -f "$file" ]] || return 1
+  pid="$(cat "$file")"
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && { echo "$pid"; return 0; }
+  return 1
+}
+
+# Polls a command until it succeeds or the deadline (seconds) passes.
+wait_for() {
+  local what="$1" seconds="$2"; shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    (( SECONDS < deadline )) || return 1
+    sleep 0.2
+  done
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Stops one component by its recorded pid: SIGTERM, then SIGKILL after a grace period.
+stop_component() {
+  local name="$1" grace="${2:-20}" pid
+  if ! pid="$(live_pid "$name")"; then
+    rm -f "$(pid_file "$name")"
+    return 0
+  fi
+  say "stopping $name (pid $pid)"
+  kill "-${STOP_SIGNAL:-TERM}" "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + grace))
+  while kill -0 "$pid" 2>/dev/null; do
+    if (( SECONDS >= deadline )); then
+      warn "$name did not stop within ${grace}s; killing pid $pid"
+      kill -KILL "$pid" 2>/dev/null || true
+      break
+    fi
+    sleep 0.2
+  done
+  rm -f "$(pid_file "$name")"
+}
+
+# Runs a command as the postgres user when we are root (initdb refuses root).
+as_pg() {
+  if [[ "$(id -u)" == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The local stack without Docker: tansu (Kafka API), PostgreSQL, oms.
+#   scripts/stack.sh up                 install what is missing, start everything, print the URLs
+#   scripts/stack.sh down               stop what `up` started (by pid)
+#   scripts/stack.sh status             show what runs
+#   scripts/stack.sh start|stop NAME... one component: broker, postgres, oms
+# State, logs and pids live in $OMS_STATE (default .oms/dev, git-ignored).
+source "$(dirname "$0")/lib.sh"
+
+OMS_BIN="$OMS_ROOT/target/release/oms"
+
+start_broker() {
+  local pid
+  if pid="$(live_pid broker)"; then say "broker already running (pid $pid)"; return 0; fi
+  port_open "$OMS_BROKER_PORT" && die "port $OMS_BROKER_PORT is in use by a process this stack did not start"
+  "$OMS_ROOT/scripts/install.sh" tansu
+  local dir="$OMS_STATE/tansu" log
+  log="$(log_file broker)"
+  mkdir -p "$dir"
+  say "starting tansu on 127.0.0.1:$OMS_BROKER_PORT (log kept in $dir/tansu.db)"
+  # sqlite storage keeps the log and committed offsets across broker restarts:
+  # the log is the source of truth, the stores are rebuilt from it.
+  nohup "$TANSU_BIN" broker \
+    --listener-url "tcp://127.0.0.1:$OMS_BROKER_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$OMS_BROKER_PORT" \
+    --storage-engine "sqlite://$dir/tansu.db" \
+    >>"$log" 2>&1 </dev/null &
+  echo $! >"$(pid_file broker)"
+  wait_for broker 30 port_open "$OMS_BROKER_PORT" || { tail -n 20 "$log" >&2; die "tansu did not start (log: $log)"; }
+}
+
+start_postgres() {
+  local pid
+  if pid="$(live_pid postgres)"; then say "postgres already running (pid $pid)"; return 0; fi
+  port_open "$OMS_PG_PORT" && die "port $OMS_PG_PORT is in use by a process this stack did not start"
+  "$OMS_ROOT/scripts/install.sh" postgres
+  local data="$OMS_STATE/postgres" log
+  log="$(log_file postgres)"
+  touch "$log"
+  mkdir -p "$data"
+  if [[ "$(id -u)" == 0 ]]; then chown postgres:postgres "$data" "$log"; fi
+  chmod 700 "$data"
+  if [[ ! -f "$data/PG_VERSION" ]]; then
+    say "initialising a PostgreSQL $PG_MAJOR cluster in $data (superuser oms/oms)"
+    local pw="$data/.pw"
+    echo oms >"$pw"
+    [[ "$(id -u)" == 0 ]] && chown postgres:postgres "$pw"
+    as_pg "$PG_BIN/initdb" -D "$data" -U oms --pwfile="$pw" -E UTF8 \
+      --auth-local=trust --auth-host=scram-sha-256 >>"$log" 2>&1 || die "initdb failed (log: $log)"
+    rm -f "$pw"
+  fi
+  say "starting PostgreSQL on 127.0.0.1:$OMS_PG_PORT"
+  as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -c port=$OMS_PG_PORT -c unix_socket_directories=$data" \
+    start >/dev/null || { tail -n 20 "$log" >&2; die "PostgreSQL did not start (log: $log)"; }
+  head -n 1 "$data/postmaster.pid" >"$(pid_file postgres)"
+  if ! as_pg psql -h "$data" -p "$OMS_PG_PORT" -U oms -d postgres -tAc \
+      "SELECT 1 FROM pg_database WHERE datname = 'oms'" | grep -q 1; then
+    as_pg "$PG_BIN/createdb" -h "$data" -p "$OMS_PG_PORT" -U oms oms
+  fi
+}
+
+start_oms() {
+  local pid
+  if pid="$(live_pid oms)"; then say "oms already running (pid $pid)"; return 0; fi
+  port_open "$OMS_HTTP_PORT" && die "port $OMS_HTTP_PORT is in use by a process this stack did not start"
+  say "building oms (release)"
+  cargo build --release --quiet --bin oms --manifest-path "$OMS_ROOT/Cargo.toml"
+  say "creating topics"
+  "$OMS_BIN" migrate --bootstrap "127.0.0.1:$OMS_BROKER_PORT"
+  local log
+  log="$(log_file oms)"
+  say "starting oms serve --store=${OMS_STORE:-redb} (store files in $OMS_STORE_PATH, tmpfs)"
+  nohup "$OMS_BIN" serve \
+    --store "${OMS_STORE:-redb}" \
+    --store-path "$OMS_STORE_PATH" \
+    --http-addr "127.0.0.1:$OMS_HTTP_PORT" \
+    --bootstrap "127.0.0.1:$OMS_BROKER_PORT" \
+    >>"$log" 2>&1 </dev/null &
+  echo $! >"$(pid_file oms)"
+  wait_for oms 60 curl -sf "http://127.0.0.1:$OMS_HTTP_PORT/readyz" || {
+    tail -n 20 "$log" >&2
+    die "oms did not become ready within 60 s (log: $log; try: curl -s http://127.0.0.1:$OMS_HTTP_PORT/readyz)"
+  }
+}
+
+start() {
+  case "$1" in
+    broker) start_broker ;;
+    postgres) start_postgres ;;
+    oms) start_oms ;;
+    *) die "unknown component: $1 (broker, postgres, oms)" ;;
+  esac
+}
+
+stop() {
+  case "$1" in
+    # Postgres: SIGINT is its "fast" shutdown (SIGTERM waits for clients).
+    postgres) STOP_SIGNAL=INT stop_component postgres 30 ;;
+    broker | oms) stop_component "$1" 20 ;;
+    *) die "unknown component: $1 (broker, postgres, oms)" ;;
+  esac
+}
+
+status() {
+  local name pid
+  for name in broker postgres oms; do
+    if pid="$(live_pid "$name")"; then
+      printf '  %-9s running  pid %s\n' "$name" "$pid"
+    else
+      printf '  %-9s stopped\n' "$name"
+    fi
+  done
+  if live_pid oms >/dev/null; then
+    printf '  readiness: %s\n' "$(curl -s "http://127.0.0.1:$OMS_HTTP_PORT/readyz" || echo unreachable)"
+  fi
+}
+
+up() {
+  local started=$SECONDS
+  "$OMS_ROOT/scripts/install.sh"
+  start_broker
+  start_postgres
+  start_oms
+  local base="http://127.0.0.1:$OMS_HTTP_PORT"
+  cat <<MSG
+
+oms is up ($(( SECONDS - started )) s):
+  API          $base/orders
+  Swagger UI   $base/docs
+  OpenAPI      $base/openapi.yaml
+  metrics      $base/metrics
+  readiness    $base/readyz
+  broker       127.0.0.1:$OMS_BROKER_PORT (tansu, log in $OMS_STATE/tansu/tansu.db)
+  postgres     postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms
+  logs         $OMS_STATE/log/{oms,broker,postgres}.log
+Try:  curl -si $base/orders -H 'content-type: application/json' \\
+        -d '{"src_currency":"USD","dst_currency":"EUR","side":"buy","price":"1.085","quantity":"100","channel":11}'
+Stop: just down
+MSG
+}
+
+down() {
+  stop oms
+  stop postgres
+  stop broker
+  say "stack stopped"
+}
+
+cmd="${1:-status}"
+shift || true
+case "$cmd" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  start) for c in "$@"; do start "$c"; done ;;
+  stop) for c in "$@"; do stop "$c"; done ;;
+  *) die "usage: $0 up|down|status|start NAME...|stop NAME..." ;;
+esac
