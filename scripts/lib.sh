@@ -5,7 +5,7 @@ set -euo pipefail
 
 OMS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # One git-ignored folder holds the state, logs and pids of a stack.
-OMS_STATE="${OMS_STATE:-$OMS_ROOT/.oms/dev}"
+OMS_STATE="$(realpath -m "${OMS_STATE:-$OMS_ROOT/.oms/dev}")"
 # Tools we build ourselves live outside the checkout so every clone shares them.
 OMS_TOOLS="${OMS_TOOLS:-$HOME/.cache/oms/tools}"
 
@@ -13,7 +13,6 @@ OMS_TOOLS="${OMS_TOOLS:-$HOME/.cache/oms/tools}"
 TANSU_VERSION="0.6.0"
 TANSU_FEATURES="libsql,dynostore"
 PG_MAJOR="15"
-JUST_VERSION="1.59.0"
 
 # Ports of the stack (the test stack uses its own, see scripts/test.sh).
 OMS_BROKER_PORT="${OMS_BROKER_PORT:-9092}"
@@ -42,11 +41,13 @@ live_pid() {
   return 1
 }
 
-# Polls a command until it succeeds or the deadline (seconds) passes.
-wait_for() {
-  local what="$1" seconds="$2"; shift 2
+# Polls a command until it succeeds, giving up when the deadline (seconds)
+# passes or the component's recorded process has exited.
+wait_for_component() {
+  local name="$1" seconds="$2"; shift 2
   local deadline=$((SECONDS + seconds))
   until "$@" >/dev/null 2>&1; do
+    live_pid "$name" >/dev/null || return 1
     (( SECONDS < deadline )) || return 1
     sleep 0.2
   done

@@ -20,13 +20,14 @@ start_broker() {
   say "starting tansu on 127.0.0.1:$OMS_BROKER_PORT (log kept in $dir/tansu.db)"
   # sqlite storage keeps the log and committed offsets across broker restarts:
   # the log is the source of truth, the stores are rebuilt from it.
-  nohup "$TANSU_BIN" broker \
+  # tansu resolves a sqlite:// path against its working directory.
+  (cd "$dir" && exec nohup "$TANSU_BIN" broker \
     --listener-url "tcp://127.0.0.1:$OMS_BROKER_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$OMS_BROKER_PORT" \
-    --storage-engine "sqlite://$dir/tansu.db" \
-    >>"$log" 2>&1 </dev/null &
+    --storage-engine "sqlite://tansu.db" \
+    >>"$log" 2>&1 </dev/null) &
   echo $! >"$(pid_file broker)"
-  wait_for broker 30 port_open "$OMS_BROKER_PORT" || { tail -n 20 "$log" >&2; die "tansu did not start (log: $log)"; }
+  wait_for_component broker 30 port_open "$OMS_BROKER_PORT" || { tail -n 20 "$log" >&2; die "tansu did not start (log: $log)"; }
 }
 
 start_postgres() {
@@ -42,7 +43,7 @@ start_postgres() {
   chmod 700 "$data"
   if [[ ! -f "$data/PG_VERSION" ]]; then
     say "initialising a PostgreSQL $PG_MAJOR cluster in $data (superuser oms/oms)"
-    local pw="$data/.pw"
+    local pw="$OMS_STATE/run/pg-password"
     echo oms >"$pw"
     [[ "$(id -u)" == 0 ]] && chown postgres:postgres "$pw"
     as_pg "$PG_BIN/initdb" -D "$data" -U oms --pwfile="$pw" -E UTF8 \
@@ -78,7 +79,7 @@ start_oms() {
     --bootstrap "127.0.0.1:$OMS_BROKER_PORT" \
     >>"$log" 2>&1 </dev/null &
   echo $! >"$(pid_file oms)"
-  wait_for oms 60 curl -sf "http://127.0.0.1:$OMS_HTTP_PORT/readyz" || {
+  wait_for_component oms 60 curl -sf "http://127.0.0.1:$OMS_HTTP_PORT/readyz" || {
     tail -n 20 "$log" >&2
     die "oms did not become ready within 60 s (log: $log; try: curl -s http://127.0.0.1:$OMS_HTTP_PORT/readyz)"
   }

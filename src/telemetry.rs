@@ -24,7 +24,11 @@ pub fn init_logs(
     settings: &TelemetrySettings,
 ) -> Result<(), tracing_subscriber::filter::ParseError> {
     let filter = EnvFilter::try_new(&settings.log_filter)?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: `just up` writes logs to files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     let _already_set = match settings.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),

@@ -1,19 +1,21 @@
 //! `/orders`: submit an order, read one back, list a symbol's orders.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::types::Example;
+use poem_openapi::registry::{MetaSchemaRef, Registry};
+use poem_openapi::types::{Example, ParseError, ParseFromJSON, ParseResult, Type};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use uuid::Uuid;
 
 use super::problem::Problem;
 use super::{ApiTags, AppState};
 use crate::broker::producer::ProduceError;
-use crate::order::{self, NewOrder};
+use crate::order::{self, FieldError, NewOrder, ValidationErrors};
 use crate::store::StoredOrder;
 
 /// Buy or sell.
@@ -70,6 +72,145 @@ impl Example for NewOrderBody {
             channel: 11,
             description: "hedge Q4 invoices".into(),
             client_order_id: None,
+        }
+    }
+}
+
+/// The body of `POST /orders` as received. Documented with [`NewOrderBody`]'s
+/// schema, but parsed by oms itself so that one `422` names *every* bad field
+/// (missing, wrong type, unknown, or breaking a rule) instead of the first one.
+#[derive(Debug, Clone)]
+pub struct NewOrderInput(serde_json::Map<String, serde_json::Value>);
+
+impl Type for NewOrderInput {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        NewOrderBody::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        NewOrderBody::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        NewOrderBody::register(registry);
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for NewOrderInput {
+    fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        match value {
+            Some(serde_json::Value::Object(map)) => Ok(Self(map)),
+            _ => Err(ParseError::custom(
+                "the body must be a JSON object (see the NewOrder schema)",
+            )),
+        }
+    }
+}
+
+const STRING_FIELDS: [&str; 5] = ["src_currency", "dst_currency", "side", "price", "quantity"];
+
+impl NewOrderInput {
+    /// Reads the fields into a [`NewOrder`], then applies the order rules;
+    /// returns every problem found.
+    fn into_order(self, now: DateTime<Utc>) -> Result<order::Order, ValidationErrors> {
+        let mut errors = Vec::new();
+        let mut problem = |field: &str, rule: &str, message: &str| {
+            errors.push(FieldError {
+                field: field.into(),
+                rule: rule.into(),
+                message: message.into(),
+            });
+        };
+        let mut map = self.0;
+        let mut strings = STRING_FIELDS.map(|field| match map.remove(field) {
+            Some(serde_json::Value::String(s)) => s,
+            None | Some(serde_json::Value::Null) => {
+                problem(field, "required", "is required");
+                String::new()
+            }
+            Some(_) => {
+                let hint = if matches!(field, "price" | "quantity") {
+                    "must be a string such as \"12.50\" (JSON numbers lose precision)"
+                } else {
+                    "must be a string"
+                };
+                problem(field, "type", hint);
+                String::new()
+            }
+        });
+        let channel = match map.remove("channel") {
+            Some(serde_json::Value::Number(n)) if n.is_i64() => n.as_i64().unwrap_or_default(),
+            Some(serde_json::Value::Number(_)) => {
+                problem(
+                    "channel",
+                    "enum",
+                    "must be one of the channel codes (an integer)",
+                );
+                0
+            }
+            None | Some(serde_json::Value::Null) => {
+                problem("channel", "required", "is required");
+                0
+            }
+            Some(_) => {
+                problem("channel", "type", "must be an integer");
+                0
+            }
+        };
+        let description = match map.remove("description") {
+            Some(serde_json::Value::String(s)) => s,
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(_) => {
+                problem("description", "type", "must be a string");
+                String::new()
+            }
+        };
+        let client_order_id = match map.remove("client_order_id") {
+            Some(serde_json::Value::String(s)) => Some(s),
+            None | Some(serde_json::Value::Null) => None,
+            Some(_) => {
+                problem("client_order_id", "type", "must be a string");
+                None
+            }
+        };
+        for unknown in map.keys() {
+            problem(unknown, "unknown_field", "is not a field of NewOrder");
+        }
+        let [src_currency, dst_currency, side, price, quantity] = std::mem::take(&mut strings);
+        let draft = NewOrder {
+            src_currency,
+            dst_currency,
+            side,
+            price,
+            quantity,
+            channel,
+            description,
+            client_order_id,
+        };
+        match draft.parse(now) {
+            Ok(order) if errors.is_empty() => Ok(order),
+            Ok(_) => Err(ValidationErrors(errors)),
+            Err(rules) => {
+                // A field already reported as missing or mistyped is not
+                // reported again for the placeholder that stood in for it.
+                let reported: Vec<String> = errors.iter().map(|e| e.field.clone()).collect();
+                errors.extend(rules.0.into_iter().filter(|e| !reported.contains(&e.field)));
+                Err(ValidationErrors(errors))
+            }
         }
     }
 }
@@ -148,7 +289,7 @@ pub enum CreateOrderResponse {
     /// Appended to the log and acknowledged by the broker (`acks=all`).
     #[oai(status = 202)]
     Accepted(Json<OrderAccepted>, #[oai(header = "Location")] String),
-    /// The body is not JSON, or a field is missing, of the wrong type, or unknown.
+    /// The body is not a JSON object (syntax error, empty, nested too deeply).
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
     /// The body is larger than the configured limit.
@@ -157,7 +298,8 @@ pub enum CreateOrderResponse {
     /// The body is not `application/json`.
     #[oai(status = 415, content_type = "application/problem+json")]
     UnsupportedMediaType(Json<Problem>),
-    /// Well-formed, but breaks the order rules; `errors` names every bad field.
+    /// A JSON object, but with fields missing, of the wrong type, unknown, or
+    /// breaking the order rules; `errors` names every bad field.
     #[oai(status = 422, content_type = "application/problem+json")]
     Invalid(Json<Problem>),
     /// The broker did not acknowledge in time. The order may or may not be on
@@ -196,7 +338,12 @@ pub enum GetOrderResponse {
 }
 
 fn bad_read_request(err: poem::Error) -> GetOrderResponse {
-    GetOrderResponse::BadRequest(Json(Problem::malformed(err.to_string())))
+    tracing::debug!(error = %err, "bad order id");
+    GetOrderResponse::BadRequest(Json(Problem::new(
+        poem::http::StatusCode::BAD_REQUEST,
+        "malformed-request",
+        "the order id in the path must be a UUID",
+    )))
 }
 
 #[derive(Debug, ApiResponse)]
@@ -243,24 +390,9 @@ impl OrdersApi {
     async fn create(
         &self,
         state: Data<&Arc<AppState>>,
-        body: Json<NewOrderBody>,
+        body: Json<NewOrderInput>,
     ) -> CreateOrderResponse {
-        let body = body.0;
-        let new_order = NewOrder {
-            src_currency: body.src_currency,
-            dst_currency: body.dst_currency,
-            side: match body.side {
-                Side::Buy => "buy",
-                Side::Sell => "sell",
-            }
-            .into(),
-            price: body.price,
-            quantity: body.quantity,
-            channel: body.channel,
-            description: body.description,
-            client_order_id: body.client_order_id,
-        };
-        let order = match new_order.parse(Utc::now()) {
+        let order = match body.0.into_order(Utc::now()) {
             Ok(order) => order,
             Err(errors) => return CreateOrderResponse::Invalid(Json(Problem::validation(&errors))),
         };

@@ -14,8 +14,8 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 pub struct FieldProblem {
     /// The field, as named in the request (`price`, `side`, a query parameter...).
     pub field: String,
-    /// A stable rule name: `pattern`, `range`, `enum`, `decimal`, `distinct`,
-    /// `max_length`, `length`, `required`, `type`, `unknown_field`.
+    /// A stable rule name: `required`, `type`, `unknown_field`, `pattern`,
+    /// `range`, `enum`, `decimal`, `distinct`, `max_length`, `length`.
     pub rule: String,
     /// What is wrong, for humans.
     pub message: String,
@@ -80,25 +80,9 @@ impl Problem {
         problem
     }
 
-    /// 400: the request could not be parsed. poem-openapi's message is kept as
-    /// the detail, and the field it names (if any) is reported in `errors`.
+    /// 400: the request could not be parsed; poem-openapi's reason is the detail.
     pub fn malformed(detail: String) -> Self {
-        let mut problem = Self::new(StatusCode::BAD_REQUEST, "malformed-request", detail.clone());
-        if let Some(field) = field_named_in(&detail) {
-            let rule = if detail.contains("unknown field") {
-                "unknown_field"
-            } else if detail.contains("expects a value") || detail.contains("required") {
-                "required"
-            } else {
-                "type"
-            };
-            problem.errors.push(FieldProblem {
-                field,
-                rule: rule.into(),
-                message: detail,
-            });
-        }
-        problem
+        Self::new(StatusCode::BAD_REQUEST, "malformed-request", detail)
     }
 
     /// Renders this problem as a plain poem response (outside poem-openapi).
@@ -114,50 +98,5 @@ impl Problem {
             .status(status)
             .content_type(CONTENT_TYPE)
             .body(body.to_string())
-    }
-}
-
-/// Finds the field a poem-openapi/serde parse message is about: the last
-/// `` `name` `` or `"name"` quoted token that looks like a field name.
-fn field_named_in(message: &str) -> Option<String> {
-    const FIELDS: [&str; 8] = [
-        "src_currency",
-        "dst_currency",
-        "side",
-        "price",
-        "quantity",
-        "channel",
-        "description",
-        "client_order_id",
-    ];
-    let mut best: Option<(usize, &str)> = None;
-    for field in FIELDS {
-        for quoted in [format!("`{field}`"), format!("\"{field}\"")] {
-            if let Some(at) = message.rfind(&quoted) {
-                if best.is_none_or(|(pos, _)| at > pos) {
-                    best = Some((at, field));
-                }
-            }
-        }
-    }
-    best.map(|(_, f)| f.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_field_in_parse_messages() {
-        assert_eq!(
-            field_named_in(r#"failed to parse "NewOrder": field `price` is required"#).as_deref(),
-            Some("price")
-        );
-        assert_eq!(
-            field_named_in(r#"failed to parse "Side": ... (occurred while parsing "side")"#)
-                .as_deref(),
-            Some("side")
-        );
-        assert_eq!(field_named_in("expected value at line 1 column 1"), None);
     }
 }

@@ -153,6 +153,13 @@ impl ConsumerLoop {
 
     /// Runs until `shutdown` is cancelled; the batch in hand is written first.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+        let result = self.consume(&shutdown).await;
+        self.status.set(ConsumerState::Stopped);
+        tracing::info!("consumer stopped");
+        result
+    }
+
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<(), ConsumerError> {
         let consumer = self.create_consumer()?;
         let topic = self.broker.topic.clone();
 
@@ -160,7 +167,7 @@ impl ConsumerLoop {
             Arc::new(client_config(&self.broker, "oms-metadata").create()?);
         let broker = self.broker.clone();
         let Some(partitions) = self
-            .retry(&shutdown, "reading the orders topic's partitions", || {
+            .retry(shutdown, "reading the orders topic's partitions", || {
                 let client = metadata_client.clone();
                 let broker = broker.clone();
                 let topic = topic.clone();
@@ -175,15 +182,15 @@ impl ConsumerLoop {
             })
             .await
         else {
-            return Ok(self.stopped());
+            return Ok(());
         };
         let Some(stored) = self
-            .retry(&shutdown, "reading offsets from the store", || {
+            .retry(shutdown, "reading offsets from the store", || {
                 self.store.offsets(&topic)
             })
             .await
         else {
-            return Ok(self.stopped());
+            return Ok(());
         };
 
         let mut assignment = TopicPartitionList::new();
@@ -215,17 +222,12 @@ impl ConsumerLoop {
             if messages.is_empty() {
                 continue;
             }
-            let Some(offsets) = self.process(&topic, messages, &shutdown).await else {
+            let Some(offsets) = self.process(&topic, messages, shutdown).await else {
                 break;
             };
             self.commit_for_lag(&consumer, &topic, &offsets);
         }
-        Ok(self.stopped())
-    }
-
-    fn stopped(&self) {
-        self.status.set(ConsumerState::Stopped);
-        tracing::info!("consumer stopped");
+        Ok(())
     }
 
     fn take<'c>(
@@ -235,10 +237,11 @@ impl ConsumerLoop {
     ) {
         match message {
             Ok(m) => into.push(m),
-            // Transport errors are retried inside librdkafka; just record them.
+            // Transport errors are retried inside librdkafka (and logged by
+            // it); `/readyz` reports the broker. Count them, log quietly.
             Err(err) => {
                 metrics::counter!("consumer_errors_total").increment(1);
-                tracing::warn!(error = %err, "consumer error");
+                tracing::debug!(error = %err, "consumer error");
             }
         }
     }
@@ -400,13 +403,9 @@ impl ConsumerLoop {
 }
 
 fn dead_letter(message: &BorrowedMessage<'_>, err: &RecordError) -> DeadLetter {
-    let kind = match err {
-        RecordError::Invalid(_) => ErrorKind::Validate,
-        RecordError::Decode(_) | RecordError::Version { .. } => ErrorKind::Decode,
-    };
     DeadLetter {
         message: message.detach(),
-        kind,
+        kind: ErrorKind::from(err),
         reason: err.to_string(),
     }
 }

@@ -2,16 +2,14 @@
 //! `orders.dlq` unchanged (key and bytes), with headers saying where they came
 //! from and why they failed.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureRecord;
 
-use super::client_config;
+use super::producer::{LogProducer, ProduceError};
 use crate::config::BrokerSettings;
+use crate::order::RecordError;
 
 /// Header carrying how many times a record was re-driven from the DLQ.
 pub const REPLAY_COUNT_HEADER: &str = "oms-replay-count";
@@ -22,6 +20,15 @@ pub enum ErrorKind {
     Decode,
     Validate,
     Store,
+}
+
+impl From<&RecordError> for ErrorKind {
+    fn from(err: &RecordError) -> Self {
+        match err {
+            RecordError::Decode(_) | RecordError::Version { .. } => ErrorKind::Decode,
+            RecordError::Invalid(_) => ErrorKind::Validate,
+        }
+    }
 }
 
 impl ErrorKind {
@@ -43,11 +50,10 @@ pub struct DeadLetter {
 }
 
 /// Writes dead letters with `acks=all`; an ack means the record is safe.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct DeadLetterWriter {
-    producer: FutureProducer,
+    producer: LogProducer,
     topic: String,
-    timeout: Duration,
 }
 
 /// The replay count a record carries (0 when it was never replayed).
@@ -67,23 +73,14 @@ pub fn replay_count(message: &impl Message) -> u32 {
 
 impl DeadLetterWriter {
     pub fn new(settings: &BrokerSettings) -> Result<Self, KafkaError> {
-        let producer = client_config(settings, "oms-dlq")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "message.timeout.ms",
-                settings.produce_timeout_ms.to_string(),
-            )
-            .create()?;
         Ok(Self {
-            producer,
+            producer: LogProducer::new(settings, "oms-dlq")?,
             topic: settings.dlq_topic.clone(),
-            timeout: Duration::from_millis(settings.produce_timeout_ms),
         })
     }
 
     /// Appends one dead letter and waits for the broker's ack.
-    pub async fn send(&self, letter: &DeadLetter) -> Result<(), KafkaError> {
+    pub async fn send(&self, letter: &DeadLetter) -> Result<(), ProduceError> {
         let m = &letter.message;
         let partition = m.partition().to_string();
         let offset = m.offset().to_string();
@@ -120,11 +117,7 @@ impl DeadLetterWriter {
         if let Some(payload) = m.payload() {
             record = record.payload(payload);
         }
-        self.producer
-            .send(record, Timeout::After(self.timeout))
-            .await
-            .map(drop)
-            .map_err(|(err, _)| err)?;
+        self.producer.send(record).await?;
         metrics::counter!("dlq_messages_total", "reason" => letter.kind.as_str()).increment(1);
         Ok(())
     }

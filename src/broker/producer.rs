@@ -1,11 +1,15 @@
-//! The order producer: `acks=all`, idempotent, with a bounded wait so a
+//! Producing to the log: `acks=all`, idempotent, with a bounded wait so a
 //! request never hangs on a broker that is down.
+//!
+//! [`LogProducer`] is the reliable core shared by the order producer and the
+//! dead-letter writer; [`OrderProducer`] turns orders into records.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders, ToBytes};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
@@ -24,7 +28,7 @@ pub struct Delivered {
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
     /// The broker did not acknowledge in time (down, unreachable, overloaded).
-    /// The record may still be appended later: clients retry with the same
+    /// The record may still be appended: clients retry with the same
     /// `client_order_id` to stay exactly-once.
     #[error("the broker did not acknowledge within {0:?}")]
     Timeout(Duration),
@@ -33,78 +37,175 @@ pub enum ProduceError {
     Refused(KafkaError),
 }
 
-/// Cheap to clone; all clones share one librdkafka producer.
-#[derive(Clone)]
-pub struct OrderProducer {
-    inner: Arc<RwLock<FutureProducer>>,
-    settings: Arc<BrokerSettings>,
+impl ProduceError {
+    /// Metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProduceError::Timeout(_) => "timeout",
+            ProduceError::Refused(_) => "refused",
+        }
+    }
 }
 
-impl std::fmt::Debug for OrderProducer {
+/// An idempotent `acks=all` producer that answers within its timeout and
+/// replaces itself after a failure. Cheap to clone.
+#[derive(Clone)]
+pub struct LogProducer {
+    current: Arc<RwLock<Arc<FutureProducer>>>,
+    config: ClientConfig,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for LogProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrderProducer")
-            .field("topic", &self.settings.topic)
+        f.debug_struct("LogProducer")
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
 
-fn build(settings: &BrokerSettings) -> Result<FutureProducer, KafkaError> {
-    client_config(settings, "oms-producer")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", settings.linger_ms.to_string())
-        // librdkafka fails a record this long after it was handed over; the
-        // outer deadline in `send` is only a backstop for its 1 s scan period.
-        .set(
-            "message.timeout.ms",
-            settings.produce_timeout_ms.to_string(),
-        )
-        .set(
-            "request.timeout.ms",
-            settings.produce_timeout_ms.to_string(),
-        )
-        .set("compression.type", "lz4")
-        .create()
-}
-
-impl OrderProducer {
+impl LogProducer {
     /// Creates the producer; it connects lazily, so this works with the broker down.
-    pub fn new(settings: &BrokerSettings) -> Result<Self, KafkaError> {
+    pub fn new(settings: &BrokerSettings, client_id: &str) -> Result<Self, KafkaError> {
+        let mut config = client_config(settings, client_id);
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", settings.linger_ms.to_string())
+            .set(
+                "message.timeout.ms",
+                settings.produce_timeout_ms.to_string(),
+            )
+            .set(
+                "request.timeout.ms",
+                settings.produce_timeout_ms.to_string(),
+            )
+            .set("compression.type", "lz4");
         Ok(Self {
-            inner: Arc::new(RwLock::new(build(settings)?)),
-            settings: Arc::new(settings.clone()),
+            current: Arc::new(RwLock::new(Arc::new(config.create()?))),
+            config,
+            timeout: Duration::from_millis(settings.produce_timeout_ms),
         })
     }
 
-    fn current(&self) -> FutureProducer {
-        match self.inner.read() {
+    fn current(&self) -> Arc<FutureProducer> {
+        match self.current.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// An idempotent producer whose state the broker lost (fatal error) never
-    /// recovers by itself; replace it so the next request can succeed.
-    fn replace_if_fatal(&self, producer: &FutureProducer) {
-        if let Some((code, reason)) = producer.client().fatal_error() {
-            tracing::warn!(?code, %reason, "producer hit a fatal error; creating a new one");
-            match build(&self.settings) {
-                Ok(fresh) => match self.inner.write() {
-                    Ok(mut guard) => *guard = fresh,
-                    Err(poisoned) => *poisoned.into_inner() = fresh,
-                },
-                Err(e) => tracing::error!(error = %e, "cannot recreate the producer"),
+    /// Replaces `failed` with a fresh producer (a new producer id), unless
+    /// another request already did.
+    ///
+    /// Why: after a timed-out send, librdkafka bumps the idempotent
+    /// producer's epoch when the broker returns; tansu 0.6's sqlite engine
+    /// panics on that bump and then refuses every produce. A fresh producer
+    /// asks for a new producer id instead. The old one lives on until the
+    /// requests still holding it finish, then it is destroyed.
+    fn replace(&self, failed: &Arc<FutureProducer>, why: &ProduceError) {
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if !Arc::ptr_eq(&guard, failed) {
+            return;
+        }
+        match self.config.create() {
+            Ok(fresh) => {
+                tracing::warn!(error = %why, "send failed; replaced the producer with a fresh one");
+                metrics::counter!("producer_restarts_total").increment(1);
+                *guard = Arc::new(fresh);
             }
+            Err(e) => tracing::error!(error = %e, "cannot recreate the producer"),
         }
     }
 
-    /// Appends one order to the log and waits for the broker's ack.
+    /// Sends one record and waits for the broker's ack, at most the timeout.
+    pub async fn send<K, P>(
+        &self,
+        record: FutureRecord<'_, K, P>,
+    ) -> Result<Delivered, ProduceError>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let producer = self.current();
+        // message.timeout.ms fails the record inside librdkafka, but only at
+        // its next timeout scan (up to a second later): the outer deadline
+        // keeps the promise to answer within the timeout.
+        let outcome = tokio::time::timeout(
+            self.timeout,
+            producer.send(record, Timeout::After(self.timeout)),
+        )
+        .await;
+        let result = match outcome {
+            Ok(Ok(delivery)) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((err, _))) if is_timeout(&err) => Err(ProduceError::Timeout(self.timeout)),
+            Ok(Err((err, _))) => Err(ProduceError::Refused(err)),
+            Err(_) => Err(ProduceError::Timeout(self.timeout)),
+        };
+        if let Err(err) = &result {
+            self.replace(&producer, err);
+        }
+        result
+    }
+
+    /// Waits for every queued record to be acknowledged (on shutdown).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.current().flush(Timeout::After(timeout))
+    }
+
+    /// Asks the broker for `topic`'s metadata: is the log reachable?
+    pub async fn probe(&self, topic: &str) -> Result<(), KafkaError> {
+        let producer = self.current();
+        let topic = topic.to_owned();
+        // fetch_metadata blocks; keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), super::METADATA_TIMEOUT)
+                .map(drop)
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+    }
+}
+
+fn is_timeout(err: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            MessageTimedOut | RequestTimedOut | QueueFull | AllBrokersDown | BrokerTransportFailure
+        )
+    )
+}
+
+/// Appends orders to the orders topic (key `SRC-DST`, JSON value).
+#[derive(Clone, Debug)]
+pub struct OrderProducer {
+    log: LogProducer,
+    topic: String,
+}
+
+impl OrderProducer {
+    pub fn new(settings: &BrokerSettings) -> Result<Self, KafkaError> {
+        Ok(Self {
+            log: LogProducer::new(settings, "oms-producer")?,
+            topic: settings.topic.clone(),
+        })
+    }
+
+    /// Appends one order and waits for the broker's ack.
     pub async fn send(
         &self,
         order: &Order,
         traceparent: Option<&str>,
     ) -> Result<Delivered, ProduceError> {
-        let timeout = Duration::from_millis(self.settings.produce_timeout_ms);
         let started = Instant::now();
         let key = order.symbol();
         let payload = order.to_record();
@@ -118,69 +219,25 @@ impl OrderProducer {
                 value: Some(tp),
             });
         }
-        let record = FutureRecord::to(&self.settings.topic)
+        let record = FutureRecord::to(&self.topic)
             .key(&key)
             .payload(&payload)
             .headers(headers);
-        let producer = self.current();
-        // Backstop: librdkafka checks message timeouts about once a second,
-        // so allow that much on top of message.timeout.ms, never more.
-        let deadline = timeout + Duration::from_millis(900);
-        let outcome =
-            tokio::time::timeout(deadline, producer.send(record, Timeout::After(timeout))).await;
-        let result = match outcome {
-            Ok(Ok(delivery)) => Ok(Delivered {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Ok(Err((err, _))) if is_timeout(&err) => Err(ProduceError::Timeout(timeout)),
-            Ok(Err((err, _))) => Err(ProduceError::Refused(err)),
-            Err(_) => Err(ProduceError::Timeout(timeout)),
-        };
+        let result = self.log.send(record).await;
         metrics::histogram!("produce_latency_seconds").record(started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => metrics::counter!("messages_produced_total").increment(1),
-            Err(e) => {
-                let kind = match e {
-                    ProduceError::Timeout(_) => "timeout",
-                    ProduceError::Refused(_) => "refused",
-                };
-                metrics::counter!("produce_errors_total", "kind" => kind).increment(1);
-                self.replace_if_fatal(&producer);
-            }
+            Err(e) => metrics::counter!("produce_errors_total", "kind" => e.kind()).increment(1),
         }
         result
     }
 
-    /// Waits for every queued record to be acknowledged (on shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.current().flush(Timeout::After(timeout))
+        self.log.flush(timeout)
     }
 
-    /// Asks the broker for the topic's metadata: is the log reachable?
+    /// Is the orders topic reachable?
     pub async fn probe(&self) -> Result<(), KafkaError> {
-        let producer = self.current();
-        let topic = self.settings.topic.clone();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), super::METADATA_TIMEOUT)
-                .map(drop)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(KafkaError::Canceled)
-                .inspect_err(|_| tracing::error!(error = %e, "probe task failed"))
-        })
+        self.log.probe(&self.topic).await
     }
-}
-
-fn is_timeout(err: &KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode::*;
-    matches!(
-        err.rdkafka_error_code(),
-        Some(
-            MessageTimedOut | RequestTimedOut | QueueFull | AllBrokersDown | BrokerTransportFailure
-        )
-    )
 }

@@ -1,0 +1,247 @@
+//! Test harness: spawn the real oms (HTTP server + producer + consumer) on a
+//! free port against the real tansu broker that `just test` started, each
+//! test with its own topic and its own store folder.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oms::app::Application;
+use oms::broker::admin;
+use oms::config::Settings;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The shared test broker (`just test` exports it).
+pub fn bootstrap() -> String {
+    std::env::var("OMS_TEST_BOOTSTRAP").unwrap_or_else(|_| {
+        panic!("OMS_TEST_BOOTSTRAP is not set: run the integration tests with `just test`, which starts a tansu broker")
+    })
+}
+
+/// Settings for one test: port 0, a topic of its own, a store folder of its own.
+pub fn settings(bootstrap: &str, store: &Path) -> Settings {
+    let mut s = Settings::default();
+    let topic = format!("orders-{}", Uuid::now_v7().simple());
+    s.http.addr = "127.0.0.1:0".into();
+    s.http.shutdown_timeout_ms = 5_000;
+    s.broker.bootstrap = bootstrap.into();
+    s.broker.dlq_topic = format!("{topic}.dlq");
+    s.broker.topic = topic;
+    s.consumer.retry_max_ms = 500;
+    s.store.path = store.to_owned();
+    s.telemetry.log_filter = "warn,oms=info".into();
+    s
+}
+
+/// Polls `probe` until it yields a value or `within` has passed.
+pub async fn eventually<T, F, Fut>(within: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A valid order body.
+pub fn order_body(n: u64) -> Value {
+    json!({
+        "src_currency": "USD",
+        "dst_currency": "EUR",
+        "side": if n % 2 == 0 { "buy" } else { "sell" },
+        "price": format!("{}.25", 100 + n),
+        "quantity": "10",
+        "channel": 11,
+        "description": format!("test order {n}"),
+    })
+}
+
+/// A running oms.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    /// Creates the topics (idempotent) and starts oms.
+    pub async fn spawn(settings: Settings) -> TestApp {
+        oms::telemetry::init_logs(&settings.telemetry).expect("log filter");
+        admin::create_topics(&settings.broker)
+            .await
+            .expect("create topics");
+        let app = Application::build(settings.clone())
+            .await
+            .expect("build oms");
+        let base = format!("http://{}", app.local_addr());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        TestApp {
+            base,
+            client,
+            settings,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Graceful stop (as on SIGTERM); returns how `run` ended.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("oms stops within 30 s")
+            .expect("oms task does not panic")
+    }
+
+    pub async fn post_json(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/orders", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /orders")
+    }
+
+    pub async fn post_raw(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}/orders", self.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("POST /orders")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// Posts a valid order and returns its id (panics unless 202).
+    pub async fn accept(&self, body: &Value) -> Uuid {
+        let resp = self.post_json(body).await;
+        assert_eq!(
+            resp.status(),
+            202,
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
+        let body: Value = resp.json().await.expect("json");
+        body["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("id")
+    }
+
+    /// Waits until `GET /orders/{id}` answers 200 and returns the order.
+    pub async fn wait_for_order(&self, id: Uuid, within: Duration) -> Option<Value> {
+        eventually(within, || async move {
+            let resp = self.get(&format!("/orders/{id}")).await;
+            if resp.status() == 200 {
+                resp.json().await.ok()
+            } else {
+                None
+            }
+        })
+        .await
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A tansu broker of the test's own, so a test can stop and restart it
+/// without disturbing the others. Killed on drop.
+pub struct Tansu {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Tansu {
+    pub fn start(dir: &Path) -> Tansu {
+        let mut tansu = Tansu {
+            child: None,
+            port: free_port(),
+            dir: dir.to_owned(),
+        };
+        tansu.restart();
+        tansu
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker on the same port and the same sqlite file.
+    pub fn restart(&mut self) {
+        let bin = std::env::var("OMS_TEST_TANSU")
+            .expect("OMS_TEST_TANSU is not set: run the tests with `just test`");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(bin)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the broker and waits until it is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

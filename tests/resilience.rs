@@ -1,0 +1,140 @@
+//! Failure paths against real brokers: the broker going away answers 503 in
+//! bounded time and recovers by itself; an empty store is rebuilt from the log;
+//! a restart resumes from the store's offsets without duplicates.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{Tansu, TestApp, bootstrap, eventually, order_body, settings};
+use oms::store::Store;
+use oms::store::redb::RedbStore;
+use serde_json::Value;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_answers_503_quickly_and_recovers() {
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let mut tansu = Tansu::start(broker_dir.path());
+    let app = TestApp::spawn(settings(&tansu.bootstrap(), store_dir.path())).await;
+    let before = app.accept(&order_body(1)).await;
+
+    tansu.stop();
+    let started = Instant::now();
+    let resp = app.post_json(&order_body(2)).await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 503);
+    assert!(took <= Duration::from_secs(3), "503 took {took:?}");
+    let retry_after = resp.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse::<u32>();
+    assert!(retry_after.is_ok_and(|s| s >= 1), "Retry-After in seconds");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("application/problem+json")
+    );
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503, "not ready while the broker is down");
+
+    tansu.restart();
+    let after = eventually(Duration::from_secs(60), || async {
+        let resp = app.post_json(&order_body(3)).await;
+        if resp.status() == 202 {
+            resp.json::<Value>().await.ok()
+        } else {
+            None
+        }
+    })
+    .await
+    .expect("202 again within 60 s of the broker's return");
+    let after: Uuid = after["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    for id in [before, after] {
+        app.wait_for_order(id, Duration::from_secs(30))
+            .await
+            .expect("consumed after recovery");
+    }
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_store_is_rebuilt_from_the_log_and_restarts_do_not_duplicate() {
+    let first_dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(settings(&bootstrap(), first_dir.path())).await;
+    let cfg = app.settings.clone();
+    let client = &app;
+    let acks = futures::future::join_all(
+        (0..40).map(|n| async move { client.accept(&order_body(n)).await }),
+    )
+    .await;
+    let acked: BTreeSet<Uuid> = acks.into_iter().collect();
+    for id in &acked {
+        app.wait_for_order(*id, Duration::from_secs(10))
+            .await
+            .expect("readable");
+    }
+    app.stop().await.expect("clean stop");
+
+    // A fresh, empty store on the same topic: everything comes back from the log.
+    let empty_dir = tempfile::tempdir().expect("tempdir");
+    let mut rebuilt_cfg = cfg.clone();
+    rebuilt_cfg.store.path = empty_dir.path().to_owned();
+    let rebuilt = TestApp::spawn(rebuilt_cfg).await;
+    for id in &acked {
+        rebuilt
+            .wait_for_order(*id, Duration::from_secs(20))
+            .await
+            .expect("rebuilt");
+    }
+    rebuilt.stop().await.expect("clean stop");
+
+    // The first store again: it resumes from its offsets, so one more order
+    // makes 41 rows, not 81.
+    let resumed = TestApp::spawn(cfg.clone()).await;
+    let extra = resumed.accept(&order_body(99)).await;
+    resumed
+        .wait_for_order(extra, Duration::from_secs(10))
+        .await
+        .expect("readable");
+    resumed.stop().await.expect("clean stop");
+
+    for dir in [first_dir.path(), empty_dir.path()] {
+        let store = RedbStore::open(dir).await.expect("open store");
+        let expected = if dir == first_dir.path() {
+            acked.len() + 1
+        } else {
+            acked.len()
+        };
+        assert_eq!(
+            store.count().await.expect("count") as usize,
+            expected,
+            "{}",
+            dir.display()
+        );
+        let mut stored = BTreeSet::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list_by_symbol("USD-EUR", after, 16)
+                .await
+                .expect("list");
+            let Some(last) = page.last() else { break };
+            after = Some(last.order.id);
+            stored.extend(page.iter().map(|o| o.order.id));
+        }
+        assert!(
+            acked.is_subset(&stored),
+            "every acknowledged order is stored"
+        );
+        let offsets = store.offsets(&cfg.broker.topic).await.expect("offsets");
+        let total: i64 = offsets.values().sum();
+        assert_eq!(total as usize, expected, "offsets cover exactly the log");
+    }
+}
