@@ -240,6 +240,21 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_file_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/oms.toml");
+        let s = Settings::load_from(Some(&path), &[], env(&[])).expect("configs/oms.toml loads");
+        assert_eq!(s, Settings::default());
+        // Every key is spelled out in the file, not filled in by defaults.
+        let file_only: serde_json::Value = config::Config::builder()
+            .add_source(config::File::from(path.as_path()))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("file parses");
+        let defaults = serde_json::to_value(Settings::default()).expect("serialise");
+        assert_eq!(file_only, defaults);
+    }
+
+    #[test]
     fn layers_apply_in_order() {
         let mut file = tempfile::NamedTempFile::with_suffix(".toml").expect("temp file");
         writeln!(
