@@ -5,6 +5,7 @@
 # stops again, by pid, whatever the outcome.
 export OMS_STATE="${OMS_TEST_STATE:-$(cd "$(dirname "$0")/.." && pwd)/.oms/test}"
 export OMS_BROKER_PORT="${OMS_TEST_BROKER_PORT:-19092}"
+export OMS_PG_PORT="${OMS_TEST_PG_PORT:-15432}"
 source "$(dirname "$0")/lib.sh"
 
 started=()
@@ -20,15 +21,21 @@ cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
-"$OMS_ROOT/scripts/install.sh" tansu
+"$OMS_ROOT/scripts/install.sh" tansu postgres
 if ! live_pid broker >/dev/null; then
   # A fresh log per run: tests create their own topics and must not pile up.
   rm -rf "$OMS_STATE/tansu"
   "$OMS_ROOT/scripts/stack.sh" start broker
   started+=(broker)
 fi
+if ! live_pid postgres >/dev/null; then
+  "$OMS_ROOT/scripts/stack.sh" start postgres
+  started+=(postgres)
+fi
 
 export OMS_TEST_BOOTSTRAP="127.0.0.1:$OMS_BROKER_PORT"
+# Tests create a database of their own on this cluster.
+export OMS_TEST_DATABASE_URL="postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/postgres"
 export OMS_TEST_TANSU="$TANSU_BIN"
 say "tests (broker $OMS_TEST_BOOTSTRAP)"
 if cargo nextest --version >/dev/null 2>&1; then

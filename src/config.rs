@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 pub enum Engine {
     /// redb: one file, on tmpfs by default.
     Redb,
+    /// sled: one folder, on tmpfs by default.
+    Sled,
+    /// PostgreSQL: durable and queryable.
+    Postgres,
 }
 
 impl Engine {
@@ -21,6 +25,8 @@ impl Engine {
     pub fn as_str(self) -> &'static str {
         match self {
             Engine::Redb => "redb",
+            Engine::Sled => "sled",
+            Engine::Postgres => "postgres",
         }
     }
 }
@@ -148,6 +154,12 @@ pub struct StoreSettings {
     pub engine: Engine,
     /// Folder of the file engines (tmpfs by default: the log rebuilds it).
     pub path: PathBuf,
+    /// Connection URL of the postgres engine.
+    pub postgres_url: String,
+    /// Connections in the postgres pool.
+    pub postgres_pool: u32,
+    /// Longest a postgres statement or connection attempt may take.
+    pub postgres_timeout_ms: u64,
 }
 
 impl Default for StoreSettings {
@@ -155,6 +167,9 @@ impl Default for StoreSettings {
         Self {
             engine: Engine::Redb,
             path: PathBuf::from("/dev/shm/oms"),
+            postgres_url: "postgres://oms:oms@127.0.0.1:5432/oms".into(),
+            postgres_pool: 8,
+            postgres_timeout_ms: 5_000,
         }
     }
 }

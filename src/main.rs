@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use oms::app::Application;
 use oms::broker::admin::{self, TopicOutcome};
 use oms::config::{Engine, Settings};
+use oms::store::postgres::PostgresStore;
 
-/// Order-ingest daemon: OpenAPI order API → Kafka-API log → redb store.
+/// Order-ingest daemon: OpenAPI order API → Kafka-API log → redb, sled or Postgres.
 #[derive(Debug, Parser)]
 #[command(name = "oms", version, about)]
 struct Cli {
@@ -26,8 +27,8 @@ struct Cli {
 enum Command {
     /// Run the daemon: HTTP API, producer and consumer.
     Serve(ServeArgs),
-    /// Create the topics (idempotent).
-    Migrate(BrokerArgs),
+    /// Create the topics and, for `--store postgres`, apply the schema migrations (idempotent).
+    Migrate(MigrateArgs),
     /// Print the OpenAPI document.
     Openapi {
         #[arg(long, value_enum, default_value_t = SpecFormat::Yaml)]
@@ -52,10 +53,38 @@ struct BrokerArgs {
 }
 
 #[derive(Debug, Args)]
-struct ServeArgs {
+struct StoreArgs {
     /// Store engine (`store.engine`).
     #[arg(long, value_enum)]
     store: Option<Engine>,
+    /// Connection URL of the postgres engine (`store.postgres_url`).
+    #[arg(long)]
+    postgres_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn overrides(&self, out: &mut Vec<(&'static str, String)>) {
+        if let Some(v) = self.store {
+            out.push(("store.engine", v.as_str().to_owned()));
+        }
+        if let Some(v) = &self.postgres_url {
+            out.push(("store.postgres_url", v.clone()));
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
     /// Folder of the file engines (`store.path`).
     #[arg(long)]
     store_path: Option<PathBuf>,
@@ -80,9 +109,7 @@ impl BrokerArgs {
 impl ServeArgs {
     fn overrides(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if let Some(v) = self.store {
-            out.push(("store.engine", v.as_str().to_owned()));
-        }
+        self.store.overrides(&mut out);
         if let Some(v) = &self.store_path {
             out.push(("store.path", v.display().to_string()));
         }
@@ -125,13 +152,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate(args) => {
             let mut overrides = Vec::new();
-            args.overrides(&mut overrides);
+            args.store.overrides(&mut overrides);
+            args.broker.overrides(&mut overrides);
             let settings = load(&cli, &overrides)?;
             for (topic, outcome) in admin::create_topics(&settings.broker).await? {
                 match outcome {
                     TopicOutcome::Created => println!("created topic {topic}"),
                     TopicOutcome::AlreadyExisted => println!("topic {topic} already exists"),
                 }
+            }
+            if settings.store.engine == Engine::Postgres {
+                let store = PostgresStore::connect(&settings.store).await?;
+                store.migrate().await?;
+                println!("postgres schema is up to date");
             }
             Ok(())
         }

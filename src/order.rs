@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -260,7 +260,8 @@ impl NewOrder {
             quantity,
             channel,
             description: self.description,
-            created_at: now,
+            // Microseconds: what every store (Postgres timestamptz) keeps.
+            created_at: now.trunc_subsecs(6),
         })
     }
 }

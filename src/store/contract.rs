@@ -224,7 +224,7 @@ pub async fn reopening_keeps_everything(engine: impl Engine) {
 }
 
 /// Expands to one `#[tokio::test]` per contract case for the engine that
-/// `$engine()` builds.
+/// `$engine().await` builds.
 #[macro_export]
 macro_rules! store_contract_tests {
     ($engine:ident) => {
@@ -234,23 +234,23 @@ macro_rules! store_contract_tests {
 
             #[tokio::test]
             async fn applies_rows_and_offsets_together() {
-                c::applies_rows_and_offsets_together($engine()).await;
+                c::applies_rows_and_offsets_together($engine().await).await;
             }
             #[tokio::test]
             async fn reapplying_a_batch_is_harmless() {
-                c::reapplying_a_batch_is_harmless($engine()).await;
+                c::reapplying_a_batch_is_harmless($engine().await).await;
             }
             #[tokio::test]
             async fn a_failed_batch_leaves_nothing() {
-                c::a_failed_batch_leaves_nothing($engine()).await;
+                c::a_failed_batch_leaves_nothing($engine().await).await;
             }
             #[tokio::test]
             async fn lists_by_symbol_with_a_cursor() {
-                c::lists_by_symbol_with_a_cursor($engine()).await;
+                c::lists_by_symbol_with_a_cursor($engine().await).await;
             }
             #[tokio::test]
             async fn reopening_keeps_everything() {
-                c::reopening_keeps_everything($engine()).await;
+                c::reopening_keeps_everything($engine().await).await;
             }
         }
     };

@@ -8,7 +8,9 @@
 //! Adding an engine = one new file, one arm in [`open`], one line in the
 //! contract tests.
 
+pub mod postgres;
 pub mod redb;
+pub mod sled;
 
 #[cfg(test)]
 mod contract;
@@ -116,5 +118,7 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError> {
     match settings.engine {
         Engine::Redb => Ok(Arc::new(redb::RedbStore::open(&settings.path).await?)),
+        Engine::Sled => Ok(Arc::new(sled::SledStore::open(&settings.path).await?)),
+        Engine::Postgres => Ok(Arc::new(postgres::PostgresStore::connect(settings).await?)),
     }
 }

@@ -237,7 +237,7 @@ mod tests {
         }
     }
 
-    fn engine() -> Redb {
+    async fn engine() -> Redb {
         Redb(tempfile::tempdir().expect("tempdir"))
     }
 

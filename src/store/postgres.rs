@@ -1,0 +1,317 @@
+//! The Postgres engine: durable and queryable. A batch is written in one
+//! round trip — a single statement whose data-modifying CTEs insert every row
+//! from `UNNEST`ed arrays (`ON CONFLICT DO NOTHING`) and move the offsets —
+//! so it is atomic without an explicit transaction.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
+use crate::config::StoreSettings;
+use crate::order::{Order, Side};
+
+/// The versioned schema (`migrations/`), applied by `oms migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+const APPLY: &str = r#"
+WITH inserted AS (
+    INSERT INTO orders (id, client_order_id, symbol, src_currency, dst_currency, side,
+                        price, quantity, channel, description, created_at, log_partition, log_offset)
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::numeric[], $8::numeric[], $9::int2[], $10::text[], $11::timestamptz[],
+                         $12::int4[], $13::int8[])
+    ON CONFLICT (id) DO NOTHING
+    RETURNING 1
+), moved AS (
+    INSERT INTO log_offsets (topic, partition, next_offset)
+    SELECT $14, p, o FROM UNNEST($15::int4[], $16::int8[]) AS t(p, o)
+    ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset
+    RETURNING 1
+)
+SELECT count(*) FROM inserted
+"#;
+
+const COLUMNS: &str = "id, client_order_id, src_currency, dst_currency, side, price, quantity, \
+                       channel, description, created_at, log_partition, log_offset";
+
+/// A pool of connections to the orders database.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    client_order_id: Option<String>,
+    src_currency: String,
+    dst_currency: String,
+    side: String,
+    price: Decimal,
+    quantity: Decimal,
+    channel: i16,
+    description: String,
+    created_at: DateTime<Utc>,
+    log_partition: i32,
+    log_offset: i64,
+}
+
+impl TryFrom<Row> for StoredOrder {
+    type Error = StoreError;
+
+    fn try_from(row: Row) -> Result<Self, StoreError> {
+        let side = Side::from_str(&row.side)
+            .map_err(|()| StoreError::Permanent(format!("bad side {:?}", row.side)))?;
+        let channel =
+            u16::try_from(row.channel).map_err(|_| StoreError::Permanent("bad channel".into()))?;
+        Ok(StoredOrder {
+            order: Order {
+                id: row.id,
+                client_order_id: row.client_order_id,
+                src_currency: row.src_currency,
+                dst_currency: row.dst_currency,
+                side,
+                price: row.price,
+                quantity: row.quantity,
+                channel,
+                description: row.description,
+                created_at: row.created_at,
+            },
+            partition: row.log_partition,
+            offset: row.log_offset,
+        })
+    }
+}
+
+/// Sorts sqlx errors: what the data caused (class 22 data exception, class 23
+/// constraint violation) is permanent; everything else — connection loss,
+/// pool timeout, shutdown, disk full, even a missing table (not migrated
+/// yet) — is an outage the consumer waits out.
+fn classify(err: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &err {
+        let code = db.code().unwrap_or_default();
+        if code.starts_with("22") || code.starts_with("23") {
+            return StoreError::Permanent(err.to_string());
+        }
+        if code == "42P01" {
+            return StoreError::Transient(format!("{err} (run `oms migrate --store postgres`)"));
+        }
+    }
+    StoreError::Transient(err.to_string())
+}
+
+impl PostgresStore {
+    /// Creates the pool. Connections are made lazily, so oms starts (and
+    /// reports not-ready) while Postgres is down.
+    pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(&settings.postgres_url)
+            .map_err(|e| StoreError::Permanent(format!("invalid store.postgres_url: {e}")))?;
+        let timeout = Duration::from_millis(settings.postgres_timeout_ms);
+        let statement_timeout = settings.postgres_timeout_ms.to_string();
+        let options = options.options([("statement_timeout", statement_timeout.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.postgres_pool)
+            .acquire_timeout(timeout)
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    /// Applies the pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Transient(format!("migrations failed: {e}")))
+    }
+
+    fn apply_query(
+        batch: &Batch,
+    ) -> sqlx::query::QueryScalar<'static, sqlx::Postgres, i64, sqlx::postgres::PgArguments> {
+        let n = batch.orders.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut client_ids = Vec::with_capacity(n);
+        let mut symbols = Vec::with_capacity(n);
+        let mut srcs = Vec::with_capacity(n);
+        let mut dsts = Vec::with_capacity(n);
+        let mut sides = Vec::with_capacity(n);
+        let mut prices = Vec::with_capacity(n);
+        let mut quantities = Vec::with_capacity(n);
+        let mut channels = Vec::with_capacity(n);
+        let mut descriptions = Vec::with_capacity(n);
+        let mut created = Vec::with_capacity(n);
+        let mut partitions = Vec::with_capacity(n);
+        let mut offsets = Vec::with_capacity(n);
+        for s in &batch.orders {
+            let o = &s.order;
+            ids.push(o.id);
+            client_ids.push(o.client_order_id.clone());
+            symbols.push(o.symbol());
+            srcs.push(o.src_currency.clone());
+            dsts.push(o.dst_currency.clone());
+            sides.push(o.side.to_string());
+            prices.push(o.price);
+            quantities.push(o.quantity);
+            // Channels are validated (≤ 61) before they get here.
+            channels.push(i16::try_from(o.channel).unwrap_or(i16::MAX));
+            descriptions.push(o.description.clone());
+            created.push(o.created_at);
+            partitions.push(s.partition);
+            offsets.push(s.offset);
+        }
+        let (log_partitions, next_offsets): (Vec<i32>, Vec<i64>) =
+            batch.offsets.iter().map(|(p, o)| (*p, *o)).unzip();
+        sqlx::query_scalar(APPLY)
+            .bind(ids)
+            .bind(client_ids)
+            .bind(symbols)
+            .bind(srcs)
+            .bind(dsts)
+            .bind(sides)
+            .bind(prices)
+            .bind(quantities)
+            .bind(channels)
+            .bind(descriptions)
+            .bind(created)
+            .bind(partitions)
+            .bind(offsets)
+            .bind(batch.topic.clone())
+            .bind(log_partitions)
+            .bind(next_offsets)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn engine(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn apply(&self, batch: Arc<Batch>) -> Result<Applied, StoreError> {
+        #[cfg(test)]
+        if batch.fail_before_commit {
+            let mut tx = self.pool.begin().await.map_err(classify)?;
+            Self::apply_query(&batch)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?;
+            drop(tx); // rolled back
+            return Err(StoreError::Transient(
+                "injected failure before commit".into(),
+            ));
+        }
+        let inserted = Self::apply_query(&batch)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        let inserted = usize::try_from(inserted).unwrap_or_default();
+        Ok(Applied {
+            inserted,
+            duplicates: batch.orders.len().saturating_sub(inserted),
+        })
+    }
+
+    async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError> {
+        let rows: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT partition, next_offset FROM log_offsets WHERE topic = $1")
+                .bind(topic)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
+        let row: Option<Row> =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
+        row.map(StoredOrder::try_from).transpose()
+    }
+
+    async fn list_by_symbol(
+        &self,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM orders WHERE symbol = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        ))
+        .bind(symbol)
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.into_iter().map(StoredOrder::try_from).collect()
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1 FROM log_offsets LIMIT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreSettings;
+
+    /// A database of its own on the test cluster (`just test` exports the URL).
+    struct Postgres(String);
+
+    async fn fresh_database(prefix: &str) -> String {
+        let admin = std::env::var("OMS_TEST_DATABASE_URL").unwrap_or_else(|_| {
+            panic!("OMS_TEST_DATABASE_URL is not set: run the tests with `just test`, which starts PostgreSQL")
+        });
+        let name = format!("{prefix}_{}", Uuid::now_v7().simple());
+        let pool = PgPool::connect(&admin)
+            .await
+            .expect("connect to the test cluster");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .expect("create database");
+        pool.close().await;
+        let (base, _) = admin.rsplit_once('/').expect("URL with a database");
+        format!("{base}/{name}")
+    }
+
+    impl super::super::contract::Engine for Postgres {
+        async fn open(&self) -> Arc<dyn Store> {
+            let settings = StoreSettings {
+                postgres_url: self.0.clone(),
+                ..StoreSettings::default()
+            };
+            let store = PostgresStore::connect(&settings).await.expect("pool");
+            store.migrate().await.expect("migrate");
+            Arc::new(store)
+        }
+    }
+
+    async fn engine() -> Postgres {
+        Postgres(fresh_database("oms_contract").await)
+    }
+
+    crate::store_contract_tests!(engine);
+}

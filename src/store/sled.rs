@@ -1,0 +1,273 @@
+//! The sled engine: a folder (on tmpfs by default) with three trees written in
+//! one multi-tree transaction per batch. sled is synchronous, so every call
+//! runs on the blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sled::Transactional;
+use sled::transaction::TransactionError;
+use uuid::Uuid;
+
+use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
+
+/// Folder name inside the configured store folder.
+pub const DIR_NAME: &str = "orders.sled";
+
+/// A sled database holding the orders view.
+pub struct SledStore {
+    db: sled::Db,
+    orders: sled::Tree,
+    by_symbol: sled::Tree,
+    offsets: sled::Tree,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn classify(err: sled::Error) -> StoreError {
+    match &err {
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            StoreError::Transient(err.to_string())
+        }
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+            StoreError::Transient(err.to_string())
+        }
+        _ => StoreError::Permanent(err.to_string()),
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<StoredOrder, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Permanent(format!("corrupt stored order: {e}")))
+}
+
+/// `symbol \0 id` — the index key sorts by symbol, then id.
+fn symbol_key(symbol: &str, id: u128) -> Vec<u8> {
+    let mut key = Vec::with_capacity(symbol.len() + 17);
+    key.extend_from_slice(symbol.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// `topic \0 partition`.
+fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic.len() + 5);
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+impl SledStore {
+    /// Opens (or creates) `dir/orders.sled`.
+    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(DIR_NAME);
+        tokio::task::spawn_blocking(move || {
+            let db = sled::Config::new()
+                .path(&path)
+                .open()
+                .map_err(|e| match e {
+                    // Another process holds the lock: it may go away (a restart).
+                    sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                        StoreError::Transient(format!(
+                            "{} is locked by another process: {e}",
+                            path.display()
+                        ))
+                    }
+                    other => classify(other),
+                })?;
+            let orders = db.open_tree("orders").map_err(classify)?;
+            let by_symbol = db.open_tree("orders_by_symbol").map_err(classify)?;
+            let offsets = db.open_tree("log_offsets").map_err(classify)?;
+            Ok(SledStore {
+                db,
+                orders,
+                by_symbol,
+                offsets,
+                path,
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))?
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&SledStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let me = SledStore {
+            db: self.db.clone(),
+            orders: self.orders.clone(),
+            by_symbol: self.by_symbol.clone(),
+            offsets: self.offsets.clone(),
+            path: self.path.clone(),
+        };
+        tokio::task::spawn_blocking(move || work(&me))
+            .await
+            .map_err(|e| StoreError::Transient(format!("store task failed: {e}")))?
+    }
+}
+
+fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
+    // Encode outside the transaction: its closure may run more than once.
+    let mut rows = Vec::with_capacity(batch.orders.len());
+    for stored in &batch.orders {
+        let value = serde_json::to_vec(stored)
+            .map_err(|e| StoreError::Permanent(format!("cannot encode order: {e}")))?;
+        rows.push((
+            stored.order.id.as_u128(),
+            symbol_key(&stored.order.symbol(), stored.order.id.as_u128()),
+            value,
+        ));
+    }
+    let outcome: Result<Applied, TransactionError<&'static str>> =
+        (&store.orders, &store.by_symbol, &store.offsets).transaction(
+            |(orders, by_symbol, offsets)| {
+                let mut applied = Applied::default();
+                for (id, index_key, value) in &rows {
+                    let key = id.to_be_bytes();
+                    if orders.get(key)?.is_some() {
+                        applied.duplicates += 1;
+                        continue;
+                    }
+                    orders.insert(&key[..], value.as_slice())?;
+                    by_symbol.insert(index_key.as_slice(), &[][..])?;
+                    applied.inserted += 1;
+                }
+                for (partition, next) in &batch.offsets {
+                    offsets.insert(
+                        offset_key(&batch.topic, *partition),
+                        &next.to_be_bytes()[..],
+                    )?;
+                }
+                #[cfg(test)]
+                if batch.fail_before_commit {
+                    return Err(sled::transaction::ConflictableTransactionError::Abort(
+                        "injected failure before commit",
+                    ));
+                }
+                Ok(applied)
+            },
+        );
+    let applied = match outcome {
+        Ok(applied) => applied,
+        Err(TransactionError::Abort(reason)) => {
+            return Err(StoreError::Transient(reason.to_owned()));
+        }
+        Err(TransactionError::Storage(err)) => return Err(classify(err)),
+    };
+    // A kill -9 may lose what sled has not flushed; flush so that the offsets
+    // in the store never lag what the consumer believes it stored.
+    store.db.flush().map_err(classify)?;
+    Ok(applied)
+}
+
+#[async_trait]
+impl Store for SledStore {
+    fn engine(&self) -> &'static str {
+        "sled"
+    }
+
+    async fn apply(&self, batch: Arc<Batch>) -> Result<Applied, StoreError> {
+        self.blocking(move |s| apply_in(s, &batch)).await
+    }
+
+    async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError> {
+        let mut prefix = topic.as_bytes().to_vec();
+        prefix.push(0);
+        self.blocking(move |s| {
+            let mut out = Offsets::new();
+            for entry in s.offsets.scan_prefix(&prefix) {
+                let (key, value) = entry.map_err(classify)?;
+                let partition = key[prefix.len()..].try_into().map(i32::from_be_bytes);
+                let next = value.as_ref().try_into().map(i64::from_be_bytes);
+                match (partition, next) {
+                    (Ok(p), Ok(n)) => {
+                        out.insert(p, n);
+                    }
+                    _ => return Err(StoreError::Permanent("corrupt offset entry".into())),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
+        self.blocking(move |s| {
+            s.orders
+                .get(id.as_u128().to_be_bytes())
+                .map_err(classify)?
+                .map(|v| decode(&v))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_by_symbol(
+        &self,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        let symbol = symbol.to_owned();
+        self.blocking(move |s| {
+            let start = match after {
+                Some(id) if id.as_u128() == u128::MAX => return Ok(vec![]),
+                Some(id) => id.as_u128() + 1,
+                None => 0,
+            };
+            let range = symbol_key(&symbol, start)..=symbol_key(&symbol, u128::MAX);
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for entry in s.by_symbol.range(range).take(limit) {
+                let (key, _) = entry.map_err(classify)?;
+                let id = &key[key.len() - 16..];
+                let value = s.orders.get(id).map_err(classify)?.ok_or_else(|| {
+                    StoreError::Permanent("index names an order that is missing".into())
+                })?;
+                out.push(decode(&value)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.blocking(|s| Ok(s.orders.len() as u64)).await
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        self.blocking(|s| s.orders.first().map(drop).map_err(classify))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sled(tempfile::TempDir);
+
+    impl super::super::contract::Engine for Sled {
+        async fn open(&self) -> Arc<dyn Store> {
+            // sled holds a file lock until every handle is gone; the contract's
+            // reopen drops the first store before opening again.
+            Arc::new(SledStore::open(self.0.path()).await.expect("open sled"))
+        }
+    }
+
+    async fn engine() -> Sled {
+        Sled(tempfile::tempdir().expect("tempdir"))
+    }
+
+    crate::store_contract_tests!(engine);
+}
