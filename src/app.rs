@@ -75,6 +75,11 @@ impl Application {
         })
     }
 
+    /// The store this daemon writes to (for embedding and tests).
+    pub fn store(&self) -> Arc<dyn store::Store> {
+        self.state.store.clone()
+    }
+
     /// The address the HTTP server listens on (its real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

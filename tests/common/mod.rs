@@ -73,6 +73,7 @@ pub fn order_body(n: u64) -> Value {
 /// A running oms.
 pub struct TestApp {
     pub base: String,
+    pub store: std::sync::Arc<dyn oms::store::Store>,
     pub client: reqwest::Client,
     pub settings: Settings,
     shutdown: CancellationToken,
@@ -90,6 +91,7 @@ impl TestApp {
             .await
             .expect("build oms");
         let base = format!("http://{}", app.local_addr());
+        let store = app.store();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
         let client = reqwest::Client::builder()
@@ -98,6 +100,7 @@ impl TestApp {
             .expect("http client");
         TestApp {
             base,
+            store,
             client,
             settings,
             shutdown,
@@ -108,6 +111,7 @@ impl TestApp {
     /// Graceful stop (as on SIGTERM); returns how `run` ended.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
+        drop(self.store);
         tokio::time::timeout(Duration::from_secs(30), self.task)
             .await
             .expect("oms stops within 30 s")
@@ -243,5 +247,84 @@ impl Tansu {
 impl Drop for Tansu {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A database of its own on the test cluster (`just test` exports the URL).
+pub async fn fresh_database(prefix: &str) -> String {
+    let admin = std::env::var("OMS_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| panic!("OMS_TEST_DATABASE_URL is not set: run the tests with `just test`, which starts PostgreSQL"));
+    let name = format!("{prefix}_{}", Uuid::now_v7().simple());
+    let pool = sqlx::PgPool::connect(&admin).await.expect("connect to the test cluster");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.expect("create database");
+    pool.close().await;
+    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
+    format!("{base}/{name}")
+}
+
+/// The log end offset of every partition of `topic`.
+pub fn log_end(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("metadata client");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            (p, high)
+        })
+        .collect()
+}
+
+/// The `oms` binary as a child process, so a test can SIGKILL it.
+pub struct OmsProcess {
+    child: Child,
+    pub base: String,
+}
+
+impl OmsProcess {
+    /// Starts `oms serve` with `args` on `port` and waits until `/healthz` answers.
+    pub async fn start(port: u16, args: &[String], log: &Path) -> OmsProcess {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_oms"))
+            .arg("serve")
+            .args(args)
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .env("OMS__TELEMETRY__LOG_FILTER", "warn")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start oms");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let up = eventually(Duration::from_secs(30), || {
+            let url = format!("{base}/healthz");
+            let client = client.clone();
+            async move { client.get(url).send().await.ok().filter(|r| r.status() == 200).map(drop) }
+        })
+        .await;
+        assert!(up.is_some(), "oms answered /healthz within 30 s");
+        OmsProcess { child, base }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OmsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
