@@ -37,6 +37,7 @@ export OMS_TEST_BOOTSTRAP="127.0.0.1:$OMS_BROKER_PORT"
 # Tests create a database of their own on this cluster.
 export OMS_TEST_DATABASE_URL="postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/postgres"
 export OMS_TEST_TANSU="$TANSU_BIN"
+export OMS_TEST_PG_BIN="$PG_BIN"
 say "tests (broker $OMS_TEST_BOOTSTRAP)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{OmsProcess, TestApp, bootstrap, eventually, free_port, fresh_database, log_end, order_body, settings};
+use common::{
+    OmsProcess, TestApp, bootstrap, eventually, free_port, fresh_database, log_end, order_body,
+    settings,
+};
 use oms::broker::admin;
 use oms::config::{Engine, Settings};
 use serde_json::{Value, json};
@@ -41,19 +44,34 @@ fn serve_args(s: &Settings) -> Vec<String> {
 
 /// Submits order `n` until a 202 (connection errors and 503s are retried
 /// with the same `client_order_id`, as a well-behaved client would).
-async fn submit(client: &reqwest::Client, base: &str, run: &str, n: u64, deadline: Instant) -> (Uuid, u32) {
+async fn submit(
+    client: &reqwest::Client,
+    base: &str,
+    run: &str,
+    n: u64,
+    deadline: Instant,
+) -> (Uuid, u32) {
     let mut body = order_body(n);
     body["client_order_id"] = json!(format!("{run}-{n}"));
     // Several symbols, so the load spreads over every partition.
     body["src_currency"] = json!(["USD", "GBP", "JPY", "CHF", "AUD", "CAD"][(n % 6) as usize]);
     let mut retries = 0;
     loop {
-        assert!(Instant::now() < deadline, "order {n} not acknowledged within the budget");
+        assert!(
+            Instant::now() < deadline,
+            "order {n} not acknowledged within the budget"
+        );
         let url = format!("{base}/orders");
         match client.post(url).json(&body).send().await {
             Ok(resp) if resp.status() == 202 => {
                 let accepted: Value = resp.json().await.expect("json");
-                return (accepted["id"].as_str().and_then(|s| s.parse().ok()).expect("id"), retries);
+                return (
+                    accepted["id"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .expect("id"),
+                    retries,
+                );
             }
             Ok(resp) => assert!(resp.status() == 503, "unexpected status {}", resp.status()),
             Err(_) => {} // the daemon was killed mid-request
@@ -72,7 +90,9 @@ async fn crash_and_count(engine: Engine) {
     cfg.store.engine = engine;
     if engine == Engine::Postgres {
         cfg.store.postgres_url = fresh_database("oms_crash").await;
-        let store = oms::store::postgres::PostgresStore::connect(&cfg.store).await.expect("pool");
+        let store = oms::store::postgres::PostgresStore::connect(&cfg.store)
+            .await
+            .expect("pool");
         store.migrate().await.expect("migrate");
     }
     admin::create_topics(&cfg.broker).await.expect("topics");
@@ -82,10 +102,17 @@ async fn crash_and_count(engine: Engine) {
 
     let mut daemon = Some(OmsProcess::start(port, &args, &log).await);
     // Restarts reuse the port, so clients keep one address.
-    let base: Arc<str> = daemon.as_ref().map(|d| d.base.clone()).unwrap_or_default().into();
+    let base: Arc<str> = daemon
+        .as_ref()
+        .map(|d| d.base.clone())
+        .unwrap_or_default()
+        .into();
     let next = Arc::new(AtomicU64::new(0));
     let run = format!("crash-{}", Uuid::now_v7().simple());
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
 
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..CLIENTS {
@@ -110,7 +137,8 @@ async fn crash_and_count(engine: Engine) {
     let mut kills = 0;
     while kills < KILLS {
         let progress = next.load(Ordering::Relaxed);
-        let target = (kills as u64 + 1) * ORDERS / (KILLS as u64 + 2) + random.hash_one(kills) % (ORDERS / 20);
+        let target = (kills as u64 + 1) * ORDERS / (KILLS as u64 + 2)
+            + random.hash_one(kills) % (ORDERS / 20);
         let reached = eventually(Duration::from_secs(120), || {
             let next = next.clone();
             async move { (next.load(Ordering::Relaxed) >= target).then_some(()) }
@@ -131,7 +159,11 @@ async fn crash_and_count(engine: Engine) {
         retries += r;
     }
     drop(daemon.take());
-    assert_eq!(acked.len() as u64, ORDERS, "every order acknowledged once per client_order_id");
+    assert_eq!(
+        acked.len() as u64,
+        ORDERS,
+        "every order acknowledged once per client_order_id"
+    );
     let load_time = started.elapsed();
 
     // A final daemon (in-process, to read its store) catches up with the log.
@@ -146,7 +178,10 @@ async fn crash_and_count(engine: Engine) {
     })
     .await;
     let offsets = app.store.offsets(&cfg.broker.topic).await.expect("offsets");
-    assert!(caught_up.is_some(), "store offsets {offsets:?} reach the log end {end:?}");
+    assert!(
+        caught_up.is_some(),
+        "store offsets {offsets:?} reach the log end {end:?}"
+    );
     let stored = app.store.count().await.expect("count");
     let mut missing = 0;
     for id in &acked {

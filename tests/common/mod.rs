@@ -255,8 +255,13 @@ pub async fn fresh_database(prefix: &str) -> String {
     let admin = std::env::var("OMS_TEST_DATABASE_URL")
         .unwrap_or_else(|_| panic!("OMS_TEST_DATABASE_URL is not set: run the tests with `just test`, which starts PostgreSQL"));
     let name = format!("{prefix}_{}", Uuid::now_v7().simple());
-    let pool = sqlx::PgPool::connect(&admin).await.expect("connect to the test cluster");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.expect("create database");
+    let pool = sqlx::PgPool::connect(&admin)
+        .await
+        .expect("connect to the test cluster");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .expect("create database");
     pool.close().await;
     let (base, _) = admin.rsplit_once('/').expect("URL with a database");
     format!("{base}/{name}")
@@ -272,7 +277,11 @@ pub fn log_end(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<i32, 
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
-    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
     partitions
         .into_iter()
         .map(|p| {
@@ -293,7 +302,11 @@ pub struct OmsProcess {
 impl OmsProcess {
     /// Starts `oms serve` with `args` on `port` and waits until `/healthz` answers.
     pub async fn start(port: u16, args: &[String], log: &Path) -> OmsProcess {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_oms"))
             .arg("serve")
             .args(args)
@@ -308,7 +321,15 @@ impl OmsProcess {
         let up = eventually(Duration::from_secs(30), || {
             let url = format!("{base}/healthz");
             let client = client.clone();
-            async move { client.get(url).send().await.ok().filter(|r| r.status() == 200).map(drop) }
+            async move {
+                client
+                    .get(url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(drop)
+            }
         })
         .await;
         assert!(up.is_some(), "oms answered /healthz within 30 s");
@@ -326,5 +347,122 @@ impl Drop for OmsProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (initdb'd in a temp folder), so a
+/// test can stop and restart it without disturbing the others.
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+}
+
+impl PrivatePostgres {
+    fn command(&self, tool: &str) -> Command {
+        let tool = self.bin.join(tool);
+        // initdb and postgres refuse to run as root.
+        if running_as_root() {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(tool);
+            cmd
+        } else {
+            Command::new(tool)
+        }
+    }
+
+    fn run(&self, mut cmd: Command, what: &str) {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// initdb, start, create database `oms` (user `oms`, trust auth on loopback).
+    pub fn start_new() -> PrivatePostgres {
+        let bin = std::env::var("OMS_TEST_PG_BIN")
+            .expect("OMS_TEST_PG_BIN is not set: run the tests with `just test`");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = PrivatePostgres {
+            dir,
+            port: free_port(),
+            bin: PathBuf::from(bin),
+        };
+        if running_as_root() {
+            pg.run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["-R", "postgres:postgres"]).arg(pg.dir.path());
+                    c
+                },
+                "chown",
+            );
+        }
+        let mut initdb = pg.command("initdb");
+        initdb
+            .arg("-D")
+            .arg(pg.data())
+            .args(["-U", "oms", "--auth=trust", "-E", "UTF8"]);
+        pg.run(initdb, "initdb");
+        pg.start();
+        let mut createdb = pg.command("createdb");
+        createdb
+            .arg("-h")
+            .arg(pg.data())
+            .args(["-p", &pg.port.to_string(), "-U", "oms", "oms"]);
+        pg.run(createdb, "createdb");
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://oms@127.0.0.1:{}/oms", self.port)
+    }
+
+    pub fn start(&self) {
+        let mut ctl = self.command("pg_ctl");
+        ctl.arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.data().join("server.log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off",
+                self.port,
+                self.data().display()
+            ))
+            .arg("start");
+        self.run(ctl, "pg_ctl start");
+    }
+
+    /// Stops like a crash (`-m immediate`): connections are cut.
+    pub fn stop(&self) {
+        let mut ctl = self.command("pg_ctl");
+        ctl.arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"]);
+        self.run(ctl, "pg_ctl stop");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let mut ctl = self.command("pg_ctl");
+        ctl.arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"]);
+        let _ = ctl.output();
     }
 }

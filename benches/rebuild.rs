@@ -1,0 +1,304 @@
+//! Rebuild benchmark: how long does an empty store take to catch up with a
+//! log of 1,000,000 orders, per engine and per batch size?
+//!
+//! `just bench-rebuild` (or `cargo bench --bench rebuild`). It starts a tansu
+//! broker of its own (memory engine by default, so the broker is not the
+//! bottleneck; `OMS_BENCH_BROKER_STORAGE=sqlite://tansu.db` for the durable
+//! one), produces the orders straight to the log with rdkafka, then runs the
+//! real consumer (`oms::app::Application`) into an empty store on tmpfs until
+//! its offsets reach the log end. Postgres is included when
+//! `OMS_BENCH_DATABASE_URL` names a maintenance database (each run gets a
+//! fresh database). Results go to `bench/REBUILD.md`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use oms::app::Application;
+use oms::broker::admin;
+use oms::config::{Engine, Settings};
+use oms::order::NewOrder;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use tokio_util::sync::CancellationToken;
+
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_owned())
+}
+
+fn start_broker(dir: &std::path::Path, port: u16, storage: &str) -> anyhow::Result<Broker> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let bin = env_or("OMS_TANSU", &format!("{home}/.cache/oms/tools/bin/tansu"));
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(&bin)
+        .arg("broker")
+        .args([
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            storage,
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {bin} (run `just install`)"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "tansu did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Broker(child))
+}
+
+fn produce(bootstrap: &str, topic: &str, orders: u64) -> anyhow::Result<Duration> {
+    let producer: ThreadedProducer<_> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "200000")
+        .create()?;
+    let symbols = ["USD", "GBP", "JPY", "CHF", "AUD", "CAD"];
+    let started = Instant::now();
+    for n in 0..orders {
+        let order = NewOrder {
+            src_currency: symbols[(n % 6) as usize].into(),
+            dst_currency: "EUR".into(),
+            side: if n % 2 == 0 { "buy" } else { "sell" }.into(),
+            price: format!("{}.25", 100 + n % 900),
+            quantity: "10".into(),
+            channel: 11,
+            description: format!("rebuild bench order {n}"),
+            client_order_id: None,
+        }
+        .parse(Utc::now())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (key, payload) = (order.symbol(), order.to_record());
+        let mut record = BaseRecord::to(topic).key(&key).payload(&payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((err, back)) => {
+                    anyhow::ensure!(
+                        err.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        "produce failed: {err}"
+                    );
+                    record = back;
+                    // Backpressure: let the queue drain.
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(started.elapsed())
+}
+
+fn log_end(bootstrap: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut end = BTreeMap::new();
+    for p in metadata.topics()[0].partitions() {
+        let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        if high > 0 {
+            end.insert(p.id(), high);
+        }
+    }
+    Ok(end)
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn fresh_database(admin: &str) -> anyhow::Result<String> {
+    let name = format!("oms_bench_{}", uuid::Uuid::now_v7().simple());
+    let pool = sqlx::PgPool::connect(admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    let (base, _) = admin.rsplit_once('/').context("database URL")?;
+    Ok(format!("{base}/{name}"))
+}
+
+struct Run {
+    engine: Engine,
+    batch_max: usize,
+    seconds: f64,
+    rate: f64,
+}
+
+async fn rebuild(
+    base: &Settings,
+    engine: Engine,
+    batch_max: usize,
+    end: &BTreeMap<i32, i64>,
+) -> anyhow::Result<Run> {
+    let mut cfg = base.clone();
+    cfg.store.engine = engine;
+    cfg.consumer.batch_max = batch_max;
+    cfg.store.path = PathBuf::from(format!(
+        "/dev/shm/oms-bench/{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    if engine == Engine::Postgres {
+        let admin = std::env::var("OMS_BENCH_DATABASE_URL").context("OMS_BENCH_DATABASE_URL")?;
+        cfg.store.postgres_url = fresh_database(&admin).await?;
+        oms::store::postgres::PostgresStore::connect(&cfg.store)
+            .await?
+            .migrate()
+            .await?;
+    }
+    let app = Application::build(cfg.clone()).await?;
+    let store = app.store();
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    let total: i64 = end.values().sum();
+    loop {
+        if store.offsets(&cfg.broker.topic).await? == *end {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "rebuild took over 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        store.count().await? == total as u64,
+        "store holds every order"
+    );
+    drop(store);
+    shutdown.cancel();
+    task.await??;
+    let _ = std::fs::remove_dir_all(&cfg.store.path);
+    let run = Run {
+        engine,
+        batch_max,
+        seconds,
+        rate: total as f64 / seconds,
+    };
+    eprintln!(
+        "  {:<8} batch_max {:>5}: {:>6.1} s, {:>8.0} orders/s",
+        engine.as_str(),
+        batch_max,
+        run.seconds,
+        run.rate
+    );
+    Ok(run)
+}
+
+async fn run() -> anyhow::Result<()> {
+    let orders: u64 = env_or("OMS_BENCH_ORDERS", "1000000").parse()?;
+    let storage = env_or("OMS_BENCH_BROKER_STORAGE", "memory://tansu/");
+    let batches: Vec<usize> = env_or("OMS_BENCH_BATCHES", "100,1000,5000")
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _broker = start_broker(dir.path(), port, &storage)?;
+    let mut base = Settings::default();
+    base.http.addr = "127.0.0.1:0".into();
+    base.broker.bootstrap = format!("127.0.0.1:{port}");
+    base.broker.topic = "rebuild".into();
+    base.telemetry.log_filter = "warn".into();
+    admin::create_topics(&base.broker).await?;
+
+    eprintln!("producing {orders} orders to tansu ({storage}) ...");
+    let produced = produce(&base.broker.bootstrap, &base.broker.topic, orders)?;
+    let end = log_end(&base.broker.bootstrap, &base.broker.topic)?;
+    eprintln!(
+        "  produced in {:.1} s ({:.0}/s); log end {end:?}",
+        produced.as_secs_f64(),
+        orders as f64 / produced.as_secs_f64()
+    );
+
+    let mut engines = vec![Engine::Redb, Engine::Sled];
+    if std::env::var("OMS_BENCH_DATABASE_URL").is_ok() {
+        engines.push(Engine::Postgres);
+    }
+    eprintln!("rebuilding empty stores:");
+    let mut runs = Vec::new();
+    for engine in &engines {
+        for batch in &batches {
+            runs.push(rebuild(&base, *engine, *batch, &end).await?);
+        }
+    }
+
+    let mut report = String::new();
+    report.push_str("# Rebuild benchmark\n\n");
+    report.push_str(&format!(
+        "An empty store catching up with a log of **{orders} orders** (3 partitions), run by the real \
+         consumer of oms. Broker: tansu 0.6 (`{storage}`) on the same machine. Store files on tmpfs; \
+         Postgres 15 on local disk.\n\n"
+    ));
+    report.push_str(&format!(
+        "- Date: {}\n- Machine: {} cores, {}\n- Command: `just bench-rebuild` (`cargo bench --bench rebuild`)\n- Producing the log: {:.1} s ({:.0} orders/s, rdkafka straight to the broker)\n- Peak RSS of the benchmark process (broker excluded): {:.0} MiB\n\n",
+        Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+            .unwrap_or_default(),
+        produced.as_secs_f64(),
+        orders as f64 / produced.as_secs_f64(),
+        rss_mib(),
+    ));
+    report.push_str("| engine | batch_max | rebuild time | orders/s | vs. fastest |\n|---|---:|---:|---:|---:|\n");
+    let best = runs.iter().map(|r| r.rate).fold(0.0, f64::max);
+    for r in &runs {
+        report.push_str(&format!(
+            "| {} | {} | {:.1} s | {:.0} | {:.2} |\n",
+            r.engine.as_str(),
+            r.batch_max,
+            r.seconds,
+            r.rate,
+            r.rate / best
+        ));
+    }
+    std::fs::create_dir_all("bench")?;
+    std::fs::write("bench/REBUILD.md", &report)?;
+    eprintln!("wrote bench/REBUILD.md");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
