@@ -33,3 +33,9 @@ logs component="oms":
 # Print the OpenAPI document generated from the code
 openapi:
     cargo run --quiet -- openapi
+
+# Rebuild benchmark: empty redb/sled/Postgres stores catching up with 1,000,000 orders (writes bench/REBUILD.md)
+bench-rebuild orders="1000000":
+    scripts/install.sh tansu postgres
+    scripts/stack.sh start postgres
+    OMS_BENCH_ORDERS={{orders}} OMS_BENCH_DATABASE_URL=postgres://oms:oms@127.0.0.1:5432/postgres cargo bench --bench rebuild
