@@ -13,6 +13,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -22,8 +24,9 @@ use oms::broker::admin;
 use oms::config::{Engine, Settings};
 use oms::order::NewOrder;
 use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio_util::sync::CancellationToken;
 
 struct Broker(Child);
@@ -66,15 +69,30 @@ fn start_broker(dir: &std::path::Path, port: u16, storage: &str) -> anyhow::Resu
     Ok(Broker(child))
 }
 
+/// Counts records the broker did not acknowledge.
+struct CountFailures(Arc<AtomicU64>);
+
+impl ClientContext for CountFailures {}
+
+impl ProducerContext for CountFailures {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 fn produce(bootstrap: &str, topic: &str, orders: u64) -> anyhow::Result<Duration> {
-    let producer: ThreadedProducer<_> = ClientConfig::new()
+    let failures = Arc::new(AtomicU64::new(0));
+    let producer: ThreadedProducer<CountFailures> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "200000")
-        .create()?;
+        .create_with_context(CountFailures(failures.clone()))?;
     let symbols = ["USD", "GBP", "JPY", "CHF", "AUD", "CAD"];
     let started = Instant::now();
     for n in 0..orders {
@@ -109,6 +127,11 @@ fn produce(bootstrap: &str, topic: &str, orders: u64) -> anyhow::Result<Duration
         }
     }
     producer.flush(Duration::from_secs(120))?;
+    let failed = failures.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {orders} records were not acknowledged"
+    );
     Ok(started.elapsed())
 }
 
@@ -240,7 +263,21 @@ async fn run() -> anyhow::Result<()> {
 
     eprintln!("producing {orders} orders to tansu ({storage}) ...");
     let produced = produce(&base.broker.bootstrap, &base.broker.topic, orders)?;
-    let end = log_end(&base.broker.bootstrap, &base.broker.topic)?;
+    // The broker's watermarks can trail the acks for a moment: wait until
+    // they account for every record.
+    let settle = Instant::now() + Duration::from_secs(60);
+    let end = loop {
+        let end = log_end(&base.broker.bootstrap, &base.broker.topic)?;
+        let total: i64 = end.values().sum();
+        if total as u64 >= orders || Instant::now() > settle {
+            anyhow::ensure!(
+                total as u64 >= orders,
+                "the log holds {total} of {orders} records"
+            );
+            break end;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     eprintln!(
         "  produced in {:.1} s ({:.0}/s); log end {end:?}",
         produced.as_secs_f64(),

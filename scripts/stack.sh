@@ -67,13 +67,19 @@ start_oms() {
   port_open "$OMS_HTTP_PORT" && die "port $OMS_HTTP_PORT is in use by a process this stack did not start"
   say "building oms (release)"
   cargo build --release --quiet --bin oms --manifest-path "$OMS_ROOT/Cargo.toml"
-  say "creating topics"
-  "$OMS_BIN" migrate --bootstrap "127.0.0.1:$OMS_BROKER_PORT"
+  local store="${OMS_STORE:-redb}" pg_url="postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms"
+  say "creating topics$([[ $store == postgres ]] && echo ' and the Postgres schema')"
+  "$OMS_BIN" migrate --bootstrap "127.0.0.1:$OMS_BROKER_PORT" --store "$store" --postgres-url "$pg_url"
   local log
   log="$(log_file oms)"
-  say "starting oms serve --store=${OMS_STORE:-redb} (store files in $OMS_STORE_PATH, tmpfs)"
+  if [[ $store == postgres ]]; then
+    say "starting oms serve --store=postgres ($pg_url)"
+  else
+    say "starting oms serve --store=$store (store files in $OMS_STORE_PATH, tmpfs)"
+  fi
   nohup "$OMS_BIN" serve \
-    --store "${OMS_STORE:-redb}" \
+    --store "$store" \
+    --postgres-url "$pg_url" \
     --store-path "$OMS_STORE_PATH" \
     --http-addr "127.0.0.1:$OMS_HTTP_PORT" \
     --bootstrap "127.0.0.1:$OMS_BROKER_PORT" \
@@ -126,7 +132,7 @@ up() {
   local base="http://127.0.0.1:$OMS_HTTP_PORT"
   cat <<MSG
 
-oms is up ($(( SECONDS - started )) s):
+oms is up ($(( SECONDS - started )) s), store ${OMS_STORE:-redb}:
   API          $base/orders
   Swagger UI   $base/docs
   OpenAPI      $base/openapi.yaml

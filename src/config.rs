@@ -100,6 +100,9 @@ pub struct BrokerSettings {
     pub linger_ms: u64,
     /// `Retry-After` seconds sent with a 503.
     pub retry_after_secs: u32,
+    /// `oms dlq replay` re-drives a record at most this many times; after
+    /// that it stays in the dead-letter topic for a human.
+    pub dlq_max_replays: u32,
 }
 
 impl Default for BrokerSettings {
@@ -113,6 +116,7 @@ impl Default for BrokerSettings {
             produce_timeout_ms: 2_000,
             linger_ms: 1,
             retry_after_secs: 1,
+            dlq_max_replays: 3,
         }
     }
 }

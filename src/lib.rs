@@ -14,10 +14,12 @@
 //! - [`store`]: the `Store` trait and one module per engine.
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`app`]: builds the pieces from settings and runs them until shutdown.
+//! - [`cli`]: what the `oms dlq` commands print.
 
 pub mod api;
 pub mod app;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod order;
 pub mod store;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use oms::app::Application;
 use oms::broker::admin::{self, TopicOutcome};
+use oms::broker::dlq::Selection;
 use oms::config::{Engine, Settings};
 use oms::store::postgres::PostgresStore;
 
@@ -29,10 +30,42 @@ enum Command {
     Serve(ServeArgs),
     /// Create the topics and, for `--store postgres`, apply the schema migrations (idempotent).
     Migrate(MigrateArgs),
+    /// Inspect and re-drive the dead-letter topic.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
     /// Print the OpenAPI document.
     Openapi {
         #[arg(long, value_enum, default_value_t = SpecFormat::Yaml)]
         format: SpecFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Show what is in the dead-letter topic: origin, reason, time, replays.
+    List {
+        /// Show at most this many records (oldest first).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-produce dead letters to the orders topic (replay count + 1).
+    Replay {
+        /// Every record not replayed by an earlier `--all`.
+        #[arg(long, conflicts_with = "offset", required_unless_present = "offset")]
+        all: bool,
+        /// These offsets of the dead-letter topic (repeatable).
+        #[arg(long, num_args = 1..)]
+        offset: Vec<i64>,
+        /// Show what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -167,6 +200,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("postgres schema is up to date");
             }
             Ok(())
+        }
+        Command::Dlq { command, broker } => {
+            let mut overrides = Vec::new();
+            broker.overrides(&mut overrides);
+            let settings = load(&cli, &overrides)?;
+            match command {
+                DlqCommand::List { limit, json } => {
+                    oms::cli::dlq_list(&settings.broker, *limit, *json).await
+                }
+                DlqCommand::Replay {
+                    all,
+                    offset,
+                    dry_run,
+                } => {
+                    let selection = if *all {
+                        Selection::AllPending
+                    } else {
+                        Selection::Offsets(offset.clone())
+                    };
+                    oms::cli::dlq_replay(&settings.broker, selection, *dry_run).await
+                }
+            }
         }
         Command::Openapi { format } => {
             let api = oms::api::openapi();

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admin::{self, AdminError};
 use super::client_config;
-use super::dlq::{DeadLetter, DeadLetterWriter, ErrorKind};
+use super::dlq::{DeadLetter, DeadLetterWriter, ErrorKind, replay_count};
 use crate::config::{BrokerSettings, ConsumerSettings};
 use crate::order::{Order, RecordError};
 use crate::store::{Batch, Offsets, Store, StoreError, StoredOrder};
@@ -269,6 +269,9 @@ impl ConsumerLoop {
             }
             match Order::from_record(m.payload().unwrap_or_default()) {
                 Ok(order) => {
+                    if replay_count(m) > 0 {
+                        metrics::counter!("orders_replayed_total").increment(1);
+                    }
                     orders.push(StoredOrder {
                         order,
                         partition: m.partition(),

@@ -1,0 +1,258 @@
+//! Failed events go back to the log: records the consumer cannot store land
+//! in the dead-letter topic unchanged, with headers saying why, without
+//! blocking the good records around them; `oms dlq replay` re-drives them,
+//! exactly once after a fix, and never in an endless loop.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestApp, bootstrap, eventually, fresh_database, log_end, order_body, settings};
+use oms::broker::dlq::{self, DlqEntry, ReplayOutcome, Selection};
+use oms::config::{BrokerSettings, Engine};
+use oms::order::NewOrder;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use uuid::Uuid;
+
+/// Produces raw bytes straight to the orders topic, as a foreign writer would.
+async fn produce_raw(broker: &BrokerSettings, key: &str, value: &[u8]) -> (i32, i64) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .expect("producer");
+    let delivered = producer
+        .send(
+            FutureRecord::to(&broker.topic).key(key).payload(value),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produced");
+    (delivered.partition, delivered.offset)
+}
+
+fn valid_record(n: i64) -> (Uuid, Vec<u8>) {
+    let order = NewOrder {
+        src_currency: "USD".into(),
+        dst_currency: "EUR".into(),
+        side: "buy".into(),
+        price: "1.5".into(),
+        quantity: "2".into(),
+        channel: 1,
+        description: format!("raw {n}"),
+        client_order_id: None,
+    }
+    .parse(chrono::Utc::now())
+    .expect("valid");
+    (order.id, order.to_record())
+}
+
+async fn dlq_entries(broker: &BrokerSettings, at_least: usize) -> Vec<DlqEntry> {
+    let found = eventually(Duration::from_secs(20), || {
+        let broker = broker.clone();
+        async move {
+            let entries = tokio::task::spawn_blocking(move || dlq::list(&broker, 1_000))
+                .await
+                .ok()?
+                .ok()?;
+            (entries.len() >= at_least).then_some(entries)
+        }
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("{at_least} dead letter(s) within 20 s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_dead_lettered_and_good_ones_around_them_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(settings(&bootstrap(), dir.path())).await;
+    let broker = app.settings.broker.clone();
+
+    let mut good = Vec::new();
+    let mut poison = Vec::new();
+    let (id, bytes) = valid_record(1);
+    produce_raw(&broker, "USD-EUR", &bytes).await;
+    good.push(id);
+    let junk = b"{\"this is\": not json".to_vec();
+    poison.push(("decode", produce_raw(&broker, "USD-EUR", &junk).await, junk));
+    let (id, bytes) = valid_record(2);
+    produce_raw(&broker, "USD-EUR", &bytes).await;
+    good.push(id);
+    let mut v2: serde_json::Value = serde_json::from_slice(&valid_record(3).1).expect("json");
+    v2["v"] = json!(2);
+    let v2 = v2.to_string().into_bytes();
+    poison.push(("decode", produce_raw(&broker, "USD-EUR", &v2).await, v2));
+    let mut negative: serde_json::Value = serde_json::from_slice(&valid_record(4).1).expect("json");
+    negative["price"] = json!("-1");
+    let negative = negative.to_string().into_bytes();
+    poison.push((
+        "validate",
+        produce_raw(&broker, "USD-EUR", &negative).await,
+        negative,
+    ));
+    let (id, bytes) = valid_record(5);
+    produce_raw(&broker, "USD-EUR", &bytes).await;
+    good.push(id);
+
+    for id in &good {
+        app.wait_for_order(*id, Duration::from_secs(20))
+            .await
+            .expect("good records are stored");
+    }
+    let entries = dlq_entries(&broker, poison.len()).await;
+    assert_eq!(entries.len(), poison.len());
+    for (entry, (kind, (partition, offset), bytes)) in entries.iter().zip(&poison) {
+        assert_eq!(entry.kind.as_deref(), Some(*kind));
+        assert_eq!(entry.origin_topic.as_deref(), Some(broker.topic.as_str()));
+        assert_eq!(entry.origin_partition, Some(*partition));
+        assert_eq!(entry.origin_offset, Some(*offset));
+        assert_eq!(entry.key.as_deref(), Some("USD-EUR"), "key unchanged");
+        assert_eq!(entry.value.as_bytes(), bytes.as_slice(), "bytes unchanged");
+        assert!(
+            entry.error.as_deref().is_some_and(|e| !e.is_empty()),
+            "a reason"
+        );
+        assert!(entry.failed_at.is_some(), "a time");
+        assert_eq!(entry.replays, 0);
+    }
+    // The poison records did not hold the partition back.
+    let mut end = log_end(&broker.bootstrap, &broker.topic);
+    end.retain(|_, next| *next > 0);
+    assert_eq!(
+        app.store.offsets(&broker.topic).await.expect("offsets"),
+        end
+    );
+    assert_eq!(app.store.count().await.expect("count"), good.len() as u64);
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics.contains("dlq_messages_total{reason=\"decode\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("dlq_messages_total{reason=\"validate\"} 1"));
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_store_refuses_is_replayed_once_the_cause_is_fixed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = settings(&bootstrap(), dir.path());
+    cfg.store.engine = Engine::Postgres;
+    cfg.store.postgres_url = fresh_database("oms_dlq").await;
+    oms::store::postgres::PostgresStore::connect(&cfg.store)
+        .await
+        .expect("pool")
+        .migrate()
+        .await
+        .expect("migrate");
+    // An operator's rule the stream does not know about: the store refuses these rows.
+    let admin = sqlx::PgPool::connect(&cfg.store.postgres_url)
+        .await
+        .expect("connect");
+    sqlx::query(
+        "ALTER TABLE orders ADD CONSTRAINT no_blocked CHECK (description <> 'blocked by policy')",
+    )
+    .execute(&admin)
+    .await
+    .expect("constraint");
+    let app = TestApp::spawn(cfg.clone()).await;
+
+    let before = app.accept(&order_body(1)).await;
+    let mut blocked = order_body(2);
+    blocked["description"] = json!("blocked by policy");
+    let refused = app.accept(&blocked).await;
+    let after = app.accept(&order_body(3)).await;
+    for id in [before, after] {
+        app.wait_for_order(id, Duration::from_secs(20))
+            .await
+            .expect("stored around the refused row");
+    }
+    let entries = dlq_entries(&cfg.broker, 1).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].kind.as_deref(), Some("store"));
+    assert!(
+        entries[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no_blocked")),
+        "{:?}",
+        entries[0].error
+    );
+    assert!(app.store.get(refused).await.expect("get").is_none());
+
+    // Fix the cause, then re-drive: stored exactly once, even if replayed twice.
+    sqlx::query("ALTER TABLE orders DROP CONSTRAINT no_blocked")
+        .execute(&admin)
+        .await
+        .expect("drop");
+    for _ in 0..2 {
+        let results = dlq::replay(
+            &cfg.broker,
+            Selection::Offsets(vec![entries[0].dlq_offset]),
+            3,
+            false,
+            |_, _, _, _| {},
+        )
+        .await
+        .expect("replay");
+        assert!(matches!(results[0].1, ReplayOutcome::Replayed { .. }));
+    }
+    let stored = app
+        .wait_for_order(refused, Duration::from_secs(20))
+        .await
+        .expect("stored after the fix");
+    assert_eq!(stored["description"], "blocked by policy");
+    let mut end = log_end(&cfg.broker.bootstrap, &cfg.broker.topic);
+    end.retain(|_, next| *next > 0);
+    let caught_up = eventually(Duration::from_secs(20), || {
+        let (store, topic, end) = (app.store.clone(), cfg.broker.topic.clone(), end.clone());
+        async move { (store.offsets(&topic).await.ok()? == end).then_some(()) }
+    })
+    .await;
+    assert!(caught_up.is_some());
+    assert_eq!(app.store.count().await.expect("count"), 3, "exactly once");
+    assert_eq!(
+        dlq_entries(&cfg.broker, 1).await.len(),
+        1,
+        "nothing new in the DLQ"
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_still_bad_record_returns_to_the_dlq_until_the_replay_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(settings(&bootstrap(), dir.path())).await;
+    let broker = app.settings.broker.clone();
+    let max = 2;
+    produce_raw(&broker, "USD-EUR", b"not an order").await;
+    dlq_entries(&broker, 1).await;
+
+    // Each replay fails again and comes back with its count incremented.
+    for round in 1..=max {
+        let results = dlq::replay(&broker, Selection::AllPending, max, false, |_, _, _, _| {})
+            .await
+            .expect("replay");
+        assert_eq!(results.len(), 1, "only the records not replayed yet");
+        assert!(matches!(results[0].1, ReplayOutcome::Replayed { .. }));
+        let entries = dlq_entries(&broker, 1 + round as usize).await;
+        assert_eq!(entries.last().map(|e| e.replays), Some(round));
+    }
+    // At the limit it stays put: no new record on the log, none in the DLQ.
+    let results = dlq::replay(&broker, Selection::AllPending, max, false, |_, _, _, _| {})
+        .await
+        .expect("replay");
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].1, ReplayOutcome::OverLimit { max });
+    let nothing_left = dlq::replay(&broker, Selection::AllPending, max, false, |_, _, _, _| {})
+        .await
+        .expect("replay");
+    assert!(
+        nothing_left.is_empty(),
+        "the over-limit record is not offered again by --all"
+    );
+    let orders_on_log: i64 = log_end(&broker.bootstrap, &broker.topic).values().sum();
+    assert_eq!(orders_on_log, 1 + i64::from(max));
+    assert_eq!(dlq_entries(&broker, 1).await.len(), 1 + max as usize);
+    app.stop().await.expect("clean stop");
+}
