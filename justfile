@@ -30,9 +30,9 @@ install:
 logs component="oms":
     tail -n 50 -f .oms/dev/log/{{component}}.log
 
-# Print the OpenAPI document generated from the code
+# Regenerate the committed OpenAPI spec (openapi/oms.yaml) from the code
 openapi:
-    cargo run --quiet -- openapi
+    cargo run --quiet -- openapi > openapi/oms.yaml
 
 # Rebuild benchmark: empty redb/sled/Postgres stores catching up with 1,000,000 orders (writes bench/REBUILD.md)
 bench-rebuild orders="1000000":

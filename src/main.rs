@@ -83,6 +83,9 @@ struct BrokerArgs {
     /// Orders topic (`broker.topic`).
     #[arg(long)]
     topic: Option<String>,
+    /// Dead-letter topic (`broker.dlq_topic`).
+    #[arg(long)]
+    dlq_topic: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +138,9 @@ impl BrokerArgs {
         }
         if let Some(v) = &self.topic {
             out.push(("broker.topic", v.clone()));
+        }
+        if let Some(v) = &self.dlq_topic {
+            out.push(("broker.dlq_topic", v.clone()));
         }
     }
 }

@@ -102,6 +102,10 @@ async fn poison_records_are_dead_lettered_and_good_ones_around_them_stored() {
     }
     let entries = dlq_entries(&broker, poison.len()).await;
     assert_eq!(entries.len(), poison.len());
+    eprintln!(
+        "dead letters: oms dlq list --bootstrap {} --dlq-topic {}",
+        broker.bootstrap, broker.dlq_topic
+    );
     for (entry, (kind, (partition, offset), bytes)) in entries.iter().zip(&poison) {
         assert_eq!(entry.kind.as_deref(), Some(*kind));
         assert_eq!(entry.origin_topic.as_deref(), Some(broker.topic.as_str()));

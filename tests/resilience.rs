@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{Tansu, TestApp, bootstrap, eventually, order_body, settings};
+use common::{OmsProcess, Tansu, TestApp, bootstrap, eventually, free_port, order_body, settings};
 use oms::store::Store;
 use oms::store::redb::RedbStore;
 use serde_json::Value;
@@ -137,4 +137,77 @@ async fn an_empty_store_is_rebuilt_from_the_log_and_restarts_do_not_duplicate() 
         let total: i64 = offsets.values().sum();
         assert_eq!(total as usize, expected, "offsets cover exactly the log");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = settings(&bootstrap(), &dir.path().join("store"));
+    oms::broker::admin::create_topics(&cfg.broker)
+        .await
+        .expect("topics");
+    let args: Vec<String> = [
+        "--store-path",
+        &cfg.store.path.display().to_string(),
+        "--bootstrap",
+        &cfg.broker.bootstrap,
+        "--topic",
+        &cfg.broker.topic,
+    ]
+    .map(String::from)
+    .to_vec();
+    let daemon = OmsProcess::start(free_port(), &args, &dir.path().join("oms.log")).await;
+    let client = reqwest::Client::new();
+    let mut acked = BTreeSet::new();
+    for n in 0..5 {
+        let resp = client
+            .post(format!("{}/orders", daemon.base))
+            .json(&order_body(n))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(resp.status(), 202);
+        let body: Value = resp.json().await.expect("json");
+        acked.insert(
+            body["id"]
+                .as_str()
+                .and_then(|s| s.parse::<Uuid>().ok())
+                .expect("id"),
+        );
+    }
+    // Requests in flight when SIGTERM arrives are finished, not cut.
+    let in_flight: Vec<_> = (0..20)
+        .map(|n| {
+            let request = client
+                .post(format!("{}/orders", daemon.base))
+                .json(&order_body(n))
+                .send();
+            tokio::spawn(request)
+        })
+        .collect();
+    let status = tokio::task::spawn_blocking(move || daemon.terminate(Duration::from_secs(20)))
+        .await
+        .expect("terminate");
+    assert!(status.success(), "exit status {status}");
+    for request in in_flight {
+        if let Ok(Ok(resp)) = request.await {
+            if resp.status() == 202 {
+                let body: Value = resp.json().await.expect("json");
+                acked.insert(
+                    body["id"]
+                        .as_str()
+                        .and_then(|s| s.parse::<Uuid>().ok())
+                        .expect("id"),
+                );
+            }
+        }
+    }
+    // Whatever was acknowledged is in the store after a restart.
+    let app = TestApp::spawn(cfg).await;
+    for id in &acked {
+        app.wait_for_order(*id, Duration::from_secs(10))
+            .await
+            .expect("acknowledged order stored");
+    }
+    app.stop().await.expect("clean stop");
 }

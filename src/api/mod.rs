@@ -154,3 +154,28 @@ async fn record_metrics<E: Endpoint>(ep: E, req: Request) -> poem::Result<Respon
         .record(started.elapsed().as_secs_f64());
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_spec_is_generated_from_the_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi/oms.yaml");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == openapi().spec_yaml(),
+            "openapi/oms.yaml differs from the code's spec: run `just openapi` and commit the result"
+        );
+    }
+
+    #[test]
+    fn route_labels_are_bounded() {
+        assert_eq!(
+            route_label("/orders/0b0f7a8e-3c5d-5e1a-9f62-2a7d4c1e8b90"),
+            "/orders/{id}"
+        );
+        assert_eq!(route_label("/docs/oai.js"), "/docs");
+        assert_eq!(route_label("/wp-admin.php"), "other");
+    }
+}
