@@ -78,13 +78,13 @@ enum SpecFormat {
 #[derive(Debug, Args)]
 struct BrokerArgs {
     /// Kafka bootstrap servers (`broker.bootstrap`).
-    #[arg(long)]
+    #[arg(long, global = true)]
     bootstrap: Option<String>,
     /// Orders topic (`broker.topic`).
-    #[arg(long)]
+    #[arg(long, global = true)]
     topic: Option<String>,
     /// Dead-letter topic (`broker.dlq_topic`).
-    #[arg(long)]
+    #[arg(long, global = true)]
     dlq_topic: Option<String>,
 }
 
