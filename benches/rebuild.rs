@@ -162,17 +162,6 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn fresh_database(admin: &str) -> anyhow::Result<String> {
-    let name = format!("oms_bench_{}", uuid::Uuid::now_v7().simple());
-    let pool = sqlx::PgPool::connect(admin).await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pool)
-        .await?;
-    pool.close().await;
-    let (base, _) = admin.rsplit_once('/').context("database URL")?;
-    Ok(format!("{base}/{name}"))
-}
-
 struct Run {
     engine: Engine,
     batch_max: usize,
@@ -195,7 +184,8 @@ async fn rebuild(
     ));
     if engine == Engine::Postgres {
         let admin = std::env::var("OMS_BENCH_DATABASE_URL").context("OMS_BENCH_DATABASE_URL")?;
-        cfg.store.postgres_url = fresh_database(&admin).await?;
+        cfg.store.postgres_url =
+            oms::store::postgres::PostgresStore::create_database(&admin, "oms_bench").await?;
         oms::store::postgres::PostgresStore::connect(&cfg.store)
             .await?
             .migrate()

@@ -297,41 +297,38 @@ impl ConsumerLoop {
 
         let batch = Arc::new(Batch::new(topic, orders, offsets.clone()));
         let engine = self.store.engine();
-        let mut delays = self.backoff();
-        loop {
-            let started = Instant::now();
-            let outcome = self.store.apply(batch.clone()).await;
-            metrics::histogram!("store_write_seconds", "engine" => engine)
-                .record(started.elapsed().as_secs_f64());
-            match outcome {
-                Ok(applied) => {
-                    metrics::counter!("orders_stored_total", "engine" => engine)
-                        .increment(applied.inserted as u64);
-                    metrics::counter!("orders_duplicate_total", "engine" => engine)
-                        .increment(applied.duplicates as u64);
-                    self.status.set(ConsumerState::Running);
-                    return Some(offsets);
-                }
-                Err(StoreError::Transient(reason)) => {
-                    tracing::warn!(%reason, "store unavailable; retrying the batch");
-                    self.status.set(ConsumerState::Waiting {
-                        reason: format!("store unavailable: {reason}"),
-                    });
-                    let delay = delays
-                        .next()
-                        .unwrap_or(Duration::from_millis(self.settings.retry_max_ms));
-                    tokio::select! {
-                        () = shutdown.cancelled() => return None,
-                        () = tokio::time::sleep(delay) => {}
+        // Transient errors are retried (the partition does not advance);
+        // a permanent refusal comes back as `Err(reason)`.
+        let outcome = self
+            .retry(shutdown, "store unavailable", || {
+                let batch = batch.clone();
+                async move {
+                    let started = Instant::now();
+                    let outcome = self.store.apply(batch).await;
+                    metrics::histogram!("store_write_seconds", "engine" => engine)
+                        .record(started.elapsed().as_secs_f64());
+                    match outcome {
+                        Ok(applied) => Ok(Ok(applied)),
+                        Err(StoreError::Permanent(reason)) => Ok(Err(reason)),
+                        Err(transient) => Err(transient),
                     }
                 }
-                Err(StoreError::Permanent(reason)) => {
-                    tracing::error!(%reason, "store refused the batch; storing its rows one by one");
-                    return self
-                        .apply_one_by_one(topic, &batch, &raw, shutdown)
-                        .await
-                        .then_some(offsets);
-                }
+            })
+            .await?;
+        self.status.set(ConsumerState::Running);
+        match outcome {
+            Ok(applied) => {
+                metrics::counter!("orders_stored_total", "engine" => engine)
+                    .increment(applied.inserted as u64);
+                metrics::counter!("orders_duplicate_total", "engine" => engine)
+                    .increment(applied.duplicates as u64);
+                Some(offsets)
+            }
+            Err(reason) => {
+                tracing::error!(%reason, "store refused the batch; storing its rows one by one");
+                self.apply_one_by_one(topic, &batch, &raw, shutdown)
+                    .await
+                    .then_some(offsets)
             }
         }
     }

@@ -49,6 +49,21 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// The headers of `message` that are not oms' own (traceparent, content-type...),
+/// to carry over into a dead letter or a replay.
+fn foreign_headers(message: &impl Message) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = message.headers() {
+        for h in original.iter().filter(|h| !h.key.starts_with("oms-")) {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    headers
+}
+
 /// Writes dead letters with `acks=all`; an ack means the record is safe.
 #[derive(Clone, Debug)]
 pub struct DeadLetterWriter {
@@ -86,16 +101,8 @@ impl DeadLetterWriter {
         let offset = m.offset().to_string();
         let failed_at = Utc::now().to_rfc3339();
         let replays = replay_count(m).to_string();
-        let mut headers = OwnedHeaders::new();
         // Keep the original headers (traceparent, content-type), then ours.
-        if let Some(original) = m.headers() {
-            for h in original.iter().filter(|h| !h.key.starts_with("oms-")) {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-        }
+        let mut headers = foreign_headers(m);
         for (key, value) in [
             ("oms-origin-topic", m.topic()),
             ("oms-origin-partition", partition.as_str()),
@@ -314,15 +321,7 @@ pub async fn replay(
                 .as_ref()
                 .ok_or(ReplayError::Read(KafkaError::Canceled))?;
             let count = (entry.replays + 1).to_string();
-            let mut headers = OwnedHeaders::new();
-            if let Some(original) = message.headers() {
-                for h in original.iter().filter(|h| !h.key.starts_with("oms-")) {
-                    headers = headers.insert(Header {
-                        key: h.key,
-                        value: h.value,
-                    });
-                }
-            }
+            let mut headers = foreign_headers(message);
             headers = headers.insert(Header {
                 key: REPLAY_COUNT_HEADER,
                 value: Some(count.as_str()),

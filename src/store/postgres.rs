@@ -123,6 +123,23 @@ impl PostgresStore {
         Ok(Self { pool })
     }
 
+    /// Creates a new, empty database named `{prefix}_{uuid}` on the server
+    /// `admin_url` points at, and returns its URL (tests and benchmarks give
+    /// each run a database of its own).
+    pub async fn create_database(admin_url: &str, prefix: &str) -> Result<String, StoreError> {
+        let name = format!("{prefix}_{}", Uuid::now_v7().simple());
+        let pool = PgPool::connect(admin_url).await.map_err(classify)?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .map_err(classify)?;
+        pool.close().await;
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .ok_or_else(|| StoreError::Permanent(format!("{admin_url} names no database")))?;
+        Ok(format!("{base}/{name}"))
+    }
+
     /// Applies the pending migrations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR
@@ -284,17 +301,9 @@ mod tests {
         let admin = std::env::var("OMS_TEST_DATABASE_URL").unwrap_or_else(|_| {
             panic!("OMS_TEST_DATABASE_URL is not set: run the tests with `just test`, which starts PostgreSQL")
         });
-        let name = format!("{prefix}_{}", Uuid::now_v7().simple());
-        let pool = PgPool::connect(&admin)
+        PostgresStore::create_database(&admin, prefix)
             .await
-            .expect("connect to the test cluster");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&pool)
-            .await
-            .expect("create database");
-        pool.close().await;
-        let (base, _) = admin.rsplit_once('/').expect("URL with a database");
-        format!("{base}/{name}")
+            .expect("create a test database")
     }
 
     impl super::super::contract::Engine for Postgres {

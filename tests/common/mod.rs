@@ -254,17 +254,9 @@ impl Drop for Tansu {
 pub async fn fresh_database(prefix: &str) -> String {
     let admin = std::env::var("OMS_TEST_DATABASE_URL")
         .unwrap_or_else(|_| panic!("OMS_TEST_DATABASE_URL is not set: run the tests with `just test`, which starts PostgreSQL"));
-    let name = format!("{prefix}_{}", Uuid::now_v7().simple());
-    let pool = sqlx::PgPool::connect(&admin)
+    oms::store::postgres::PostgresStore::create_database(&admin, prefix)
         .await
-        .expect("connect to the test cluster");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pool)
-        .await
-        .expect("create database");
-    pool.close().await;
-    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
-    format!("{base}/{name}")
+        .expect("create a test database")
 }
 
 /// The log end offset of every partition of `topic`.
