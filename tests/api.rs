@@ -88,6 +88,8 @@ async fn an_accepted_order_becomes_readable() {
     }
     assert_eq!(stored["partition"], accepted["partition"]);
     assert_eq!(stored["offset"], accepted["offset"]);
+    // Absent, not null: the schema says string.
+    assert!(stored.get("client_order_id").is_none(), "{stored}");
 
     let page: Value = app
         .get("/orders?symbol=USD-EUR")
@@ -218,6 +220,23 @@ async fn malformed_requests_get_clear_problems() {
     problem(app.get("/orders?symbol=usd-eur").await, 400).await;
     problem(app.get("/orders?symbol=USD-EUR&limit=0").await, 400).await;
     problem(app.get("/no-such-route").await, 404).await;
+    for (method, path, allow) in [
+        ("DELETE", "/orders", "GET, POST"),
+        ("TRACE", "/healthz", "GET"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = app
+            .client
+            .request(method, format!("{}{path}", app.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some(allow)
+        );
+        problem(resp, 405).await;
+    }
     app.stop().await.expect("clean stop");
 }
 
@@ -289,6 +308,12 @@ async fn listing_pages_through_a_symbol() {
                     .expect("id")
                     .parse::<uuid::Uuid>()
                     .expect("uuid"),
+            );
+        }
+        if page.get("next_after").is_some() {
+            assert!(
+                page["next_after"].is_string(),
+                "next_after is absent or a string"
             );
         }
         match page["next_after"].as_str() {

@@ -68,6 +68,7 @@ pub fn routes(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize
         .around(record_metrics)
         .catch_all_error(|err: poem::Error| async move {
             let status = err.status();
+            let allow = (status == StatusCode::METHOD_NOT_ALLOWED).then(|| allowed_methods(&err));
             let kind = match status {
                 StatusCode::NOT_FOUND => "not-found",
                 StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
@@ -75,9 +76,30 @@ pub fn routes(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize
                 s if s.is_server_error() => "internal",
                 _ => "bad-request",
             };
-            Problem::new(status, kind, err.to_string()).into_response()
+            let mut response = Problem::new(status, kind, err.to_string()).into_response();
+            if let Some(allow) = allow.flatten() {
+                if let Ok(value) = poem::http::HeaderValue::from_str(allow) {
+                    response
+                        .headers_mut()
+                        .insert(poem::http::header::ALLOW, value);
+                }
+            }
+            response
         })
 }
+
+/// RFC 9110 wants `Allow` on every 405. poem's error does not say which path
+/// it was for, so the route is carried in a request extension (see `record_metrics`).
+fn allowed_methods(err: &poem::Error) -> Option<&'static str> {
+    err.data::<RouteLabel>().map(|route| match route.0 {
+        "/orders" => "GET, POST",
+        _ => "GET",
+    })
+}
+
+/// The matched route of a request, attached to its errors.
+#[derive(Debug, Clone, Copy)]
+struct RouteLabel(&'static str);
 
 #[handler]
 fn render_metrics(handle: poem::web::Data<&PrometheusHandle>) -> Response {
@@ -139,7 +161,14 @@ async fn record_metrics<E: Endpoint>(ep: E, req: Request) -> poem::Result<Respon
     let started = Instant::now();
     let method = req.method().as_str().to_owned();
     let route = route_label(req.uri().path());
-    let result = ep.call(req).await.map(IntoResponse::into_response);
+    let result = ep
+        .call(req)
+        .await
+        .map(IntoResponse::into_response)
+        .map_err(|mut err| {
+            err.set_data(RouteLabel(route));
+            err
+        });
     let status = match &result {
         Ok(resp) => resp.status(),
         Err(err) => err.status(),

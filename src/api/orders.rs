@@ -235,6 +235,8 @@ pub struct OrderAccepted {
 #[oai(rename = "Order")]
 pub struct OrderView {
     pub id: Uuid,
+    /// Present when the order was submitted with one.
+    #[oai(skip_serializing_if_is_none)]
     pub client_order_id: Option<String>,
     pub symbol: String,
     pub src_currency: String,
@@ -280,6 +282,7 @@ impl From<StoredOrder> for OrderView {
 pub struct OrderPage {
     pub orders: Vec<OrderView>,
     /// Pass as `after` to get the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_after: Option<Uuid>,
 }
 
