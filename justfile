@@ -40,6 +40,10 @@ bench-rebuild orders="1000000":
     scripts/stack.sh start postgres
     OMS_BENCH_ORDERS={{orders}} OMS_BENCH_DATABASE_URL=postgres://oms:oms@127.0.0.1:5432/postgres cargo bench --bench rebuild
 
+# Generate the Python and TypeScript clients from openapi/oms.yaml (into .oms/clients and clients/ts/generated)
+clients:
+    scripts/clients.sh
+
 # k6 load against the running stack (`just up` first): script orders or healthz; k6 env vars pass through
 load script="orders":
     scripts/install.sh k6

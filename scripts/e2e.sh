@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # API-contract checks against a live oms (BASE_URL as the only argument):
-# property-based fuzzing of every operation with schemathesis — no 5xx,
-# responses conform to the schema, only documented status codes, content
-# types and headers as documented. Bounded: a fixed number of examples per
-# operation and a fixed seed, so a failure can be replayed.
+# - property-based fuzzing of every operation with schemathesis: no 5xx,
+#   responses conform to the schema, only documented status codes, content
+#   types and headers as documented. Bounded: a fixed number of examples per
+#   operation and a fixed seed, so a failure can be replayed;
+# - the generated Python and TypeScript clients create an order, read it
+#   back and get a typed validation error.
 source "$(dirname "$0")/lib.sh"
 base="${1:?usage: $0 BASE_URL}"
 
@@ -14,3 +16,9 @@ st run "$base/openapi.json" \
   --seed "${OMS_FUZZ_SEED:-20261127}" \
   --workers 1 \
   --request-timeout 10
+
+"$OMS_ROOT/scripts/clients.sh"
+say "generated Python client against $base"
+python3 "$OMS_ROOT/clients/python/check.py" "$OMS_ROOT/.oms/clients/python" "$base"
+say "generated TypeScript client against $base"
+(cd "$OMS_ROOT/clients/ts" && npx --no-install tsc -p . && node dist/check.js "$base")
