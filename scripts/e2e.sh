@@ -5,7 +5,9 @@
 #   types and headers as documented. Bounded: a fixed number of examples per
 #   operation and a fixed seed, so a failure can be replayed;
 # - the generated Python and TypeScript clients create an order, read it
-#   back and get a typed validation error.
+#   back and get a typed validation error;
+# - Swagger UI at /docs in headless Chromium: "Try it out" on POST /orders
+#   answers 202 (screenshot in $OMS_STATE/swagger-ui.png).
 source "$(dirname "$0")/lib.sh"
 base="${1:?usage: $0 BASE_URL}"
 
@@ -22,3 +24,8 @@ say "generated Python client against $base"
 python3 "$OMS_ROOT/clients/python/check.py" "$OMS_ROOT/.oms/clients/python" "$base"
 say "generated TypeScript client against $base"
 (cd "$OMS_ROOT/clients/ts" && npx --no-install tsc -p . && node dist/check.js "$base")
+
+"$OMS_ROOT/scripts/install.sh" chromium
+say "Swagger UI in headless Chromium against $base/docs"
+(cd "$OMS_ROOT/e2e/browser" && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
+  && node swagger.mjs "$base" "$OMS_STATE/swagger-ui.png")

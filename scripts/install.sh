@@ -54,6 +54,10 @@ install_schemathesis() {
   python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
+install_chromium() {
+  [[ -x /usr/bin/chromium ]] || apt_install chromium
+}
+
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(tansu postgres)
 for target in "${targets[@]}"; do
@@ -62,6 +66,7 @@ for target in "${targets[@]}"; do
     postgres) install_postgres ;;
     k6) install_k6 ;;
     schemathesis) install_schemathesis ;;
+    chromium) install_chromium ;;
     *) die "unknown install target: $target" ;;
   esac
 done

@@ -1,0 +1,42 @@
+// Swagger UI in a real browser: open /docs in headless Debian Chromium,
+// expand POST /orders, "Try it out" with the example body, "Execute", and
+// expect a 202 in the rendered response. Saves a screenshot of the page.
+//
+// Usage: node swagger.mjs BASE_URL SCREENSHOT.png
+import { chromium } from 'playwright-core';
+
+const [base, screenshot] = process.argv.slice(2);
+if (!base || !screenshot) throw new Error('usage: node swagger.mjs BASE_URL SCREENSHOT.png');
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  // A fresh temporary profile each launch (Playwright's default). No network
+  // beyond loopback here: keep Chromium from trying.
+  args: [
+    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1500 } });
+  await page.goto(`${base}/docs`, { waitUntil: 'load' });
+  const op = page.locator('#operations-Orders-createOrder');
+  await op.locator('.opblock-summary').click();
+  await op.locator('button.try-out__btn').click();
+  const body = await op.locator('textarea.body-param__text').inputValue();
+  if (!body.includes('"src_currency"')) throw new Error(`the example body is missing: ${body}`);
+  await op.locator('button.execute').click();
+  const status = op.locator('.live-responses-table .response .response-col_status').first();
+  await status.waitFor({ timeout: 15_000 });
+  const code = (await status.innerText()).trim();
+  if (!code.startsWith('202')) {
+    const text = await op.locator('.live-responses-table').innerText();
+    throw new Error(`Try it out answered ${code}, not 202:\n${text}`);
+  }
+  await op.scrollIntoViewIfNeeded();
+  await page.screenshot({ path: screenshot, fullPage: false });
+  console.log(`swagger ui: POST /orders via "Try it out" answered ${code}; screenshot ${screenshot}`);
+} finally {
+  await browser.close();
+}
