@@ -189,6 +189,9 @@ async fn malformed_requests_get_clear_problems() {
     )
     .await;
     problem(app.post_raw("text/plain", "hello").await, 415).await;
+    // A JSON number beyond f64 is not JSON serde can hold: 400, not a crash.
+    let huge = r#"{"src_currency":"USD","dst_currency":"EUR","side":"buy","price":"1","quantity":"1","channel":1e400}"#;
+    problem(app.post_raw("application/json", huge).await, 400).await;
 
     let limit = app.settings.http.body_limit_bytes;
     let mut big = order_body(1);
