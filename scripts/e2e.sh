@@ -7,7 +7,9 @@
 # - the generated Python and TypeScript clients create an order, read it
 #   back and get a typed validation error;
 # - Swagger UI at /docs in headless Chromium: "Try it out" on POST /orders
-#   answers 202 (screenshot in $OMS_STATE/swagger-ui.png).
+#   answers 202 (screenshot in $OMS_STATE/swagger-ui.png);
+# - with OMS_PROM_URL set (a Prometheus scraping this oms): Prometheus holds
+#   oms' series, and every query of the Grafana dashboard returns data.
 source "$(dirname "$0")/lib.sh"
 base="${1:?usage: $0 BASE_URL}"
 
@@ -29,3 +31,8 @@ say "generated TypeScript client against $base"
 say "Swagger UI in headless Chromium against $base/docs"
 (cd "$OMS_ROOT/e2e/browser" && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
   && node swagger.mjs "$base" "$OMS_STATE/swagger-ui.png")
+
+if [[ -n "${OMS_PROM_URL:-}" ]]; then
+  say "Prometheus ($OMS_PROM_URL): oms' series and every dashboard query"
+  python3 "$OMS_ROOT/scripts/check_dashboard.py" "$OMS_PROM_URL" "$OMS_ROOT/deployment/grafana/dashboards/oms.json"
+fi

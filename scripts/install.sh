@@ -54,12 +54,16 @@ install_schemathesis() {
   python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
+install_prometheus() {
+  command -v prometheus >/dev/null 2>&1 || apt_install prometheus
+}
+
 install_chromium() {
   [[ -x /usr/bin/chromium ]] || apt_install chromium
 }
 
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(tansu postgres)
+[[ ${#targets[@]} -gt 0 ]] || targets=(tansu postgres prometheus)
 for target in "${targets[@]}"; do
   case "$target" in
     tansu) install_tansu ;;
@@ -67,6 +71,7 @@ for target in "${targets[@]}"; do
     k6) install_k6 ;;
     schemathesis) install_schemathesis ;;
     chromium) install_chromium ;;
+    prometheus) install_prometheus ;;
     *) die "unknown install target: $target" ;;
   esac
 done

@@ -62,6 +62,27 @@ start_postgres() {
   fi
 }
 
+start_prometheus() {
+  local pid
+  if pid="$(live_pid prometheus)"; then say "prometheus already running (pid $pid)"; return 0; fi
+  port_open "$OMS_PROM_PORT" && die "port $OMS_PROM_PORT is in use by a process this stack did not start"
+  "$OMS_ROOT/scripts/install.sh" prometheus
+  local config="$OMS_STATE/prometheus.yml" log
+  log="$(log_file prometheus)"
+  # deployment/prometheus.yml, pointed at this stack's oms port.
+  sed -e "s/127.0.0.1:8080/127.0.0.1:$OMS_HTTP_PORT/" \
+    -e "s/scrape_interval: 5s/scrape_interval: ${OMS_SCRAPE_INTERVAL:-5s}/" \
+    "$OMS_ROOT/deployment/prometheus.yml" >"$config"
+  say "starting Prometheus on 127.0.0.1:$OMS_PROM_PORT (scraping oms on :$OMS_HTTP_PORT)"
+  nohup prometheus --config.file="$config" --storage.tsdb.path="$OMS_STATE/prometheus" \
+    --web.listen-address="127.0.0.1:$OMS_PROM_PORT" >>"$log" 2>&1 </dev/null &
+  echo $! >"$(pid_file prometheus)"
+  wait_for_component prometheus 30 curl -sf "http://127.0.0.1:$OMS_PROM_PORT/-/ready" || {
+    tail -n 20 "$log" >&2
+    die "Prometheus did not become ready (log: $log)"
+  }
+}
+
 start_oms() {
   local pid
   if pid="$(live_pid oms)"; then say "oms already running (pid $pid)"; return 0; fi
@@ -100,7 +121,8 @@ start() {
     broker) start_broker ;;
     postgres) start_postgres ;;
     oms) start_oms ;;
-    *) die "unknown component: $1 (broker, postgres, oms)" ;;
+    prometheus) start_prometheus ;;
+    *) die "unknown component: $1 (broker, postgres, oms, prometheus)" ;;
   esac
 }
 
@@ -108,14 +130,14 @@ stop() {
   case "$1" in
     # Postgres: SIGINT is its "fast" shutdown (SIGTERM waits for clients).
     postgres) STOP_SIGNAL=INT stop_component postgres 30 ;;
-    broker | oms) stop_component "$1" 20 ;;
-    *) die "unknown component: $1 (broker, postgres, oms)" ;;
+    broker | oms | prometheus) stop_component "$1" 20 ;;
+    *) die "unknown component: $1 (broker, postgres, oms, prometheus)" ;;
   esac
 }
 
 status() {
   local name pid
-  for name in broker postgres oms; do
+  for name in broker postgres oms prometheus; do
     if pid="$(live_pid "$name")"; then
       printf '  %-9s running  pid %s\n' "$name" "$pid"
     else
@@ -133,6 +155,7 @@ up() {
   start_broker
   start_postgres
   start_oms
+  start_prometheus
   local base="http://127.0.0.1:$OMS_HTTP_PORT"
   cat <<MSG
 
@@ -144,7 +167,8 @@ oms is up ($(( SECONDS - started )) s), store ${OMS_STORE:-redb}:
   readiness    $base/readyz
   broker       127.0.0.1:$OMS_BROKER_PORT (tansu, log in $OMS_STATE/tansu/tansu.db)
   postgres     postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms
-  logs         $OMS_STATE/log/{oms,broker,postgres}.log
+  prometheus   http://127.0.0.1:$OMS_PROM_PORT  (try: rate(http_requests_total[1m]))
+  logs         $OMS_STATE/log/{oms,broker,postgres,prometheus}.log
 Try:  curl -si $base/orders -H 'content-type: application/json' \\
         -d '{"src_currency":"USD","dst_currency":"EUR","side":"buy","price":"1.085","quantity":"100","channel":11}'
 Stop: just down
@@ -152,6 +176,7 @@ MSG
 }
 
 down() {
+  stop prometheus
   stop oms
   stop postgres
   stop broker

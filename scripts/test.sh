@@ -56,4 +56,9 @@ cargo build --quiet --bin oms
 OMS_BIN="$OMS_TARGET_DIR/debug/oms" OMS_HTTP_PORT="${OMS_TEST_HTTP_PORT:-18080}" \
   OMS_STORE_PATH="/dev/shm/oms/test-e2e-$$" "$OMS_ROOT/scripts/stack.sh" start oms
 started+=(oms)
-"$OMS_ROOT/scripts/e2e.sh" "http://127.0.0.1:${OMS_TEST_HTTP_PORT:-18080}"
+rm -rf "$OMS_STATE/prometheus"
+OMS_HTTP_PORT="${OMS_TEST_HTTP_PORT:-18080}" OMS_PROM_PORT="${OMS_TEST_PROM_PORT:-19090}" OMS_SCRAPE_INTERVAL=1s \
+  "$OMS_ROOT/scripts/stack.sh" start prometheus
+started+=(prometheus)
+OMS_PROM_URL="http://127.0.0.1:${OMS_TEST_PROM_PORT:-19090}" \
+  "$OMS_ROOT/scripts/e2e.sh" "http://127.0.0.1:${OMS_TEST_HTTP_PORT:-18080}"

@@ -12,10 +12,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::broker::consumer::{ConsumerLoop, ConsumerStatus};
+use crate::broker::consumer::{self, ConsumerLoop, ConsumerStatus};
 use crate::broker::producer::OrderProducer;
 use crate::config::Settings;
 use crate::store;
+
+/// How often `consumer_lag` is refreshed.
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for the producer to deliver what it still holds.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,6 +101,7 @@ impl Application {
             metrics,
         } = self;
         let producer = state.producer.clone();
+        let lag_store = state.store.clone();
         let endpoint = api::routes(state, metrics.clone(), settings.http.body_limit_bytes);
         let drain = Duration::from_millis(settings.http.shutdown_timeout_ms);
         tracing::info!(%addr, engine = settings.store.engine.as_str(), topic = %settings.broker.topic, "oms serving");
@@ -115,6 +119,13 @@ impl Application {
         tasks.spawn(async move {
             consumer.run(stop).await.context("consumer failed")?;
             Ok("consumer")
+        });
+        let (stop, lag_broker) = (shutdown.clone(), settings.broker.clone());
+        tasks.spawn(async move {
+            consumer::watch_lag(lag_broker, lag_store, LAG_INTERVAL, stop)
+                .await
+                .context("lag watcher failed")?;
+            Ok("lag")
         });
         let stop = shutdown.clone();
         tasks.spawn(async move {

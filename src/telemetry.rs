@@ -36,6 +36,18 @@ pub fn init_logs(
     Ok(())
 }
 
+/// Counters whose absence would read as "no data" rather than zero on a
+/// dashboard start at 0, with every label value they can take.
+fn register_zeroes() {
+    for reason in ["decode", "validate", "store"] {
+        metrics::counter!("dlq_messages_total", "reason" => reason).absolute(0);
+    }
+    for kind in ["timeout", "refused"] {
+        metrics::counter!("produce_errors_total", "kind" => kind).absolute(0);
+    }
+    metrics::counter!("orders_replayed_total").absolute(0);
+}
+
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn metrics() -> Result<PrometheusHandle, String> {
     static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
@@ -52,6 +64,7 @@ pub fn metrics() -> Result<PrometheusHandle, String> {
                 .map_err(|e| e.to_string())?
                 .install_recorder()
                 .map_err(|e| e.to_string())
+                .inspect(|_| register_zeroes())
         })
         .clone()
 }

@@ -17,6 +17,17 @@ use uuid::Uuid;
 /// How long Postgres stays down.
 const OUTAGE: Duration = Duration::from_secs(10);
 
+/// Sum of `consumer_lag` over partitions, as `/metrics` shows it.
+async fn lag(app: &TestApp) -> Option<f64> {
+    let text = app.get("/metrics").await.text().await.ok()?;
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("consumer_lag{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 async fn submit_for(
     app: &TestApp,
     duration: Duration,
@@ -71,9 +82,15 @@ async fn postgres_down_for_ten_seconds_loses_nothing() {
     .await
     .expect("/readyz reports the store outage");
     assert_eq!(degraded["status"], "degraded");
+    let mut lag_during_outage = 0.0;
     while outage_started.elapsed() < OUTAGE {
         n = submit_for(&app, Duration::from_millis(250), n, &mut acked).await;
+        lag_during_outage = lag(&app).await.unwrap_or_default();
     }
+    assert!(
+        lag_during_outage > 0.0,
+        "consumer_lag grows while the store is down"
+    );
     pg.start();
 
     let ready = eventually(Duration::from_secs(30), || async {
@@ -92,6 +109,11 @@ async fn postgres_down_for_ten_seconds_loses_nothing() {
     })
     .await;
     assert!(caught_up.is_some(), "the consumer caught up with the log");
+    let lag_gone = eventually(Duration::from_secs(20), || async {
+        (lag(&app).await == Some(0.0)).then_some(())
+    })
+    .await;
+    assert!(lag_gone.is_some(), "consumer_lag returns to 0");
     assert_eq!(
         app.store.count().await.expect("count"),
         acked.len() as u64,
@@ -110,7 +132,7 @@ async fn postgres_down_for_ten_seconds_loses_nothing() {
         "an outage is not a reason to dead-letter"
     );
     eprintln!(
-        "store outage: {} orders acked ({} during a {:?} outage), all stored once",
+        "store outage: {} orders acked ({} during a {:?} outage, lag up to {lag_during_outage}), all stored once",
         acked.len(),
         n - before_outage,
         OUTAGE

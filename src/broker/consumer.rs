@@ -225,7 +225,7 @@ impl ConsumerLoop {
             let Some(offsets) = self.process(&topic, messages, shutdown).await else {
                 break;
             };
-            self.commit_for_lag(&consumer, &topic, &offsets);
+            self.report_lag(&consumer, &topic, &offsets);
         }
         Ok(())
     }
@@ -386,7 +386,9 @@ impl ConsumerLoop {
         .is_some()
     }
 
-    fn commit_for_lag(&self, consumer: &StreamConsumer, topic: &str, offsets: &Offsets) {
+    /// Commits the stored offsets broker-side, so standard Kafka tools can
+    /// show lag too (`consumer_lag` comes from [`watch_lag`]).
+    fn report_lag(&self, consumer: &StreamConsumer, topic: &str, offsets: &Offsets) {
         let mut list = TopicPartitionList::new();
         for (partition, next) in offsets {
             if list
@@ -407,5 +409,47 @@ fn dead_letter(message: &BorrowedMessage<'_>, err: &RecordError) -> DeadLetter {
         message: message.detach(),
         kind: ErrorKind::from(err),
         reason: err.to_string(),
+    }
+}
+
+/// Publishes `consumer_lag{partition}` — log end minus the store's next
+/// offset — every `every`, until shutdown. It reads the store, not the
+/// consumer, so the gauge keeps growing while the consumer waits out an outage.
+pub async fn watch_lag(
+    broker: BrokerSettings,
+    store: Arc<dyn Store>,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let client: Arc<BaseConsumer> = Arc::new(client_config(&broker, "oms-lag").create()?);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let (client, settings) = (client.clone(), broker.clone());
+        let ends =
+            tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64, i64)>, AdminError> {
+                let topic = &settings.topic;
+                let mut ends = Vec::new();
+                for partition in admin::partitions(client.as_ref(), &settings, topic)? {
+                    if let Ok((low, high)) =
+                        client.fetch_watermarks(topic, partition, super::METADATA_TIMEOUT)
+                    {
+                        ends.push((partition, low, high));
+                    }
+                }
+                Ok(ends)
+            })
+            .await;
+        let (Ok(Ok(ends)), Ok(stored)) = (ends, store.offsets(&broker.topic).await) else {
+            continue; // broker or store unreachable: /readyz says so; try again
+        };
+        for (partition, low, high) in ends {
+            let next = stored.get(&partition).copied().unwrap_or(low);
+            metrics::gauge!("consumer_lag", "partition" => partition.to_string())
+                .set((high - next).max(0) as f64);
+        }
     }
 }
