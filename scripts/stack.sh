@@ -139,9 +139,9 @@ status() {
   local name pid
   for name in broker postgres oms prometheus; do
     if pid="$(live_pid "$name")"; then
-      printf '  %-9s running  pid %s\n' "$name" "$pid"
+      printf '  %-10s running  pid %s\n' "$name" "$pid"
     else
-      printf '  %-9s stopped\n' "$name"
+      printf '  %-10s stopped\n' "$name"
     fi
   done
   if live_pid oms >/dev/null; then
