@@ -91,12 +91,7 @@ async fn an_accepted_order_becomes_readable() {
     // Absent, not null: the schema says string.
     assert!(stored.get("client_order_id").is_none(), "{stored}");
 
-    let page: Value = app
-        .get("/orders?symbol=USD-EUR")
-        .await
-        .json()
-        .await
-        .expect("page");
+    let page = app.page("symbol=USD-EUR").await;
     assert_eq!(page["orders"].as_array().map(Vec::len), Some(1));
     assert_eq!(page["orders"][0]["id"], id.as_str());
     app.stop().await.expect("clean stop");
@@ -161,12 +156,7 @@ async fn each_rule_is_rejected_naming_its_field() {
     app.wait_for_order(accepted, Duration::from_secs(5))
         .await
         .expect("readable");
-    let page: Value = app
-        .get("/orders?symbol=USD-EUR")
-        .await
-        .json()
-        .await
-        .expect("page");
+    let page = app.page("symbol=USD-EUR").await;
     assert_eq!(page["orders"].as_array().map(Vec::len), Some(1));
     app.stop().await.expect("clean stop");
 }
@@ -263,12 +253,7 @@ async fn a_retried_client_order_id_creates_one_order() {
         .await
         .expect("readable");
     assert_eq!(stored["description"], "test order 3", "first write wins");
-    let page: Value = app
-        .get("/orders?symbol=USD-EUR")
-        .await
-        .json()
-        .await
-        .expect("page");
+    let page = app.page("symbol=USD-EUR").await;
     let ids: Vec<&str> = page["orders"]
         .as_array()
         .expect("orders")
@@ -300,10 +285,10 @@ async fn listing_pages_through_a_symbol() {
     let mut after: Option<String> = None;
     loop {
         let query = match &after {
-            Some(a) => format!("/orders?symbol=USD-EUR&limit=2&after={a}"),
-            None => "/orders?symbol=USD-EUR&limit=2".to_owned(),
+            Some(a) => format!("symbol=USD-EUR&limit=2&after={a}"),
+            None => "symbol=USD-EUR&limit=2".to_owned(),
         };
-        let page: Value = app.get(&query).await.json().await.expect("page");
+        let page = app.page(&query).await;
         for order in page["orders"].as_array().expect("orders") {
             seen.push(
                 order["id"]

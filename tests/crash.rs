@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    OmsProcess, TestApp, bootstrap, eventually, free_port, fresh_database, log_end, order_body,
-    settings,
+    OmsProcess, TestApp, accepted_id, bootstrap, eventually, free_port, fresh_database, log_end,
+    order_body, settings,
 };
 use oms::broker::admin;
 use oms::config::{Engine, Settings};
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 const ORDERS: u64 = 20_000;
@@ -63,16 +63,7 @@ async fn submit(
         );
         let url = format!("{base}/orders");
         match client.post(url).json(&body).send().await {
-            Ok(resp) if resp.status() == 202 => {
-                let accepted: Value = resp.json().await.expect("json");
-                return (
-                    accepted["id"]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .expect("id"),
-                    retries,
-                );
-            }
+            Ok(resp) if resp.status() == 202 => return (accepted_id(resp).await, retries),
             Ok(resp) => assert!(resp.status() == 503, "unexpected status {}", resp.status()),
             Err(_) => {} // the daemon was killed mid-request
         }

@@ -7,7 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{OmsProcess, Tansu, TestApp, bootstrap, eventually, free_port, order_body, settings};
+use common::{
+    OmsProcess, Tansu, TestApp, accepted_id, bootstrap, eventually, free_port, order_body, settings,
+};
 use oms::store::Store;
 use oms::store::redb::RedbStore;
 use serde_json::Value;
@@ -166,14 +168,7 @@ async fn sigterm_drains_and_exits_0() {
             .send()
             .await
             .expect("POST");
-        assert_eq!(resp.status(), 202);
-        let body: Value = resp.json().await.expect("json");
-        acked.insert(
-            body["id"]
-                .as_str()
-                .and_then(|s| s.parse::<Uuid>().ok())
-                .expect("id"),
-        );
+        acked.insert(accepted_id(resp).await);
     }
     // Requests in flight when SIGTERM arrives are finished, not cut.
     let in_flight: Vec<_> = (0..20)
@@ -192,13 +187,7 @@ async fn sigterm_drains_and_exits_0() {
     for request in in_flight {
         if let Ok(Ok(resp)) = request.await {
             if resp.status() == 202 {
-                let body: Value = resp.json().await.expect("json");
-                acked.insert(
-                    body["id"]
-                        .as_str()
-                        .and_then(|s| s.parse::<Uuid>().ok())
-                        .expect("id"),
-                );
+                acked.insert(accepted_id(resp).await);
             }
         }
     }

@@ -151,18 +151,16 @@ impl TestApp {
 
     /// Posts a valid order and returns its id (panics unless 202).
     pub async fn accept(&self, body: &Value) -> Uuid {
-        let resp = self.post_json(body).await;
-        assert_eq!(
-            resp.status(),
-            202,
-            "{}",
-            resp.text().await.unwrap_or_default()
-        );
-        let body: Value = resp.json().await.expect("json");
-        body["id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("id")
+        accepted_id(self.post_json(body).await).await
+    }
+
+    /// One page of `GET /orders?…` as JSON.
+    pub async fn page(&self, query: &str) -> Value {
+        self.get(&format!("/orders?{query}"))
+            .await
+            .json()
+            .await
+            .expect("a page of orders")
     }
 
     /// Waits until `GET /orders/{id}` answers 200 and returns the order.
@@ -177,6 +175,18 @@ impl TestApp {
         })
         .await
     }
+}
+
+/// The order id of a `202 Accepted` answer (panics on any other answer).
+pub async fn accepted_id(resp: reqwest::Response) -> Uuid {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 202, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("json");
+    body["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id")
 }
 
 /// A free loopback port (bound, then released).
