@@ -10,10 +10,20 @@ source "$(dirname "$0")/lib.sh"
 # `just up` builds and runs the release binary; the tests pass their own.
 OMS_BIN="${OMS_BIN:-}"
 
+# True when NAME is not running yet and may start; says so and returns 1 when
+# it already runs; stops everything when a stranger holds its PORT.
+not_running_yet() {
+  local name="$1" port="$2" pid
+  if pid="$(live_pid "$name")"; then
+    say "$name already running (pid $pid)"
+    return 1
+  fi
+  port_open "$port" && die "port $port is in use by a process this stack did not start"
+  return 0
+}
+
 start_broker() {
-  local pid
-  if pid="$(live_pid broker)"; then say "broker already running (pid $pid)"; return 0; fi
-  port_open "$OMS_BROKER_PORT" && die "port $OMS_BROKER_PORT is in use by a process this stack did not start"
+  not_running_yet broker "$OMS_BROKER_PORT" || return 0
   "$OMS_ROOT/scripts/install.sh" tansu
   local dir="$OMS_STATE/tansu" log
   log="$(log_file broker)"
@@ -32,9 +42,7 @@ start_broker() {
 }
 
 start_postgres() {
-  local pid
-  if pid="$(live_pid postgres)"; then say "postgres already running (pid $pid)"; return 0; fi
-  port_open "$OMS_PG_PORT" && die "port $OMS_PG_PORT is in use by a process this stack did not start"
+  not_running_yet postgres "$OMS_PG_PORT" || return 0
   "$OMS_ROOT/scripts/install.sh" postgres
   local data="$OMS_STATE/postgres" log
   log="$(log_file postgres)"
@@ -63,9 +71,7 @@ start_postgres() {
 }
 
 start_prometheus() {
-  local pid
-  if pid="$(live_pid prometheus)"; then say "prometheus already running (pid $pid)"; return 0; fi
-  port_open "$OMS_PROM_PORT" && die "port $OMS_PROM_PORT is in use by a process this stack did not start"
+  not_running_yet prometheus "$OMS_PROM_PORT" || return 0
   "$OMS_ROOT/scripts/install.sh" prometheus
   local config="$OMS_STATE/prometheus.yml" log
   log="$(log_file prometheus)"
@@ -84,9 +90,7 @@ start_prometheus() {
 }
 
 start_oms() {
-  local pid
-  if pid="$(live_pid oms)"; then say "oms already running (pid $pid)"; return 0; fi
-  port_open "$OMS_HTTP_PORT" && die "port $OMS_HTTP_PORT is in use by a process this stack did not start"
+  not_running_yet oms "$OMS_HTTP_PORT" || return 0
   if [[ -z "$OMS_BIN" ]]; then
     say "building oms (release)"
     cargo build --release --quiet --bin oms --manifest-path "$OMS_ROOT/Cargo.toml"
