@@ -101,7 +101,7 @@ impl Application {
             metrics,
         } = self;
         let producer = state.producer.clone();
-        let lag_store = state.store.clone();
+        let lag_status = state.consumer.clone();
         let endpoint = api::routes(state, metrics.clone(), settings.http.body_limit_bytes);
         let drain = Duration::from_millis(settings.http.shutdown_timeout_ms);
         tracing::info!(%addr, engine = settings.store.engine.as_str(), topic = %settings.broker.topic, "oms serving");
@@ -122,7 +122,7 @@ impl Application {
         });
         let (stop, lag_broker) = (shutdown.clone(), settings.broker.clone());
         tasks.spawn(async move {
-            consumer::watch_lag(lag_broker, lag_store, LAG_INTERVAL, stop)
+            consumer::watch_lag(lag_broker, lag_status, LAG_INTERVAL, stop)
                 .await
                 .context("lag watcher failed")?;
             Ok("lag")

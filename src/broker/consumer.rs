@@ -26,8 +26,9 @@ use crate::order::{Order, RecordError};
 use crate::store::{Batch, Offsets, Store, StoreError, StoredOrder};
 
 /// What the consumer is doing, for `/readyz`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ConsumerState {
+    #[default]
     Starting,
     Running,
     /// Blocked on a transient failure; retrying with backoff.
@@ -37,29 +38,40 @@ pub enum ConsumerState {
     Stopped,
 }
 
-/// Shared, cheap handle on the consumer's state.
-#[derive(Debug, Clone)]
-pub struct ConsumerStatus(Arc<Mutex<ConsumerState>>);
+/// Shared, cheap handle on the consumer's state: what it is doing (for
+/// `/readyz`) and the offsets it has stored (for `consumer_lag`).
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerStatus(Arc<Mutex<Shared>>);
 
-impl Default for ConsumerStatus {
-    fn default() -> Self {
-        Self(Arc::new(Mutex::new(ConsumerState::Starting)))
-    }
+#[derive(Debug, Default)]
+struct Shared {
+    state: ConsumerState,
+    stored: Offsets,
 }
 
 impl ConsumerStatus {
-    pub fn get(&self) -> ConsumerState {
+    fn with<T>(&self, f: impl FnOnce(&mut Shared) -> T) -> T {
         match self.0.lock() {
-            Ok(state) => state.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(mut guard) => f(&mut guard),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
         }
     }
 
+    pub fn get(&self) -> ConsumerState {
+        self.with(|s| s.state.clone())
+    }
+
     fn set(&self, state: ConsumerState) {
-        match self.0.lock() {
-            Ok(mut guard) => *guard = state,
-            Err(poisoned) => *poisoned.into_inner() = state,
-        }
+        self.with(|s| s.state = state);
+    }
+
+    /// The next offset per partition that the store holds, as last applied.
+    pub fn stored(&self) -> Offsets {
+        self.with(|s| s.stored.clone())
+    }
+
+    fn record_stored(&self, offsets: &Offsets) {
+        self.with(|s| s.stored.extend(offsets.iter().map(|(p, o)| (*p, *o))));
     }
 }
 
@@ -201,6 +213,7 @@ impl ConsumerLoop {
             assignment.add_partition_offset(&topic, *partition, offset)?;
         }
         consumer.assign(&assignment)?;
+        self.status.record_stored(&stored);
         tracing::info!(%topic, ?partitions, ?stored, engine = self.store.engine(), "consuming from the store's offsets");
         self.status.set(ConsumerState::Running);
 
@@ -225,6 +238,7 @@ impl ConsumerLoop {
             let Some(offsets) = self.process(&topic, messages, shutdown).await else {
                 break;
             };
+            self.status.record_stored(&offsets);
             self.report_lag(&consumer, &topic, &offsets);
         }
         Ok(())
@@ -412,12 +426,13 @@ fn dead_letter(message: &BorrowedMessage<'_>, err: &RecordError) -> DeadLetter {
     }
 }
 
-/// Publishes `consumer_lag{partition}` — log end minus the store's next
-/// offset — every `every`, until shutdown. It reads the store, not the
-/// consumer, so the gauge keeps growing while the consumer waits out an outage.
+/// Publishes `consumer_lag{partition}` — log end minus the offset the
+/// consumer last stored — every `every`, until shutdown. It uses the
+/// consumer's own record of what it stored, not a store read, so the gauge
+/// keeps growing while the store is down.
 pub async fn watch_lag(
     broker: BrokerSettings,
-    store: Arc<dyn Store>,
+    status: ConsumerStatus,
     every: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
@@ -443,9 +458,13 @@ pub async fn watch_lag(
                 Ok(ends)
             })
             .await;
-        let (Ok(Ok(ends)), Ok(stored)) = (ends, store.offsets(&broker.topic).await) else {
-            continue; // broker or store unreachable: /readyz says so; try again
+        let Ok(Ok(ends)) = ends else {
+            continue; // broker unreachable: /readyz says so; try again
         };
+        if status.get() == ConsumerState::Starting {
+            continue; // nothing known about the store yet
+        }
+        let stored = status.stored();
         for (partition, low, high) in ends {
             let next = stored.get(&partition).copied().unwrap_or(low);
             metrics::gauge!("consumer_lag", "partition" => partition.to_string())
