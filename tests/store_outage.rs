@@ -101,14 +101,7 @@ async fn postgres_down_for_ten_seconds_loses_nothing() {
         ready.is_some(),
         "ready again within 30 s of Postgres' return"
     );
-    let mut end = log_end(&cfg.broker.bootstrap, &cfg.broker.topic);
-    end.retain(|_, next| *next > 0);
-    let caught_up = eventually(Duration::from_secs(60), || {
-        let (store, topic, end) = (app.store.clone(), cfg.broker.topic.clone(), end.clone());
-        async move { (store.offsets(&topic).await.ok()? == end).then_some(()) }
-    })
-    .await;
-    assert!(caught_up.is_some(), "the consumer caught up with the log");
+    app.wait_caught_up(Duration::from_secs(60)).await;
     let lag_gone = eventually(Duration::from_secs(20), || async {
         (lag(&app).await == Some(0.0)).then_some(())
     })

@@ -163,6 +163,21 @@ impl TestApp {
             .expect("a page of orders")
     }
 
+    /// Waits until the store's offsets equal the log end of the app's topic;
+    /// panics with both when `within` has passed.
+    pub async fn wait_caught_up(&self, within: Duration) {
+        let topic = &self.settings.broker.topic;
+        let end = log_end(&self.settings.broker.bootstrap, topic);
+        let caught_up = eventually(within, || async {
+            (self.store.offsets(topic).await.ok()? == end).then_some(())
+        })
+        .await;
+        if caught_up.is_none() {
+            let offsets = self.store.offsets(topic).await;
+            panic!("store offsets {offsets:?} did not reach the log end {end:?} within {within:?}");
+        }
+    }
+
     /// Waits until `GET /orders/{id}` answers 200 and returns the order.
     pub async fn wait_for_order(&self, id: Uuid, within: Duration) -> Option<Value> {
         eventually(within, || async move {
@@ -269,7 +284,8 @@ pub async fn fresh_database(prefix: &str) -> String {
         .expect("create a test database")
 }
 
-/// The log end offset of every partition of `topic`.
+/// The log end offset of every partition of `topic` that holds records (a
+/// partition that never received one has no offset in any store either).
 pub fn log_end(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<i32, i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -292,6 +308,7 @@ pub fn log_end(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<i32, 
                 .expect("watermarks");
             (p, high)
         })
+        .filter(|(_, high)| *high > 0)
         .collect()
 }
 
