@@ -178,13 +178,21 @@ impl Default for StoreSettings {
     }
 }
 
-/// `[telemetry]`: logs (and, later, traces).
+/// `[telemetry]`: logs and traces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetrySettings {
     pub log_format: LogFormat,
     /// `tracing` filter directives, e.g. `info,oms=debug`.
     pub log_filter: String,
+    /// OTLP/HTTP collector base URL (`/v1/traces` is appended), e.g.
+    /// `http://localhost:4318`. Empty: no exporter, nothing leaves the process.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces recorded, 0.0–1.0. A request that arrives with a
+    /// sampled `traceparent` is always recorded (parent-based sampling).
+    pub sample_ratio: f64,
 }
 
 impl Default for TelemetrySettings {
@@ -192,6 +200,9 @@ impl Default for TelemetrySettings {
         Self {
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
+            otlp_endpoint: String::new(),
+            service_name: "oms".into(),
+            sample_ratio: 1.0,
         }
     }
 }

@@ -12,6 +12,7 @@ use oms::broker::admin::{self, TopicOutcome};
 use oms::broker::dlq::Selection;
 use oms::config::{Engine, Settings};
 use oms::store::postgres::PostgresStore;
+use oms::telemetry::Telemetry;
 
 /// Order-ingest daemon: OpenAPI order API → Kafka-API log → redb, sled or Postgres.
 #[derive(Debug, Parser)]
@@ -160,10 +161,10 @@ impl ServeArgs {
     }
 }
 
-fn load(cli: &Cli, overrides: &[(&str, String)]) -> anyhow::Result<Settings> {
+fn load(cli: &Cli, overrides: &[(&str, String)]) -> anyhow::Result<(Settings, Telemetry)> {
     let settings = Settings::load(cli.config.as_deref(), overrides)?;
-    oms::telemetry::init_logs(&settings.telemetry).context("invalid telemetry.log_filter")?;
-    Ok(settings)
+    let telemetry = oms::telemetry::init(&settings.telemetry)?;
+    Ok((settings, telemetry))
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
@@ -183,17 +184,20 @@ fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve(args) => {
-            let settings = load(&cli, &args.overrides())?;
+            let (settings, telemetry) = load(&cli, &args.overrides())?;
             let app = Application::build(settings).await?;
             let shutdown = CancellationToken::new();
             cancel_on_signal(shutdown.clone())?;
-            app.run(shutdown).await
+            let result = app.run(shutdown).await;
+            // The exporter's flush blocks (HTTP to the collector).
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+            result
         }
         Command::Migrate(args) => {
             let mut overrides = Vec::new();
             args.store.overrides(&mut overrides);
             args.broker.overrides(&mut overrides);
-            let settings = load(&cli, &overrides)?;
+            let (settings, _telemetry) = load(&cli, &overrides)?;
             for (topic, outcome) in admin::create_topics(&settings.broker).await? {
                 match outcome {
                     TopicOutcome::Created => println!("created topic {topic}"),
@@ -210,7 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq { command, broker } => {
             let mut overrides = Vec::new();
             broker.overrides(&mut overrides);
-            let settings = load(&cli, &overrides)?;
+            let (settings, _telemetry) = load(&cli, &overrides)?;
             match command {
                 DlqCommand::List { limit, json } => {
                     oms::cli::dlq_list(&settings.broker, *limit, *json).await

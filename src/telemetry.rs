@@ -1,9 +1,30 @@
-//! Logs (`tracing-subscriber`, pretty or JSON) and the Prometheus recorder.
+//! Logs (`tracing-subscriber`, pretty or JSON), traces (OpenTelemetry over
+//! OTLP/HTTP) and the Prometheus recorder.
+//!
+//! Every span goes through the OpenTelemetry layer, exporter or not: that is
+//! what gives each request a trace id for the logs and for the `traceparent`
+//! header of its record. Without `telemetry.otlp_endpoint` the sampler is
+//! off and no exporter exists, so nothing is recorded or sent.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing::subscriber::Interest;
+use tracing::{Level, Metadata, Subscriber, span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
 
 use crate::config::{LogFormat, TelemetrySettings};
 
@@ -19,21 +40,207 @@ const BATCH_BUCKETS: [f64; 10] = [
     1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0,
 ];
 
-/// Installs the global log subscriber. A second call (tests) is a no-op.
-pub fn init_logs(
-    settings: &TelemetrySettings,
-) -> Result<(), tracing_subscriber::filter::ParseError> {
-    let filter = EnvFilter::try_new(&settings.log_filter)?;
+/// How long shutdown waits for the last spans to reach the collector.
+const EXPORT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why logging or tracing could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid telemetry.log_filter: {0}")]
+    Filter(#[from] tracing_subscriber::filter::ParseError),
+    #[error("telemetry.sample_ratio must be between 0.0 and 1.0, not {0}")]
+    SampleRatio(f64),
+    #[error("cannot build the OTLP exporter for {endpoint}: {source}")]
+    Exporter {
+        endpoint: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
+/// Keeps the tracer provider alive; [`Telemetry::shutdown`] sends what is
+/// still buffered.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Flushes and stops the exporter (blocking; at most a few seconds).
+    pub fn shutdown(self) {
+        if let Err(err) = self.provider.shutdown_with_timeout(EXPORT_SHUTDOWN_TIMEOUT) {
+            tracing::warn!(error = %err, "traces not flushed on shutdown");
+        }
+    }
+}
+
+/// Installs the global subscriber: log lines filtered by `log_filter`, and
+/// oms' own spans (info and above, whatever the log filter says) to
+/// OpenTelemetry. A second call (tests) keeps the first subscriber.
+pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
+    let filter = OmsFilter {
+        logs: EnvFilter::try_new(&settings.log_filter)?,
+    };
+    let provider = tracer_provider(settings)?;
     // Colours only on a terminal: `just up` writes logs to files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    let _already_set = match settings.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    let logs = match settings.log_format {
+        // The current span's fields (trace_id, order_id, route) go on every line.
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
     };
-    Ok(())
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("oms"))
+        .with_threads(false);
+    let _already_set = Registry::default()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .try_init();
+    Ok(Telemetry { provider })
+}
+
+/// One global filter: what `log_filter` enables, plus oms' spans at info and
+/// above, which traces need even when the logs say `warn`.
+///
+/// Deliberately not two per-layer filters: tracing-subscriber carries
+/// per-layer decisions in a thread-local that a `log` record (rdkafka and
+/// sqlx log through the `log` crate) can leave stale, and then a span is
+/// silently dropped (tokio-rs/tracing#2519, #2704). The test
+/// `http_producer_and_consumer_spans_form_one_trace` caught exactly that.
+struct OmsFilter {
+    logs: EnvFilter,
+}
+
+impl OmsFilter {
+    fn is_traced(metadata: &Metadata<'_>) -> bool {
+        let target = metadata.target();
+        metadata.is_span()
+            && *metadata.level() <= Level::INFO
+            && (target == "oms" || target.starts_with("oms::"))
+    }
+}
+
+impl<S> Layer<S> for OmsFilter
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if Self::is_traced(metadata) {
+            Interest::always()
+        } else {
+            <EnvFilter as Layer<S>>::register_callsite(&self.logs, metadata)
+        }
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>, ctx: LayerContext<'_, S>) -> bool {
+        Self::is_traced(metadata) || self.logs.enabled(metadata, ctx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        let logs = <EnvFilter as Layer<S>>::max_level_hint(&self.logs)?;
+        Some(logs.max(LevelFilter::INFO))
+    }
+
+    // The log filter's span-scoped directives (`[span{field=…}]`) need these.
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: LayerContext<'_, S>) {
+        self.logs.on_new_span(attrs, id, ctx);
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: LayerContext<'_, S>) {
+        self.logs.on_record(id, values, ctx);
+    }
+
+    fn on_enter(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
+        self.logs.on_enter(id, ctx);
+    }
+
+    fn on_exit(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
+        self.logs.on_exit(id, ctx);
+    }
+
+    fn on_close(&self, id: span::Id, ctx: LayerContext<'_, S>) {
+        self.logs.on_close(id, ctx);
+    }
+}
+
+fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
+    let resource = Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let endpoint = settings.otlp_endpoint.trim_end_matches('/');
+    if endpoint.is_empty() {
+        return Ok(builder.with_sampler(Sampler::AlwaysOff).build());
+    }
+    let ratio = settings.sample_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(TelemetryError::SampleRatio(ratio));
+    }
+    let traces_url = format!("{endpoint}/v1/traces");
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(&traces_url)
+        .build()
+        .map_err(|source| TelemetryError::Exporter {
+            endpoint: traces_url,
+            source,
+        })?;
+    Ok(builder
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio,
+        ))))
+        .with_batch_exporter(exporter)
+        .build())
+}
+
+/// The W3C `traceparent` of `span`, for a record's header.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the context in `carrier` (a `traceparent`, from
+/// an HTTP request or a record), if it holds one.
+pub fn continue_trace(span: &tracing::Span, carrier: &dyn Extractor) {
+    let parent = TraceContextPropagator::new().extract(carrier);
+    if parent.span().span_context().is_valid() {
+        // Fails only when the span is disabled or already started: then it
+        // simply keeps its own trace.
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The trace id of `span` as 32 hex digits (what Jaeger searches for).
+pub fn trace_id(span: &tracing::Span) -> String {
+    span.context().span().span_context().trace_id().to_string()
+}
+
+/// A lone `traceparent` value as a carrier.
+pub struct TraceParent<'a>(pub Option<&'a str>);
+
+impl Extractor for TraceParent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0).flatten()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
+/// Is `traceparent` a sampled W3C trace context (flags `01`)?
+pub fn is_sampled(traceparent: &str) -> bool {
+    TraceContextPropagator::new()
+        .extract(&TraceParent(Some(traceparent)))
+        .span()
+        .span_context()
+        .is_sampled()
 }
 
 /// Counters whose absence would read as "no data" rather than zero on a

@@ -14,6 +14,7 @@ use poem::http::StatusCode;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get, handler};
 use poem_openapi::{OpenApiService, Tags};
 use tokio::io::AsyncReadExt;
+use tracing::Instrument;
 
 use crate::broker::consumer::ConsumerStatus;
 use crate::broker::producer::OrderProducer;
@@ -66,6 +67,7 @@ pub fn routes(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize
         .data(state)
         .around(move |ep, req| limit_body(ep, req, body_limit))
         .around(record_metrics)
+        .around(trace_request)
         .catch_all_error(|err: poem::Error| async move {
             let status = err.status();
             let allow = (status == StatusCode::METHOD_NOT_ALLOWED).then(|| allowed_methods(&err));
@@ -155,6 +157,51 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/docs") => "/docs",
         _ => "other",
     }
+}
+
+/// Request headers as an OpenTelemetry carrier (for an incoming `traceparent`).
+struct HeaderCarrier<'a>(&'a poem::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(poem::http::HeaderName::as_str).collect()
+    }
+}
+
+/// A server span per order request, continuing the caller's trace when the
+/// request carries a `traceparent`. Its `trace_id` field puts the trace id on
+/// every log line of the request. Probes, metrics and docs are not traced.
+async fn trace_request<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
+    let route = route_label(req.uri().path());
+    if !route.starts_with("/orders") {
+        return ep.call(req).await.map(IntoResponse::into_response);
+    }
+    let span = tracing::info_span!(
+        "HTTP request",
+        otel.name = %format_args!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, &HeaderCarrier(req.headers()));
+    span.record("trace_id", crate::telemetry::trace_id(&span));
+    let result = ep
+        .call(req)
+        .instrument(span.clone())
+        .await
+        .map(IntoResponse::into_response);
+    let status = match &result {
+        Ok(resp) => resp.status(),
+        Err(err) => err.status(),
+    };
+    span.record("http.response.status_code", status.as_u16());
+    result
 }
 
 async fn record_metrics<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {

@@ -449,7 +449,7 @@ impl OrdersApi {
             Ok(order) => order,
             Err(errors) => return CreateOrderResponse::Invalid(Json(Problem::validation(&errors))),
         };
-        match state.producer.send(&order, None).await {
+        match state.producer.send(&order).await {
             Ok(delivered) => {
                 tracing::debug!(order_id = %order.id, partition = delivered.partition, offset = delivered.offset, "order accepted");
                 let location = format!("/orders/{}", order.id);

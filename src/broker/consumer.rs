@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use rdkafka::Message;
+use rdkafka::{ClientConfig, Message};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
@@ -24,6 +24,8 @@ use super::dlq::{DeadLetter, DeadLetterWriter, ErrorKind, replay_count};
 use crate::config::{BrokerSettings, ConsumerSettings};
 use crate::order::{Order, RecordError};
 use crate::store::{Batch, Offsets, Store, StoreError, StoredOrder};
+use crate::telemetry::{self, TraceParent};
+use tracing::Span;
 
 /// What the consumer is doing, for `/readyz`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -153,14 +155,7 @@ impl ConsumerLoop {
     }
 
     fn create_consumer(&self) -> Result<StreamConsumer, KafkaError> {
-        client_config(&self.broker, "oms-consumer")
-            .set("group.id", &self.settings.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "100")
-            .create()
+        consumer_config(&self.broker, &self.settings.group_id).create()
     }
 
     /// Runs until `shutdown` is cancelled; the batch in hand is written first.
@@ -274,6 +269,9 @@ impl ConsumerLoop {
         let mut raw = Vec::with_capacity(messages.len());
         let mut poison = Vec::new();
         let mut offsets = Offsets::new();
+        // One span per traced record, open until its batch is stored: each
+        // order's trace shows its wait in the batch and the store write.
+        let mut spans = Vec::new();
         for m in &messages {
             let next = offsets.entry(m.partition()).or_insert(0);
             *next = (*next).max(m.offset() + 1);
@@ -283,6 +281,9 @@ impl ConsumerLoop {
             }
             match Order::from_record(m.payload().unwrap_or_default()) {
                 Ok(order) => {
+                    if let Some(span) = record_span(m, &order, self.store.engine()) {
+                        spans.push(span);
+                    }
                     if replay_count(m) > 0 {
                         metrics::counter!("orders_replayed_total").increment(1);
                     }
@@ -302,7 +303,10 @@ impl ConsumerLoop {
 
         // A poison record's offset may only advance once the DLQ holds it.
         for p in &poison {
-            tracing::warn!(partition = p.letter.message.partition(), offset = p.letter.message.offset(), kind = p.letter.kind.as_str(), reason = %p.letter.reason, "dead-lettering a record");
+            let trace_id = super::header_str(&p.letter.message, "traceparent")
+                .and_then(|tp| tp.split('-').nth(1))
+                .unwrap_or_default();
+            tracing::warn!(partition = p.letter.message.partition(), offset = p.letter.message.offset(), kind = p.letter.kind.as_str(), reason = %p.letter.reason, trace_id, "dead-lettering a record");
             self.retry(shutdown, "writing to the dead-letter topic", || {
                 self.dlq.send(&p.letter)
             })
@@ -416,6 +420,43 @@ impl ConsumerLoop {
             tracing::debug!(error = %err, "broker-side commit (lag reporting only) failed");
         }
     }
+}
+
+/// The consumer span of a record whose producer sampled its trace (no
+/// span at all for the rest, which keeps an untraced consumer cheap).
+fn record_span(message: &BorrowedMessage<'_>, order: &Order, engine: &str) -> Option<Span> {
+    let traceparent = super::header_str(message, "traceparent")?;
+    if !telemetry::is_sampled(traceparent) {
+        return None;
+    }
+    let span = tracing::info_span!(
+        "store order",
+        otel.name = %format_args!("{} process", message.topic()),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.destination.partition.id = message.partition(),
+        messaging.kafka.offset = message.offset(),
+        order_id = %order.id,
+        store.engine = engine,
+        trace_id = tracing::field::Empty,
+    );
+    telemetry::continue_trace(&span, &TraceParent(Some(traceparent)));
+    span.record("trace_id", telemetry::trace_id(&span));
+    Some(span)
+}
+
+/// The librdkafka settings of the order consumer (shared with the
+/// benchmark's raw consumer). Offsets are oms' business, not the group's.
+pub fn consumer_config(broker: &BrokerSettings, group_id: &str) -> ClientConfig {
+    let mut config = client_config(broker, "oms-consumer");
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100");
+    config
 }
 
 fn dead_letter(message: &BorrowedMessage<'_>, err: &RecordError) -> DeadLetter {

@@ -73,16 +73,8 @@ pub struct DeadLetterWriter {
 
 /// The replay count a record carries (0 when it was never replayed).
 pub fn replay_count(message: &impl Message) -> u32 {
-    message
-        .headers()
-        .and_then(|headers| {
-            headers
-                .iter()
-                .find(|h| h.key == REPLAY_COUNT_HEADER)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.parse().ok())
-        })
+    super::header_str(message, REPLAY_COUNT_HEADER)
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
@@ -150,13 +142,7 @@ pub struct DlqEntry {
 }
 
 fn header(message: &OwnedMessage, key: &str) -> Option<String> {
-    message.headers().and_then(|headers| {
-        headers
-            .iter()
-            .find(|h| h.key == key)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    })
+    super::header_str(message, key).map(str::to_owned)
 }
 
 impl DlqEntry {

@@ -7,6 +7,7 @@ pub mod dlq;
 pub mod producer;
 
 use rdkafka::ClientConfig;
+use rdkafka::message::{Headers, Message};
 
 use crate::config::BrokerSettings;
 
@@ -24,4 +25,14 @@ pub fn client_config(settings: &BrokerSettings, client_id: &str) -> ClientConfig
         .set("reconnect.backoff.max.ms", "1000")
         .set("log_level", "4");
     config
+}
+
+/// The first header `key` of `message`, if it is UTF-8.
+pub fn header_str<'m>(message: &'m impl Message, key: &str) -> Option<&'m str> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
 }

@@ -12,6 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders, ToBytes};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use tracing::Instrument;
 
 use super::client_config;
 use crate::config::BrokerSettings;
@@ -64,23 +65,30 @@ impl std::fmt::Debug for LogProducer {
     }
 }
 
+/// The librdkafka settings of every oms producer (the benchmark's raw
+/// producer uses them too, so its numbers compare like with like).
+pub fn producer_config(settings: &BrokerSettings, client_id: &str) -> ClientConfig {
+    let mut config = client_config(settings, client_id);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", settings.linger_ms.to_string())
+        .set(
+            "message.timeout.ms",
+            settings.produce_timeout_ms.to_string(),
+        )
+        .set(
+            "request.timeout.ms",
+            settings.produce_timeout_ms.to_string(),
+        )
+        .set("compression.type", "lz4");
+    config
+}
+
 impl LogProducer {
     /// Creates the producer; it connects lazily, so this works with the broker down.
     pub fn new(settings: &BrokerSettings, client_id: &str) -> Result<Self, KafkaError> {
-        let mut config = client_config(settings, client_id);
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", settings.linger_ms.to_string())
-            .set(
-                "message.timeout.ms",
-                settings.produce_timeout_ms.to_string(),
-            )
-            .set(
-                "request.timeout.ms",
-                settings.produce_timeout_ms.to_string(),
-            )
-            .set("compression.type", "lz4");
+        let config = producer_config(settings, client_id);
         Ok(Self {
             current: Arc::new(RwLock::new(Arc::new(config.create()?))),
             config,
@@ -200,12 +208,18 @@ impl OrderProducer {
         })
     }
 
-    /// Appends one order and waits for the broker's ack.
-    pub async fn send(
-        &self,
-        order: &Order,
-        traceparent: Option<&str>,
-    ) -> Result<Delivered, ProduceError> {
+    /// Appends one order and waits for the broker's ack. The send is a
+    /// producer span of the current trace, and its context travels in the
+    /// record's `traceparent` header so the consumer continues the trace.
+    pub async fn send(&self, order: &Order) -> Result<Delivered, ProduceError> {
+        let span = tracing::info_span!(
+            "orders publish",
+            otel.name = %format_args!("{} publish", self.topic),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.destination.name = %self.topic,
+            order_id = %order.id,
+        );
         let started = Instant::now();
         let key = order.symbol();
         let payload = order.to_record();
@@ -213,17 +227,17 @@ impl OrderProducer {
             key: "content-type",
             value: Some("application/json"),
         });
-        if let Some(tp) = traceparent {
+        if let Some(tp) = crate::telemetry::traceparent(&span) {
             headers = headers.insert(Header {
                 key: "traceparent",
-                value: Some(tp),
+                value: Some(&tp),
             });
         }
         let record = FutureRecord::to(&self.topic)
             .key(&key)
             .payload(&payload)
             .headers(headers);
-        let result = self.log.send(record).await;
+        let result = self.log.send(record).instrument(span).await;
         metrics::histogram!("produce_latency_seconds").record(started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => metrics::counter!("messages_produced_total").increment(1),

@@ -83,7 +83,7 @@ pub struct TestApp {
 impl TestApp {
     /// Creates the topics (idempotent) and starts oms.
     pub async fn spawn(settings: Settings) -> TestApp {
-        oms::telemetry::init_logs(&settings.telemetry).expect("log filter");
+        let _ = oms::telemetry::init(&settings.telemetry).expect("log filter");
         admin::create_topics(&settings.broker)
             .await
             .expect("create topics");
@@ -321,6 +321,16 @@ pub struct OmsProcess {
 impl OmsProcess {
     /// Starts `oms serve` with `args` on `port` and waits until `/healthz` answers.
     pub async fn start(port: u16, args: &[String], log: &Path) -> OmsProcess {
+        Self::start_with_env(port, args, &[], log).await
+    }
+
+    /// [`OmsProcess::start`] with extra environment variables (`OMS__…` settings).
+    pub async fn start_with_env(
+        port: u16,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> OmsProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -331,6 +341,7 @@ impl OmsProcess {
             .args(args)
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .env("OMS__TELEMETRY__LOG_FILTER", "warn")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
