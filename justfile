@@ -34,6 +34,10 @@ logs component="oms":
 openapi:
     cargo run --quiet -- openapi > openapi/oms.yaml
 
+# Load and store comparison (about 30 min): k6 + raw broker + consumer-alone per store, both broker modes; writes bench/REPORT.md and charts (--smoke: seconds)
+bench *args:
+    scripts/bench.sh {{args}}
+
 # Rebuild benchmark: empty redb/sled/Postgres stores catching up with 1,000,000 orders (writes bench/REBUILD.md)
 bench-rebuild orders="1000000":
     scripts/install.sh tansu postgres

@@ -10,11 +10,10 @@
 //! `OMS_BENCH_DATABASE_URL` names a maintenance database (each run gets a
 //! fresh database). Results go to `bench/REBUILD.md`.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -22,133 +21,8 @@ use chrono::Utc;
 use oms::app::Application;
 use oms::broker::admin;
 use oms::config::{Engine, Settings};
-use oms::order::NewOrder;
-use rdkafka::ClientConfig;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use support::{env_or, produce, settled_log_end, start_broker};
 use tokio_util::sync::CancellationToken;
-
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| default.to_owned())
-}
-
-fn start_broker(dir: &std::path::Path, port: u16, storage: &str) -> anyhow::Result<Broker> {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let bin = env_or("OMS_TANSU", &format!("{home}/.cache/oms/tools/bin/tansu"));
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(&bin)
-        .arg("broker")
-        .args([
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            storage,
-        ])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {bin} (run `just install`)"))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "tansu did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Broker(child))
-}
-
-/// Counts records the broker did not acknowledge.
-struct CountFailures(Arc<AtomicU64>);
-
-impl ClientContext for CountFailures {}
-
-impl ProducerContext for CountFailures {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if result.is_err() {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-fn produce(bootstrap: &str, topic: &str, orders: u64) -> anyhow::Result<Duration> {
-    let failures = Arc::new(AtomicU64::new(0));
-    let producer: ThreadedProducer<CountFailures> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "200000")
-        .create_with_context(CountFailures(failures.clone()))?;
-    let symbols = ["USD", "GBP", "JPY", "CHF", "AUD", "CAD"];
-    let started = Instant::now();
-    for n in 0..orders {
-        let order = NewOrder {
-            src_currency: symbols[(n % 6) as usize].into(),
-            dst_currency: "EUR".into(),
-            side: if n % 2 == 0 { "buy" } else { "sell" }.into(),
-            price: format!("{}.25", 100 + n % 900),
-            quantity: "10".into(),
-            channel: 11,
-            description: format!("rebuild bench order {n}"),
-            client_order_id: None,
-        }
-        .parse(Utc::now())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (key, payload) = (order.symbol(), order.to_record());
-        let mut record = BaseRecord::to(topic).key(&key).payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((err, back)) => {
-                    anyhow::ensure!(
-                        err.rdkafka_error_code()
-                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        "produce failed: {err}"
-                    );
-                    record = back;
-                    // Backpressure: let the queue drain.
-                    producer.poll(Duration::from_millis(1));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(120))?;
-    let failed = failures.load(Ordering::Relaxed);
-    anyhow::ensure!(
-        failed == 0,
-        "{failed} of {orders} records were not acknowledged"
-    );
-    Ok(started.elapsed())
-}
-
-fn log_end(bootstrap: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut end = BTreeMap::new();
-    for p in metadata.topics()[0].partitions() {
-        let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-        if high > 0 {
-            end.insert(p.id(), high);
-        }
-    }
-    Ok(end)
-}
 
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -257,20 +131,8 @@ async fn run() -> anyhow::Result<()> {
     admin::create_topics(&base.broker).await?;
 
     eprintln!("producing {orders} orders to tansu ({storage}) ...");
-    let produced = produce(&base.broker.bootstrap, &base.broker.topic, orders)?;
-    // The broker's watermarks can trail the acks for a moment: wait until
-    // they account for every record. (tansu 0.6's memory engine was seen to
-    // report ~0.2 % fewer records than it acknowledged; the rebuild is of what
-    // the log holds, and the report says how many that was.)
-    let settle = Instant::now() + Duration::from_secs(10);
-    let end = loop {
-        let end = log_end(&base.broker.bootstrap, &base.broker.topic)?;
-        let total: i64 = end.values().sum();
-        if total as u64 >= orders || Instant::now() > settle {
-            break end;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let produced = produce(&base.broker, &base.broker.topic, orders)?;
+    let end = settled_log_end(&base.broker.bootstrap, &base.broker.topic, orders)?;
     let on_log: i64 = end.values().sum();
     eprintln!(
         "  produced in {:.1} s ({:.0}/s); the log reports {on_log} records {end:?}",

@@ -54,6 +54,14 @@ install_schemathesis() {
   python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
+install_charts() {
+  if python3 -c "import matplotlib, sys; sys.exit(matplotlib.__version__ != '$MATPLOTLIB_VERSION')" 2>/dev/null; then
+    return 0
+  fi
+  say "installing matplotlib $MATPLOTLIB_VERSION (PyPI; the benchmark's charts)"
+  python3 -m pip install --quiet --disable-pip-version-check "matplotlib==$MATPLOTLIB_VERSION"
+}
+
 install_prometheus() {
   command -v prometheus >/dev/null 2>&1 || apt_install prometheus
 }
@@ -72,6 +80,7 @@ for target in "${targets[@]}"; do
     schemathesis) install_schemathesis ;;
     chromium) install_chromium ;;
     prometheus) install_prometheus ;;
+    charts) install_charts ;;
     *) die "unknown install target: $target" ;;
   esac
 done

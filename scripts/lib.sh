@@ -16,6 +16,7 @@ PG_MAJOR="15"
 K6_VERSION="1.1.0"
 SCHEMATHESIS_VERSION="4.32.5"
 OPENAPI_PYTHON_CLIENT_VERSION="0.29.1"
+MATPLOTLIB_VERSION="3.10.8"
 
 # Ports of the stack (the test stack uses its own, see scripts/test.sh).
 OMS_BROKER_PORT="${OMS_BROKER_PORT:-9092}"

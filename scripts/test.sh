@@ -62,3 +62,8 @@ OMS_HTTP_PORT="${OMS_TEST_HTTP_PORT:-18080}" OMS_PROM_PORT="${OMS_TEST_PROM_PORT
 started+=(prometheus)
 OMS_PROM_URL="http://127.0.0.1:${OMS_TEST_PROM_PORT:-19090}" \
   "$OMS_ROOT/scripts/e2e.sh" "http://127.0.0.1:${OMS_TEST_HTTP_PORT:-18080}"
+
+# The benchmark, shrunk to seconds (its own broker, clusters and ports), so
+# `just bench` never rots: every step must measure, every accepted order must
+# be stored, the report and charts must be written.
+"$OMS_ROOT/scripts/bench.sh" --smoke

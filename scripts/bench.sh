@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# `just bench`: the k6 load and the store comparison, written to bench/REPORT.md
+# with charts. `just bench --smoke` (run by `just test`) is the same benchmark
+# shrunk to seconds, written to a scratch folder, so it never rots.
+#
+# It starts everything it measures itself (tansu twice: durable sqlite and in
+# memory; PostgreSQL twice: data on disk and on tmpfs; Prometheus; oms), on
+# ports of its own, and stops all of it again whatever the outcome.
+export OMS_STATE="${OMS_BENCH_STATE:-$(cd "$(dirname "$0")/.." && pwd)/.oms/bench}"
+source "$(dirname "$0")/lib.sh"
+
+cd "$OMS_ROOT"
+"$OMS_ROOT/scripts/install.sh" tansu postgres prometheus k6 charts
+say "building oms and the raw-broker client (release)"
+cargo build --release --quiet --bin oms --example rawlog
+
+export OMS_BIN="$OMS_TARGET_DIR/release/oms"
+export OMS_RAWLOG_BIN="$OMS_TARGET_DIR/release/examples/rawlog"
+export OMS_TANSU_BIN="$TANSU_BIN" OMS_PG_BIN="$PG_BIN"
+export OMS_TANSU_VERSION="$TANSU_VERSION" OMS_K6_VERSION="$K6_VERSION" OMS_PG_MAJOR="$PG_MAJOR"
+exec python3 "$OMS_ROOT/scripts/bench.py" "$@"
