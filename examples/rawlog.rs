@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use oms::config::BrokerSettings;
+use oms::config::{BrokerSettings, ConsumerSettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -69,14 +69,16 @@ fn produce(settings: &BrokerSettings, count: u64) -> anyhow::Result<serde_json::
     }))
 }
 
-/// How long the raw consumer waits for a record before it calls the log read.
-const IDLE: Duration = Duration::from_secs(10);
+/// How long the raw consumer waits for a record before it gives up. Long:
+/// tansu's sqlite engine takes tens of seconds to answer the first fetch of
+/// a large partition.
+const IDLE: Duration = Duration::from_secs(300);
 
 fn consume(settings: &BrokerSettings, expect: Option<u64>) -> anyhow::Result<serde_json::Value> {
     let end = support::log_end(&settings.bootstrap, &settings.topic)?;
     let total: i64 = end.values().sum();
     let consumer: BaseConsumer =
-        oms::broker::consumer::consumer_config(settings, "oms-bench-raw").create()?;
+        oms::broker::consumer::consumer_config(settings, &ConsumerSettings::default()).create()?;
     let mut assignment = TopicPartitionList::new();
     for partition in end.keys() {
         assignment.add_partition_offset(&settings.topic, *partition, Offset::Beginning)?;
@@ -94,6 +96,7 @@ fn consume(settings: &BrokerSettings, expect: Option<u64>) -> anyhow::Result<ser
     };
     let started = Instant::now();
     let mut last = Instant::now();
+    let mut first_record = None;
     while !done(records, &next) {
         anyhow::ensure!(
             last.elapsed() < IDLE,
@@ -104,6 +107,7 @@ fn consume(settings: &BrokerSettings, expect: Option<u64>) -> anyhow::Result<ser
         };
         let message = message?;
         last = Instant::now();
+        first_record.get_or_insert_with(|| started.elapsed().as_secs_f64());
         records += 1;
         bytes += message.payload().map_or(0, |p| p.len() as u64);
         next.insert(message.partition(), message.offset() + 1);
@@ -114,6 +118,7 @@ fn consume(settings: &BrokerSettings, expect: Option<u64>) -> anyhow::Result<ser
         "on_log": total,
         "bytes": bytes,
         "seconds": seconds,
+        "first_record_seconds": first_record,
         "per_second": records as f64 / seconds,
     }))
 }

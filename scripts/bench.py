@@ -270,7 +270,9 @@ def stored(metrics: dict[str, float]) -> float:
 
 
 def rawlog(*args: str) -> dict:
-    out = subprocess.run([RAWLOG, *args], check=True, capture_output=True, text=True)
+    out = subprocess.run([RAWLOG, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"rawlog {' '.join(args)} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -394,39 +396,41 @@ def reset_child_cpu() -> None:
     _CHILD_CPU[0] = children_cpu()
 
 
-def ingest(store_name: str, profile: Profile, mode: str, broker: Proc) -> dict:
+def k6_against_fresh_oms(script: str, store_name: str, profile: Profile, mode: str, label: str) -> dict:
+    """A fresh broker (an empty log: tansu's sqlite engine slows down as its
+    file grows, so no run inherits another's records), an empty store, a
+    fresh oms, one k6 run against it."""
+    broker = start_broker(mode)
+    topic = f"{label}-{uuid.uuid4().hex[:6]}"
+    try:
+        subprocess.run([OMS, "migrate", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
+                        "--dlq-topic", f"{topic}.dlq"], check=True, stdout=subprocess.DEVNULL)
+        store = fresh_store(store_name, f"{label}_{mode}")
+        try:
+            oms = start_oms(store, topic, f"{label}-{mode}")
+            reset_child_cpu()
+            result = load(script, profile, f"{label}-{mode}", broker, oms, track_lag=script == "orders")
+            stop(oms)
+        finally:
+            store.cleanup()
+    finally:
+        stop(broker)
+    return result
+
+
+def ingest(store_name: str, profile: Profile, mode: str) -> dict:
     step(f"ingest: k6 POST /orders, {profile.vus} VUs, {profile.ramp} ramp + {profile.steady}, "
          f"{STORE_TITLES[store_name]}")
-    topic = f"ingest-{store_name}-{uuid.uuid4().hex[:6]}"
-    subprocess.run([OMS, "migrate", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
-                    "--dlq-topic", f"{topic}.dlq"], check=True, stdout=subprocess.DEVNULL)
-    store = fresh_store(store_name, f"ingest_{mode}")
-    try:
-        oms = start_oms(store, topic, f"ingest-{store_name}-{mode}")
-        reset_child_cpu()
-        result = load("orders", profile, f"orders-{store_name}-{mode}", broker, oms, track_lag=True)
-        stop(oms)
-    finally:
-        store.cleanup()
+    result = k6_against_fresh_oms("orders", store_name, profile, mode, f"ingest-{store_name}")
     result["store"] = store_name
     step(f"  {result['rps']:,.0f} req/s, p95 {result['p95_ms']:.2f} ms, {result['failed_pct']:.2f} % failed, "
          f"lag max {result['lag_max']:,.0f}, caught up {result['catch_up_s']:.1f} s after the load")
     return result
 
 
-def ceiling(profile: Profile, mode: str, broker: Proc) -> dict:
+def ceiling(profile: Profile, mode: str) -> dict:
     step(f"HTTP ceiling: k6 GET /healthz, {profile.vus} VUs")
-    topic = f"ceiling-{uuid.uuid4().hex[:6]}"
-    subprocess.run([OMS, "migrate", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
-                    "--dlq-topic", f"{topic}.dlq"], check=True, stdout=subprocess.DEVNULL)
-    store = fresh_store("redb", f"ceiling_{mode}")
-    try:
-        oms = start_oms(store, topic, f"ceiling-{mode}")
-        reset_child_cpu()
-        result = load("healthz", profile, f"healthz-{mode}", broker, oms, track_lag=False)
-        stop(oms)
-    finally:
-        store.cleanup()
+    result = k6_against_fresh_oms("healthz", "redb", profile, mode, "ceiling")
     step(f"  {result['rps']:,.0f} req/s, p95 {result['p95_ms']:.2f} ms")
     return result
 
@@ -672,15 +676,17 @@ def run(args) -> int:
     smoke = args.smoke
     orders = args.orders or (5_000 if smoke else 1_000_000)
     profile = Profile(vus=args.vus or (10 if smoke else 35), ramp="1s" if smoke else "10s",
-                      steady="2s" if smoke else "110s")
-    out = Path(tempfile.mkdtemp(prefix="oms-bench-smoke-")) if smoke else ROOT / "bench"
+                      steady=args.steady or ("2s" if smoke else "110s"))
+    out = args.out or (Path(tempfile.mkdtemp(prefix="oms-bench-smoke-")) if smoke else ROOT / "bench")
     out.mkdir(parents=True, exist_ok=True)
     STATE.mkdir(parents=True, exist_ok=True)
     modes = args.modes.split(",")
     stores = args.stores.split(",")
     command = "just bench" + (" --smoke" if smoke else "") + \
               (f" --modes {args.modes}" if args.modes != "sqlite,memory" else "") + \
-              (f" --stores {args.stores}" if args.stores != ",".join(STORES) else "")
+              (f" --stores {args.stores}" if args.stores != ",".join(STORES) else "") + \
+              (f" --orders {args.orders}" if args.orders else "") + (f" --vus {args.vus}" if args.vus else "") + \
+              (f" --steady {args.steady}" if args.steady else "")
     say(f"benchmark ({'smoke' if smoke else 'full'}): brokers {modes}, stores {stores}, "
         f"{orders:,} orders backlog, k6 {profile.vus} VUs for {profile.ramp} + {profile.steady}; "
         f"state and logs in {STATE}")
@@ -698,21 +704,21 @@ def run(args) -> int:
                "command": command, "orders": orders, "profile": profile.__dict__, "modes": {}}
     window = [time.time(), time.time()]
     for mode in modes:
-        say(f"broker: tansu {MODES[mode]}")
+        say(f"broker: tansu {MODES[mode]} (a fresh one for the backlog and for each k6 run)")
+        r: dict = {}
         broker = start_broker(mode)
         try:
-            r: dict = {}
             r["raw_produce"], r["raw_consume"] = raw_broker("backlog", orders)
             backlog = r["raw_consume"]["records"]
             r["drain"] = [drain(s, "backlog", backlog, mode) for s in stores]
-            if mode == modes[-1]:
-                window[0] = time.time()
-            r["ceiling"] = ceiling(profile, mode, broker)
-            r["ingest"] = [ingest(s, profile, mode, broker) for s in stores]
-            window[1] = time.time()
-            results["modes"][mode] = r
         finally:
             stop(broker)
+        if mode == modes[-1]:
+            window[0] = time.time()
+        r["ceiling"] = ceiling(profile, mode)
+        r["ingest"] = [ingest(s, profile, mode) for s in stores]
+        window[1] = time.time()
+        results["modes"][mode] = r
 
     say("writing the report and charts")
     results["analysis"] = args.analysis.read_text() if args.analysis else ""
@@ -753,12 +759,16 @@ def check_smoke(results: dict, out: Path) -> None:
 
 
 def main() -> int:
+    # `kill` (and `just` on Ctrl-C) must still stop what the benchmark started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="seconds, not minutes; report to a scratch folder")
     parser.add_argument("--modes", default="sqlite,memory", help="broker modes: sqlite,memory")
     parser.add_argument("--stores", default=",".join(STORES), help="stores: " + ",".join(STORES))
     parser.add_argument("--orders", type=int, default=0, help="backlog size (default 1,000,000)")
     parser.add_argument("--vus", type=int, default=0, help="k6 virtual users (default 35)")
+    parser.add_argument("--steady", default="", help="k6 steady phase after the 10 s ramp (default 110s)")
+    parser.add_argument("--out", type=Path, help="where the report goes (default bench/; smoke: a scratch folder)")
     parser.add_argument("--analysis", type=Path, help="markdown for the report's 'Where the time goes'")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite bench/REPORT.md and the charts from bench/report.json; measure nothing")

@@ -132,6 +132,12 @@ pub struct ConsumerSettings {
     pub batch_max: usize,
     /// Longest a batch waits to fill after its first record.
     pub batch_wait_ms: u64,
+    /// The broker answers a fetch once it has this many bytes (or after
+    /// `fetch_wait_ms`): fewer, fuller fetches cost the broker less; a
+    /// lightly loaded log then reaches the store up to `fetch_wait_ms` later.
+    pub fetch_min_bytes: u32,
+    /// Longest the broker holds a fetch waiting for `fetch_min_bytes`.
+    pub fetch_wait_ms: u64,
     /// First retry delay after a transient store or broker failure.
     pub retry_min_ms: u64,
     /// Cap of the exponential retry delay.
@@ -145,6 +151,8 @@ impl Default for ConsumerSettings {
             group_id: "oms".into(),
             batch_max: 1_000,
             batch_wait_ms: 5,
+            fetch_min_bytes: 1,
+            fetch_wait_ms: 100,
             retry_min_ms: 50,
             retry_max_ms: 5_000,
         }

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use common::{
     OmsProcess, TestApp, accepted_id, bootstrap, eventually, free_port, fresh_database, log_end,
-    order_body, settings,
+    order_body, serve_args, settings,
 };
 use oms::broker::admin;
-use oms::config::{Engine, Settings};
+use oms::config::Engine;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -26,21 +26,6 @@ const CLIENTS: usize = 16;
 const KILLS: usize = 6;
 /// The whole test must finish in this time.
 const BUDGET: Duration = Duration::from_secs(600);
-
-fn serve_args(s: &Settings) -> Vec<String> {
-    vec![
-        "--store".into(),
-        s.store.engine.as_str().into(),
-        "--store-path".into(),
-        s.store.path.display().to_string(),
-        "--postgres-url".into(),
-        s.store.postgres_url.clone(),
-        "--bootstrap".into(),
-        s.broker.bootstrap.clone(),
-        "--topic".into(),
-        s.broker.topic.clone(),
-    ]
-}
 
 /// Submits order `n` until a 202 (connection errors and 503s are retried
 /// with the same `client_order_id`, as a well-behaved client would).

@@ -148,16 +148,7 @@ async fn sigterm_drains_and_exits_0() {
     oms::broker::admin::create_topics(&cfg.broker)
         .await
         .expect("topics");
-    let args: Vec<String> = [
-        "--store-path",
-        &cfg.store.path.display().to_string(),
-        "--bootstrap",
-        &cfg.broker.bootstrap,
-        "--topic",
-        &cfg.broker.topic,
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = common::serve_args(&cfg);
     let daemon = OmsProcess::start(free_port(), &args, &dir.path().join("oms.log")).await;
     let client = reqwest::Client::new();
     let mut acked = BTreeSet::new();

@@ -157,18 +157,7 @@ async fn start_oms(
     oms::broker::admin::create_topics(&cfg.broker)
         .await
         .expect("topics");
-    let args: Vec<String> = [
-        "--store-path",
-        &cfg.store.path.display().to_string(),
-        "--bootstrap",
-        &cfg.broker.bootstrap,
-        "--topic",
-        &cfg.broker.topic,
-        "--dlq-topic",
-        &cfg.broker.dlq_topic,
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = common::serve_args(&cfg);
     let log = dir.join("oms.log");
     let mut env = env.to_vec();
     env.extend([

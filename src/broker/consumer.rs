@@ -155,7 +155,7 @@ impl ConsumerLoop {
     }
 
     fn create_consumer(&self) -> Result<StreamConsumer, KafkaError> {
-        consumer_config(&self.broker, &self.settings.group_id).create()
+        consumer_config(&self.broker, &self.settings).create()
     }
 
     /// Runs until `shutdown` is cancelled; the batch in hand is written first.
@@ -447,15 +447,16 @@ fn record_span(message: &BorrowedMessage<'_>, order: &Order, engine: &str) -> Op
 
 /// The librdkafka settings of the order consumer (shared with the
 /// benchmark's raw consumer). Offsets are oms' business, not the group's.
-pub fn consumer_config(broker: &BrokerSettings, group_id: &str) -> ClientConfig {
+pub fn consumer_config(broker: &BrokerSettings, consumer: &ConsumerSettings) -> ClientConfig {
     let mut config = client_config(broker, "oms-consumer");
     config
-        .set("group.id", group_id)
+        .set("group.id", &consumer.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.min.bytes", consumer.fetch_min_bytes.to_string())
+        .set("fetch.wait.max.ms", consumer.fetch_wait_ms.to_string());
     config
 }
 

@@ -70,6 +70,26 @@ pub fn order_body(n: u64) -> Value {
     })
 }
 
+/// `oms serve` flags for the store, broker and topics of `cfg`.
+pub fn serve_args(cfg: &Settings) -> Vec<String> {
+    [
+        "--store",
+        cfg.store.engine.as_str(),
+        "--postgres-url",
+        &cfg.store.postgres_url,
+        "--store-path",
+        &cfg.store.path.display().to_string(),
+        "--bootstrap",
+        &cfg.broker.bootstrap,
+        "--topic",
+        &cfg.broker.topic,
+        "--dlq-topic",
+        &cfg.broker.dlq_topic,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A running oms.
 pub struct TestApp {
     pub base: String,
