@@ -543,11 +543,11 @@ def targets(r: dict) -> list[str]:
         out.append(f"consumer keeps up under load, {STORE_TITLES[i['store']]}: lag max {i['lag_max']:,.0f}, "
                    f"caught up {i['catch_up_s']:.1f} s after the load: {ok(bounded)}")
     if "redb" in drains:
-        out.append(f"redb drains at ≥ 80 % of the raw consume rate: {drains['redb'] / raw:.0%}: "
+        out.append(f"redb drains at ≥ 80 % of the raw consume rate: {drains['redb'] / raw:.1%}: "
                    + ok(drains["redb"] >= 0.8 * raw))
         for pg in ("postgres", "postgres-tmpfs"):
             if pg in drains:
-                out.append(f"{STORE_TITLES[pg]} drains at ≥ 50 % of redb: {drains[pg] / drains['redb']:.0%}: "
+                out.append(f"{STORE_TITLES[pg]} drains at ≥ 50 % of redb: {drains[pg] / drains['redb']:.1%}: "
                            + ok(drains[pg] >= 0.5 * drains["redb"]))
     return out
 
