@@ -552,6 +552,16 @@ def targets(r: dict) -> list[str]:
     return out
 
 
+def save(fig, ax, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def charts(results: dict, out: Path) -> None:
     import matplotlib
 
@@ -575,10 +585,7 @@ def charts(results: dict, out: Path) -> None:
     ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(stores))], labels)
     ax.set_ylabel("requests/s (k6, 0 % failed required)")
     ax.set_title(f"Ingest throughput by store ({results['profile']['vus']} VUs, all co-located)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=110)
-    plt.close(fig)
+    save(fig, ax, out / "throughput.png")
 
     fig, axes = plt.subplots(1, len(modes), figsize=(9, 4.5), sharey=False, squeeze=False)
     for ax, mode in zip(axes[0], modes):
@@ -592,9 +599,7 @@ def charts(results: dict, out: Path) -> None:
         ax.set_ylabel("POST /orders latency, ms")
         ax.legend(fontsize=8)
     fig.suptitle("Request latency by store")
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=110)
-    plt.close(fig)
+    save(fig, None, out / "latency.png")
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     names = ["raw consume"] + [STORE_TITLES[d["store"]] for d in results["modes"][modes[0]]["drain"]]
@@ -607,10 +612,7 @@ def charts(results: dict, out: Path) -> None:
     ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(names))], names)
     ax.set_ylabel("orders/s")
     ax.set_title(f"Consumer alone: draining {results['orders']:,} orders into an empty store")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "drain.png", dpi=110)
-    plt.close(fig)
+    save(fig, ax, out / "drain.png")
 
 
 def dashboard(window: tuple[float, float], out: Path) -> bool:
