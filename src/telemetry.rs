@@ -6,7 +6,6 @@
 //! header of its record. Without `telemetry.otlp_endpoint` the sampler is
 //! off and no exporter exists, so nothing is recorded or sent.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -200,9 +199,21 @@ fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, Te
 
 /// The W3C `traceparent` of `span`, for a record's header.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
-    carrier.remove("traceparent")
+    let mut slot = TraceParentSlot(None);
+    TraceContextPropagator::new().inject_context(&span.context(), &mut slot);
+    slot.0
+}
+
+/// Receives the injected `traceparent` (a map per produced record would be
+/// an allocation on the request path for one value).
+struct TraceParentSlot(Option<String>);
+
+impl opentelemetry::propagation::Injector for TraceParentSlot {
+    fn set(&mut self, key: &str, value: String) {
+        if key == "traceparent" {
+            self.0 = Some(value);
+        }
+    }
 }
 
 /// Makes `span` a child of the context in `carrier` (a `traceparent`, from
