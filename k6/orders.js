@@ -10,18 +10,13 @@ import http from 'k6/http';
 import { check, sleep } from 'k6';
 import exec from 'k6/execution';
 
-const env = (name, fallback) => __ENV[name] || fallback;
-const BASE_URL = env('BASE_URL', 'http://127.0.0.1:8080');
-const SLEEP = parseFloat(env('SLEEP', '0'));
+import { BASE_URL, SLEEP, stages, P95_MS } from './profile.js';
 
 export const options = {
-  stages: [
-    { duration: env('RAMP_DURATION', '10s'), target: parseInt(env('RAMP_TARGET', '35'), 10) },
-    { duration: env('STEADY_DURATION', '2m'), target: parseInt(env('STEADY_TARGET', '35'), 10) },
-  ],
+  stages,
   thresholds: {
     http_req_failed: ['rate==0'],
-    http_req_duration: [`p(95)<${env('P95_MS', '5.68')}`],
+    http_req_duration: [`p(95)<${P95_MS}`],
     checks: ['rate==1'],
   },
 };
