@@ -22,21 +22,29 @@ not_running_yet() {
   return 0
 }
 
+# The oms binary: $OMS_BIN when given (the tests pass theirs), else the
+# release build, built once per call of this script.
+ensure_oms_bin() {
+  if [[ -z "$OMS_BIN" ]]; then
+    say "building oms (release)"
+    cargo build --release --quiet --bin oms --manifest-path "$OMS_ROOT/Cargo.toml"
+    OMS_BIN="$OMS_TARGET_DIR/release/oms"
+  fi
+}
+
 start_broker() {
   not_running_yet broker "$OMS_BROKER_PORT" || return 0
   "$OMS_ROOT/scripts/install.sh" tansu
+  ensure_oms_bin
   local dir="$OMS_STATE/tansu" log
   log="$(log_file broker)"
   mkdir -p "$dir"
-  say "starting tansu on 127.0.0.1:$OMS_BROKER_PORT (log kept in $dir/tansu.db)"
+  say "starting tansu on 127.0.0.1:$OMS_BROKER_PORT (log kept in $dir/tansu.db), supervised"
   # sqlite storage keeps the log and committed offsets across broker restarts:
-  # the log is the source of truth, the stores are rebuilt from it.
-  # tansu resolves a sqlite:// path against its working directory.
-  (cd "$dir" && exec nohup "$TANSU_BIN" broker \
-    --listener-url "tcp://127.0.0.1:$OMS_BROKER_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$OMS_BROKER_PORT" \
-    --storage-engine "sqlite://tansu.db" \
-    >>"$log" 2>&1 </dev/null) &
+  # the log is the source of truth, the stores are rebuilt from it. The
+  # supervisor restarts the broker when it exits or stops serving.
+  OMS_PROBE_BIN="$OMS_BIN" nohup "$OMS_ROOT/scripts/supervise-broker.sh" \
+    "$OMS_BROKER_PORT" sqlite "$dir" >>"$log" 2>&1 </dev/null &
   echo $! >"$(pid_file broker)"
   wait_for_component broker 30 port_open "$OMS_BROKER_PORT" || { tail -n 20 "$log" >&2; die "tansu did not start (log: $log)"; }
 }
@@ -91,11 +99,7 @@ start_prometheus() {
 
 start_oms() {
   not_running_yet oms "$OMS_HTTP_PORT" || return 0
-  if [[ -z "$OMS_BIN" ]]; then
-    say "building oms (release)"
-    cargo build --release --quiet --bin oms --manifest-path "$OMS_ROOT/Cargo.toml"
-    OMS_BIN="$OMS_TARGET_DIR/release/oms"
-  fi
+  ensure_oms_bin
   local store="${OMS_STORE:-redb}" pg_url="postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms"
   say "creating topics$([[ $store == postgres ]] && echo ' and the Postgres schema')"
   "$OMS_BIN" migrate --bootstrap "127.0.0.1:$OMS_BROKER_PORT" --store "$store" --postgres-url "$pg_url"
@@ -143,7 +147,12 @@ status() {
   local name pid
   for name in broker postgres oms prometheus; do
     if pid="$(live_pid "$name")"; then
-      printf '  %-10s running  pid %s\n' "$name" "$pid"
+      printf '  %-10s running  pid %s' "$name" "$pid"
+      if [[ $name == broker && -f "$(run_dir)/tansu.pid" ]]; then
+        printf '  (supervisor; tansu pid %s, restarts %s)' "$(cat "$(run_dir)/tansu.pid")" \
+          "$(cat "$(run_dir)/broker-restarts" 2>/dev/null || echo 0)"
+      fi
+      printf '\n'
     else
       printf '  %-10s stopped\n' "$name"
     fi

@@ -27,9 +27,12 @@ say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
 "$OMS_ROOT/scripts/install.sh" tansu postgres
+# The debug binary: the broker supervisor's probe, and the live oms below.
+cargo build --quiet --bin oms
+export OMS_BIN="$OMS_TARGET_DIR/debug/oms"
 if ! live_pid broker >/dev/null; then
   # A fresh log per run: tests create their own topics and must not pile up.
-  rm -rf "$OMS_STATE/tansu"
+  rm -rf "$OMS_STATE/tansu" "$OMS_STATE/run/broker-restarts"
   "$OMS_ROOT/scripts/stack.sh" start broker
   started+=(broker)
 fi
@@ -51,9 +54,9 @@ else
 fi
 
 # The API contract, checked from outside against a live daemon.
+say "the test broker was restarted by its supervisor $(cat "$OMS_STATE/run/broker-restarts" 2>/dev/null || echo 0) time(s)"
 "$OMS_ROOT/scripts/install.sh" schemathesis
-cargo build --quiet --bin oms
-OMS_BIN="$OMS_TARGET_DIR/debug/oms" OMS_HTTP_PORT="${OMS_TEST_HTTP_PORT:-18080}" \
+OMS_HTTP_PORT="${OMS_TEST_HTTP_PORT:-18080}" \
   OMS_STORE_PATH="/dev/shm/oms/test-e2e-$$" "$OMS_ROOT/scripts/stack.sh" start oms
 started+=(oms)
 rm -rf "$OMS_STATE/prometheus"

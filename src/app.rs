@@ -17,7 +17,7 @@ use crate::broker::producer::OrderProducer;
 use crate::config::Settings;
 use crate::store;
 
-/// How often `consumer_lag` is refreshed.
+/// How often `consumer_lag` is refreshed and the consumer's progress checked.
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for the producer to deliver what it still holds.
@@ -67,6 +67,7 @@ impl Application {
             store,
             consumer: status,
             retry_after_secs: settings.broker.retry_after_secs,
+            stall_after: Duration::from_millis(settings.consumer.stall_after_ms),
         });
         Ok(Self {
             settings,
@@ -102,6 +103,8 @@ impl Application {
         } = self;
         let producer = state.producer.clone();
         let lag_status = state.consumer.clone();
+        let lag_store = state.store.clone();
+        let produced = state.producer.evidence();
         let endpoint = api::routes(state, metrics.clone(), settings.http.body_limit_bytes);
         let drain = Duration::from_millis(settings.http.shutdown_timeout_ms);
         tracing::info!(%addr, engine = settings.store.engine.as_str(), topic = %settings.broker.topic, "oms serving");
@@ -121,11 +124,20 @@ impl Application {
             Ok("consumer")
         });
         let (stop, lag_broker) = (shutdown.clone(), settings.broker.clone());
+        let stall_after = Duration::from_millis(settings.consumer.stall_after_ms);
         tasks.spawn(async move {
-            consumer::watch_lag(lag_broker, lag_status, LAG_INTERVAL, stop)
-                .await
-                .context("lag watcher failed")?;
-            Ok("lag")
+            consumer::watch_log(
+                lag_broker,
+                lag_status,
+                lag_store,
+                produced,
+                LAG_INTERVAL,
+                stall_after,
+                stop,
+            )
+            .await
+            .context("log watcher failed")?;
+            Ok("log watcher")
         });
         let stop = shutdown.clone();
         tasks.spawn(async move {

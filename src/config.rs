@@ -142,6 +142,10 @@ pub struct ConsumerSettings {
     pub retry_min_ms: u64,
     /// Cap of the exponential retry delay.
     pub retry_max_ms: u64,
+    /// Records wait past the stored offsets and nothing was stored for this
+    /// long although the store answers: the consumer is stalled — `/readyz`
+    /// says so and the broker consumer is recreated.
+    pub stall_after_ms: u64,
 }
 
 impl Default for ConsumerSettings {
@@ -155,6 +159,7 @@ impl Default for ConsumerSettings {
             fetch_wait_ms: 100,
             retry_min_ms: 50,
             retry_max_ms: 5_000,
+            stall_after_ms: 10_000,
         }
     }
 }

@@ -38,6 +38,12 @@ enum Command {
         #[command(flatten)]
         broker: BrokerArgs,
     },
+    /// Check that the broker serves (metadata and the orders topic's log
+    /// end); exit status 1 when it does not. The `just up` supervisor runs it.
+    Probe {
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
     /// Print the OpenAPI document.
     Openapi {
         #[arg(long, value_enum, default_value_t = SpecFormat::Yaml)]
@@ -232,6 +238,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     oms::cli::dlq_replay(&settings.broker, selection, *dry_run).await
                 }
             }
+        }
+        Command::Probe { broker } => {
+            let mut overrides = Vec::new();
+            broker.overrides(&mut overrides);
+            let (settings, _telemetry) = load(&cli, &overrides)?;
+            let summary =
+                tokio::task::spawn_blocking(move || admin::probe(&settings.broker)).await??;
+            println!("{summary}");
+            Ok(())
         }
         Command::Openapi { format } => {
             let api = oms::api::openapi();

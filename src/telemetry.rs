@@ -197,10 +197,16 @@ fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, Te
         .build())
 }
 
-/// The W3C `traceparent` of `span`, for a record's header.
+/// The W3C `traceparent` of `span`, for a record's header — only when its
+/// trace is sampled: an unsampled context would make every record carry
+/// (and the broker store) a header nobody reads.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    if !context.span().span_context().is_sampled() {
+        return None;
+    }
     let mut slot = TraceParentSlot(None);
-    TraceContextPropagator::new().inject_context(&span.context(), &mut slot);
+    TraceContextPropagator::new().inject_context(&context, &mut slot);
     slot.0
 }
 
@@ -260,7 +266,7 @@ fn register_zeroes() {
     for reason in ["decode", "validate", "store"] {
         metrics::counter!("dlq_messages_total", "reason" => reason).absolute(0);
     }
-    for kind in ["timeout", "refused"] {
+    for kind in ["timeout", "queue_full", "refused"] {
         metrics::counter!("produce_errors_total", "kind" => kind).absolute(0);
     }
     metrics::counter!("orders_replayed_total").absolute(0);

@@ -1,68 +1,54 @@
-//! Exactly once under `kill -9`: concurrent clients submit 20,000 orders
-//! (each with its own `client_order_id`, retried until acknowledged) while the
-//! daemon is SIGKILLed and restarted at random moments. Afterwards every
-//! acknowledged order is stored exactly once and the store's offsets equal the
-//! log end — for each engine.
+//! Exactly once under `kill -9`: 16 clients submit orders (each with its own
+//! `client_order_id`, retried until acknowledged) while the daemon is
+//! SIGKILLed and restarted at random moments 0.5–3 s apart. Afterwards every
+//! acknowledged order is stored exactly once, the store's offsets equal the
+//! log end and the broker still serves — for each engine, on the durable
+//! broker `just up` runs (tansu on sqlite) and on tansu in memory.
+//!
+//! `the_broker_is_not_wedged_by_produce_timeouts` is the regression test of
+//! the wedge: with a produce deadline far below what the loaded machine
+//! needs, most sends time out while oms is killed and restarted. Before the
+//! fix, librdkafka timed those records out, bumped the idempotent epoch, and
+//! tansu's sqlite engine panicked and refused every request from then on.
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    OmsProcess, TestApp, accepted_id, bootstrap, eventually, free_port, fresh_database, log_end,
-    order_body, serve_args, settings,
+    BrokerEngine, Load, OmsProcess, Tansu, TestApp, assert_broker_serves, free_port,
+    fresh_database, log_end, serve_args, settings, tally,
 };
 use oms::broker::admin;
 use oms::config::Engine;
-use serde_json::json;
-use uuid::Uuid;
 
+/// At least this many orders are submitted…
 const ORDERS: u64 = 20_000;
 const CLIENTS: usize = 16;
+/// Orders of the wedge test (most of its sends time out and are retried).
+const WEDGE_ORDERS: u64 = 5_000;
+/// … and the daemon is killed this often meanwhile.
 const KILLS: usize = 6;
 /// The whole test must finish in this time.
 const BUDGET: Duration = Duration::from_secs(600);
 
-/// Submits order `n` until a 202 (connection errors and 503s are retried
-/// with the same `client_order_id`, as a well-behaved client would).
-async fn submit(
-    client: &reqwest::Client,
-    base: &str,
-    run: &str,
-    n: u64,
-    deadline: Instant,
-) -> (Uuid, u32) {
-    let mut body = order_body(n);
-    body["client_order_id"] = json!(format!("{run}-{n}"));
-    // Several symbols, so the load spreads over every partition.
-    body["src_currency"] = json!(["USD", "GBP", "JPY", "CHF", "AUD", "CAD"][(n % 6) as usize]);
-    let mut retries = 0;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "order {n} not acknowledged within the budget"
-        );
-        let url = format!("{base}/orders");
-        match client.post(url).json(&body).send().await {
-            Ok(resp) if resp.status() == 202 => return (accepted_id(resp).await, retries),
-            Ok(resp) => assert!(resp.status() == 503, "unexpected status {}", resp.status()),
-            Err(_) => {} // the daemon was killed mid-request
-        }
-        retries += 1;
-        // Pace retries while the daemon restarts.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// A random pause of 0.5–3 s.
+fn pause(random: &RandomState, n: usize) -> Duration {
+    Duration::from_millis(500 + random.hash_one(n) % 2_500)
 }
 
-async fn crash_and_count(engine: Engine) {
+async fn crash_and_count(
+    engine: Engine,
+    broker: BrokerEngine,
+    orders: u64,
+    env: &[(&str, &str)],
+) -> u64 {
     let started = Instant::now();
     let deadline = started + BUDGET;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = settings(&bootstrap(), &dir.path().join("store"));
+    let tansu = Tansu::start_with(&dir.path().join("broker"), broker);
+    let mut cfg = settings(&tansu.bootstrap(), &dir.path().join("store"));
     cfg.store.engine = engine;
     if engine == Engine::Postgres {
         cfg.store.postgres_url = fresh_database("oms_crash").await;
@@ -76,108 +62,91 @@ async fn crash_and_count(engine: Engine) {
     let log = dir.path().join("oms.log");
     let args = serve_args(&cfg);
 
-    let mut daemon = Some(OmsProcess::start(port, &args, &log).await);
+    let mut daemon = Some(OmsProcess::start_with_env(port, &args, env, &log).await);
     // Restarts reuse the port, so clients keep one address.
-    let base: Arc<str> = daemon
-        .as_ref()
-        .map(|d| d.base.clone())
-        .unwrap_or_default()
-        .into();
-    let next = Arc::new(AtomicU64::new(0));
-    let run = format!("crash-{}", Uuid::now_v7().simple());
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
+    let base = format!("http://127.0.0.1:{port}");
+    let load = Load::start(&base, CLIENTS, deadline);
 
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        let (client, base, next, run) = (client.clone(), base.clone(), next.clone(), run.clone());
-        clients.spawn(async move {
-            let mut acked = Vec::new();
-            let mut retries = 0;
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= ORDERS {
-                    return (acked, retries);
-                }
-                let (id, r) = submit(&client, &base, &run, n, deadline).await;
-                acked.push(id);
-                retries += r;
-            }
-        });
-    }
-
-    // Kill at random moments spread over the load.
     let random = RandomState::new();
-    let mut kills = 0;
-    while kills < KILLS {
-        let progress = next.load(Ordering::Relaxed);
-        let target = (kills as u64 + 1) * ORDERS / (KILLS as u64 + 2)
-            + random.hash_one(kills) % (ORDERS / 20);
-        let reached = eventually(Duration::from_secs(120), || {
-            let next = next.clone();
-            async move { (next.load(Ordering::Relaxed) >= target).then_some(()) }
-        })
-        .await;
-        assert!(reached.is_some(), "load stalled at {progress} orders");
+    for kill in 0..KILLS {
+        tokio::time::sleep(pause(&random, kill)).await;
         if let Some(d) = daemon.take() {
             d.kill9();
         }
-        kills += 1;
-        daemon = Some(OmsProcess::start(port, &args, &log).await);
+        daemon = Some(OmsProcess::start_with_env(port, &args, env, &log).await);
     }
-    let mut acked = BTreeSet::new();
-    let mut retries = 0;
-    while let Some(joined) = clients.join_next().await {
-        let (ids, r) = joined.expect("client task");
-        acked.extend(ids);
-        retries += r;
-    }
+    load.wait_submitted(orders, Duration::from_secs(300)).await;
+    let result = load.finish().await;
     drop(daemon.take());
-    assert_eq!(
-        acked.len() as u64,
-        ORDERS,
-        "every order acknowledged once per client_order_id"
-    );
     let load_time = started.elapsed();
 
     // A final daemon (in-process, to read its store) catches up with the log.
     let app = TestApp::spawn(cfg.clone()).await;
-    app.wait_caught_up(Duration::from_secs(120)).await;
+    let counted = tally(&app, &result.acked).await;
     let records: i64 = log_end(&cfg.broker.bootstrap, &cfg.broker.topic)
         .values()
         .sum();
-    let stored = app.store.count().await.expect("count");
-    let mut missing = 0;
-    for id in &acked {
-        if app.store.get(*id).await.expect("get").is_none() {
-            missing += 1;
-        }
-    }
     eprintln!(
-        "crash test [{}]: {} orders acked, {kills} SIGKILL restarts, {retries} client retries, {records} records on the log, {stored} stored, lost = {missing}, duplicated = {}, load {load_time:.1?}, total {:.1?}",
+        "crash test [{} on tansu {}]: {counted}; {KILLS} SIGKILL restarts 0.5–3 s apart, {} client retries ({} of them 503), {records} records on the log, load {load_time:.1?}, total {:.1?}",
         engine.as_str(),
-        acked.len(),
-        stored as i64 - acked.len() as i64,
+        broker.as_str(),
+        result.retries,
+        result.unavailable,
         started.elapsed()
     );
-    assert_eq!(missing, 0, "lost acknowledged orders");
-    assert_eq!(stored, ORDERS, "each order stored exactly once");
+    assert_eq!(counted.lost, 0, "lost acknowledged orders: {counted}");
+    assert_eq!(
+        counted.duplicated, 0,
+        "each order stored exactly once: {counted}"
+    );
     app.stop().await.expect("clean stop");
+    assert_broker_serves(&cfg.broker.bootstrap, &cfg.broker.dlq_topic).await;
+    result.unavailable
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redb_is_exactly_once_under_kill_9() {
-    crash_and_count(Engine::Redb).await;
+async fn redb_is_exactly_once_under_kill_9_on_the_durable_broker() {
+    crash_and_count(Engine::Redb, BrokerEngine::Sqlite, ORDERS, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sled_is_exactly_once_under_kill_9() {
-    crash_and_count(Engine::Sled).await;
+async fn sled_is_exactly_once_under_kill_9_on_the_durable_broker() {
+    crash_and_count(Engine::Sled, BrokerEngine::Sqlite, ORDERS, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_is_exactly_once_under_kill_9() {
-    crash_and_count(Engine::Postgres).await;
+async fn postgres_is_exactly_once_under_kill_9_on_the_durable_broker() {
+    crash_and_count(Engine::Postgres, BrokerEngine::Sqlite, ORDERS, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_is_exactly_once_under_kill_9_on_the_memory_broker() {
+    crash_and_count(Engine::Redb, BrokerEngine::Memory, ORDERS, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_is_exactly_once_under_kill_9_on_the_memory_broker() {
+    crash_and_count(Engine::Sled, BrokerEngine::Memory, ORDERS, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_is_exactly_once_under_kill_9_on_the_memory_broker() {
+    crash_and_count(Engine::Postgres, BrokerEngine::Memory, ORDERS, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_is_not_wedged_by_produce_timeouts() {
+    // 5 ms: far below a loaded machine's produce round trip, so most sends
+    // time out — the overload the wedge needed.
+    let timeouts = crash_and_count(
+        Engine::Redb,
+        BrokerEngine::Sqlite,
+        WEDGE_ORDERS,
+        &[("OMS__BROKER__PRODUCE_TIMEOUT_MS", "5")],
+    )
+    .await;
+    assert!(
+        timeouts > 0,
+        "the test must overload the producer: no send timed out"
+    );
 }

@@ -32,11 +32,13 @@ pub struct Check {
 pub struct Readiness {
     /// `ready` or `degraded`.
     pub status: String,
-    /// The broker answers metadata requests.
+    /// The broker answers metadata requests, acknowledges produced records
+    /// and serves the log end.
     pub broker: Check,
     /// The store answers reads.
     pub store: Check,
-    /// The consumer is storing records (not blocked retrying a failure).
+    /// The consumer is storing records (not blocked retrying a failure, not
+    /// stalled with records waiting).
     pub consumer: Check,
 }
 
@@ -95,43 +97,40 @@ impl HealthApi {
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
         let (broker, store) = tokio::join!(state.producer.probe(), state.store.health());
+        let fail = |detail: String| Check { ok: false, detail };
+        // A broker that accepts connections and answers metadata can still
+        // fail every produce or fetch (a wedged storage engine): the
+        // producer's and the log watcher's own evidence counts too.
         let broker = match broker {
-            Ok(()) => Check {
-                ok: true,
-                detail: "reachable".into(),
-            },
-            Err(e) => Check {
-                ok: false,
-                detail: e.to_string(),
+            Err(e) => fail(format!("metadata: {e}")),
+            Ok(()) => match (state.producer.stalled(), state.consumer.log_end_error()) {
+                (Some(stalled), _) => fail(format!("produce: {stalled}")),
+                (None, Some(err)) => fail(format!("fetch: {err}")),
+                (None, None) => Check {
+                    ok: true,
+                    detail: "reachable".into(),
+                },
             },
         };
+        let store_ok = store.is_ok();
         let store = match store {
             Ok(()) => Check {
                 ok: true,
                 detail: format!("{} open", state.store.engine()),
             },
-            Err(e) => Check {
-                ok: false,
-                detail: e.to_string(),
-            },
+            Err(e) => fail(e.to_string()),
         };
         let consumer = match state.consumer.get() {
-            ConsumerState::Running => Check {
-                ok: true,
-                detail: "running".into(),
+            ConsumerState::Running => match state.consumer.stall(state.stall_after, store_ok) {
+                Some(stall) => fail(stall.to_string()),
+                None => Check {
+                    ok: true,
+                    detail: "running".into(),
+                },
             },
-            ConsumerState::Starting => Check {
-                ok: false,
-                detail: "starting".into(),
-            },
-            ConsumerState::Waiting { reason } => Check {
-                ok: false,
-                detail: reason,
-            },
-            ConsumerState::Stopped => Check {
-                ok: false,
-                detail: "stopped".into(),
-            },
+            ConsumerState::Starting => fail("starting".into()),
+            ConsumerState::Waiting { reason } => fail(reason),
+            ConsumerState::Stopped => fail("stopped".into()),
         };
         let ready = broker.ok && store.ok && consumer.ok;
         let body = Readiness {

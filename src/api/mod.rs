@@ -27,6 +27,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub consumer: ConsumerStatus,
     pub retry_after_secs: u32,
+    /// When the consumer counts as stalled (`consumer.stall_after_ms`).
+    pub stall_after: std::time::Duration,
 }
 
 #[derive(Tags)]

@@ -470,7 +470,9 @@ impl OrdersApi {
                     ProduceError::Timeout(_) => format!(
                         "{err}; the order may or may not be on the log, retry with the same client_order_id"
                     ),
-                    ProduceError::Refused(_) => err.to_string(),
+                    ProduceError::QueueFull | ProduceError::Refused(_) => {
+                        format!("{err}; the order is not on the log")
+                    }
                 };
                 CreateOrderResponse::Unavailable(
                     Json(Problem::new(

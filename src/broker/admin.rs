@@ -27,6 +27,13 @@ pub enum AdminError {
     },
     #[error("topic {0} does not exist (run `oms migrate` first)")]
     MissingTopic(String),
+    #[error("the broker answers metadata but not {what}: {source}")]
+    NotServing {
+        /// What it did not serve, and where.
+        what: String,
+        #[source]
+        source: KafkaError,
+    },
 }
 
 /// What `oms migrate` did to one topic.
@@ -98,4 +105,43 @@ pub fn partitions(
         return Err(AdminError::MissingTopic(topic.to_owned()));
     }
     Ok(partitions)
+}
+
+/// Does the broker serve? Metadata first, then the log end of every
+/// partition of the orders topic (when it exists): a broker whose storage
+/// failed can still accept connections. `oms probe` and the `just up`
+/// broker supervisor ask this. Returns a one-line summary.
+pub fn probe(settings: &BrokerSettings) -> Result<String, AdminError> {
+    let consumer: BaseConsumer = client_config(settings, "oms-probe")
+        .create()
+        .map_err(|source| unreachable(settings, source))?;
+    let partitions = match partitions(&consumer, settings, &settings.topic) {
+        Ok(partitions) => partitions,
+        Err(AdminError::MissingTopic(_)) => {
+            return Ok(format!(
+                "{} serves metadata (no topic {} yet)",
+                settings.bootstrap, settings.topic
+            ));
+        }
+        Err(err) => return Err(err),
+    };
+    let mut records = 0;
+    for partition in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&settings.topic, *partition, METADATA_TIMEOUT)
+            .map_err(|source| AdminError::NotServing {
+                what: format!(
+                    "the log end of {}/{partition} at {}",
+                    settings.topic, settings.bootstrap
+                ),
+                source,
+            })?;
+        records += high - low;
+    }
+    Ok(format!(
+        "{} serves {} ({} partitions, {records} records)",
+        settings.bootstrap,
+        settings.topic,
+        partitions.len()
+    ))
 }

@@ -16,11 +16,13 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::admin::{self, AdminError};
 use super::client_config;
 use super::dlq::{DeadLetter, DeadLetterWriter, ErrorKind, replay_count};
+use super::producer::ProduceEvidence;
 use crate::config::{BrokerSettings, ConsumerSettings};
 use crate::order::{Order, RecordError};
 use crate::store::{Batch, Offsets, Store, StoreError, StoredOrder};
@@ -40,20 +42,80 @@ pub enum ConsumerState {
     Stopped,
 }
 
-/// Shared, cheap handle on the consumer's state: what it is doing (for
-/// `/readyz`) and the offsets it has stored (for `consumer_lag`).
+/// Shared, cheap handle on the consumer's state: what it is doing, what it
+/// has stored and when, and how far the log is known to reach — for
+/// `/readyz`, `consumer_lag` and the progress watchdog.
 #[derive(Debug, Clone, Default)]
-pub struct ConsumerStatus(Arc<Mutex<Shared>>);
+pub struct ConsumerStatus(Arc<Shared>);
 
 #[derive(Debug, Default)]
 struct Shared {
+    inner: Mutex<Inner>,
+    /// The watchdog's request to recreate the broker consumer.
+    restart: Notify,
+}
+
+#[derive(Debug)]
+struct Inner {
     state: ConsumerState,
     stored: Offsets,
+    /// When a batch was last stored (or the consumer last (re)started).
+    progress: Instant,
+    progress_unix: f64,
+    /// The best known log end per partition (broker watermarks and this
+    /// instance's own acknowledged records).
+    log_end: Offsets,
+    /// The first offset the broker still holds per partition (where a
+    /// store with no offset for it starts).
+    log_start: Offsets,
+    /// Why the log end could not be read from the broker, if it could not.
+    log_end_error: Option<String>,
+    /// When the watchdog last restarted the consumer.
+    restarted: Option<Instant>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            state: ConsumerState::default(),
+            stored: Offsets::new(),
+            progress: Instant::now(),
+            progress_unix: unix_now(),
+            log_end: Offsets::new(),
+            log_start: Offsets::new(),
+            log_end_error: None,
+            restarted: None,
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    chrono::Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+/// A consumer that stopped storing while records wait: what `/readyz` says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stall {
+    /// Records on the log past what the store holds.
+    pub behind: i64,
+    /// Time since the last stored batch.
+    pub idle: Duration,
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stalled: {} record(s) on the log are not stored and nothing was stored for {:.1} s",
+            self.behind,
+            self.idle.as_secs_f64()
+        )
+    }
 }
 
 impl ConsumerStatus {
-    fn with<T>(&self, f: impl FnOnce(&mut Shared) -> T) -> T {
-        match self.0.lock() {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        match self.0.inner.lock() {
             Ok(mut guard) => f(&mut guard),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
@@ -73,7 +135,70 @@ impl ConsumerStatus {
     }
 
     fn record_stored(&self, offsets: &Offsets) {
-        self.with(|s| s.stored.extend(offsets.iter().map(|(p, o)| (*p, *o))));
+        let now = unix_now();
+        self.with(|s| {
+            s.stored.extend(offsets.iter().map(|(p, o)| (*p, *o)));
+            s.progress = Instant::now();
+            s.progress_unix = now;
+        });
+        metrics::gauge!("consumer_last_progress_timestamp_seconds").set(now);
+    }
+
+    /// Unix time of the last stored batch.
+    pub fn last_progress_unix(&self) -> f64 {
+        self.with(|s| s.progress_unix)
+    }
+
+    /// Records on the log past the stored offsets, per partition, by the
+    /// best known log end.
+    fn lag(s: &Inner) -> Offsets {
+        s.log_end
+            .iter()
+            .map(|(p, end)| {
+                let stored = s
+                    .stored
+                    .get(p)
+                    .or_else(|| s.log_start.get(p))
+                    .copied()
+                    .unwrap_or(0);
+                (*p, (end - stored).max(0))
+            })
+            .collect()
+    }
+
+    /// `Some` when records wait past the stored offsets and nothing has been
+    /// stored for `after` although the consumer runs (or waits on a failure
+    /// that `store_answers` says is over).
+    pub fn stall(&self, after: Duration, store_answers: bool) -> Option<Stall> {
+        self.with(|s| {
+            let idle = s.progress.elapsed();
+            let behind = Self::lag(s).values().sum();
+            let running = match &s.state {
+                ConsumerState::Running => true,
+                ConsumerState::Waiting { .. } => store_answers,
+                ConsumerState::Starting | ConsumerState::Stopped => false,
+            };
+            (running && behind > 0 && idle >= after).then_some(Stall { behind, idle })
+        })
+    }
+
+    /// Why the log end could not be read lately, if it could not.
+    pub fn log_end_error(&self) -> Option<String> {
+        self.with(|s| s.log_end_error.clone())
+    }
+
+    /// The watchdog asks the loop to recreate its broker consumer.
+    fn request_restart(&self) {
+        self.with(|s| s.restarted = Some(Instant::now()));
+        self.0.restart.notify_one();
+    }
+
+    fn since_restart(&self) -> Option<Duration> {
+        self.with(|s| s.restarted.map(|t| t.elapsed()))
+    }
+
+    async fn restart_requested(&self) {
+        self.0.restart.notified().await;
     }
 }
 
@@ -93,6 +218,46 @@ pub struct ConsumerLoop {
     store: Arc<dyn Store>,
     dlq: DeadLetterWriter,
     status: ConsumerStatus,
+}
+
+/// Receive errors: every one counted by kind (`consumer_errors_total`),
+/// logged as a warning at most once per [`ErrorLog::EVERY`] with the count
+/// of those not logged — never a silent loop, never a flood.
+#[derive(Default)]
+struct ErrorLog {
+    last_warned: Option<Instant>,
+    unlogged: u64,
+}
+
+impl ErrorLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Keeps a message; counts and logs an error. Returns whether it was one.
+    fn take<'c>(
+        &mut self,
+        message: Result<BorrowedMessage<'c>, KafkaError>,
+        into: &mut Vec<BorrowedMessage<'c>>,
+    ) -> bool {
+        let err = match message {
+            Ok(m) => {
+                into.push(m);
+                return false;
+            }
+            Err(err) => err,
+        };
+        let kind = err
+            .rdkafka_error_code()
+            .map_or_else(|| "client".to_owned(), |code| format!("{code:?}"));
+        metrics::counter!("consumer_errors_total", "kind" => kind).increment(1);
+        if self.last_warned.is_none_or(|t| t.elapsed() >= Self::EVERY) {
+            tracing::warn!(error = %err, not_logged = self.unlogged, "consumer error (librdkafka retries it; counted in consumer_errors_total)");
+            self.last_warned = Some(Instant::now());
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        true
+    }
 }
 
 /// One record of a batch that will not be stored, and why.
@@ -159,8 +324,22 @@ impl ConsumerLoop {
     }
 
     /// Runs until `shutdown` is cancelled; the batch in hand is written first.
+    ///
+    /// When the watchdog ([`watch_log`]) finds the loop stalled, the whole
+    /// consume future is dropped — whatever it was waiting on — and started
+    /// again: a new broker consumer, seeking to the offsets the store holds.
+    /// Dropping it mid-batch is safe: a batch and its offsets commit
+    /// together, so the new consumer re-reads exactly what was not stored.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
-        let result = self.consume(&shutdown).await;
+        let result = loop {
+            tokio::select! {
+                result = self.consume(&shutdown) => break result,
+                () = self.status.restart_requested() => {
+                    tracing::warn!("recreating the broker consumer and seeking to the store's offsets");
+                    self.status.set(ConsumerState::Starting);
+                }
+            }
+        };
         self.status.set(ConsumerState::Stopped);
         tracing::info!("consumer stopped");
         result
@@ -213,21 +392,29 @@ impl ConsumerLoop {
         self.status.set(ConsumerState::Running);
 
         let batch_wait = Duration::from_millis(self.settings.batch_wait_ms);
+        let mut errors = ErrorLog::default();
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
                 message = consumer.recv() => message,
             };
             let mut messages = Vec::with_capacity(self.settings.batch_max);
-            self.take(first, &mut messages);
+            let mut failed = errors.take(first, &mut messages);
             let deadline = tokio::time::Instant::now() + batch_wait;
-            while messages.len() < self.settings.batch_max {
+            while !failed && messages.len() < self.settings.batch_max {
                 match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(message) => self.take(message, &mut messages),
+                    Ok(message) => failed = errors.take(message, &mut messages),
                     Err(_) => break,
                 }
             }
             if messages.is_empty() {
+                // Only errors: back off a little instead of spinning on them.
+                if failed {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(self.settings.retry_min_ms)) => {}
+                    }
+                }
                 continue;
             }
             let Some(offsets) = self.process(&topic, messages, shutdown).await else {
@@ -237,22 +424,6 @@ impl ConsumerLoop {
             self.report_lag(&consumer, &topic, &offsets);
         }
         Ok(())
-    }
-
-    fn take<'c>(
-        &self,
-        message: Result<BorrowedMessage<'c>, KafkaError>,
-        into: &mut Vec<BorrowedMessage<'c>>,
-    ) {
-        match message {
-            Ok(m) => into.push(m),
-            // Transport errors are retried inside librdkafka (and logged by
-            // it); `/readyz` reports the broker. Count them, log quietly.
-            Err(err) => {
-                metrics::counter!("consumer_errors_total").increment(1);
-                tracing::debug!(error = %err, "consumer error");
-            }
-        }
     }
 
     /// Stores one batch (dead-lettering what cannot be stored). Returns the
@@ -307,10 +478,7 @@ impl ConsumerLoop {
                 .and_then(|tp| tp.split('-').nth(1))
                 .unwrap_or_default();
             tracing::warn!(partition = p.letter.message.partition(), offset = p.letter.message.offset(), kind = p.letter.kind.as_str(), reason = %p.letter.reason, trace_id, "dead-lettering a record");
-            self.retry(shutdown, "writing to the dead-letter topic", || {
-                self.dlq.send(&p.letter)
-            })
-            .await?;
+            self.dead_letter(&p.letter, shutdown).await?;
         }
 
         let batch = Arc::new(Batch::new(topic, orders, offsets.clone()));
@@ -351,6 +519,15 @@ impl ConsumerLoop {
         }
     }
 
+    /// Writes `letter` to the dead-letter topic, waiting as long as the
+    /// broker needs (one copy) unless shutdown comes first (`None`).
+    async fn dead_letter(&self, letter: &DeadLetter, shutdown: &CancellationToken) -> Option<()> {
+        tokio::select! {
+            () = shutdown.cancelled() => None,
+            sent = self.retry(shutdown, "writing to the dead-letter topic", || self.dlq.send(letter)) => sent,
+        }
+    }
+
     /// The slow path after a batch was refused: each row alone, the refused
     /// ones to the DLQ, then the offsets. Every step is idempotent, so a crash
     /// in between only repeats work.
@@ -384,13 +561,7 @@ impl ConsumerLoop {
                         kind: ErrorKind::Store,
                         reason,
                     };
-                    if self
-                        .retry(shutdown, "writing to the dead-letter topic", || {
-                            self.dlq.send(&letter)
-                        })
-                        .await
-                        .is_none()
-                    {
+                    if self.dead_letter(&letter, shutdown).await.is_none() {
                         return false;
                     }
                 }
@@ -468,14 +639,45 @@ fn dead_letter(message: &BorrowedMessage<'_>, err: &RecordError) -> DeadLetter {
     }
 }
 
-/// Publishes `consumer_lag{partition}` — log end minus the offset the
-/// consumer last stored — every `every`, until shutdown. It uses the
-/// consumer's own record of what it stored, not a store read, so the gauge
-/// keeps growing while the store is down.
-pub async fn watch_lag(
+/// The broker's view of the log end: `(partition, low, high)` per partition.
+fn watermarks(
+    client: &BaseConsumer,
+    broker: &BrokerSettings,
+) -> Result<Vec<(i32, i64, i64)>, String> {
+    let topic = &broker.topic;
+    let partitions = admin::partitions(client, broker, topic).map_err(|e| e.to_string())?;
+    partitions
+        .into_iter()
+        .map(|p| {
+            client
+                .fetch_watermarks(topic, p, super::METADATA_TIMEOUT)
+                .map(|(low, high)| (p, low, high))
+                .map_err(|e| format!("reading the log end of {topic}/{p}: {e}"))
+        })
+        .collect()
+}
+
+/// Every `every`, until shutdown: reads the log end, publishes
+/// `consumer_lag{partition}` and restarts a stalled consumer.
+///
+/// The log end of a partition is the larger of the broker's high watermark
+/// and the offset after the last record this instance's producer got
+/// acknowledged: a broker that under-reports its watermarks (tansu's memory
+/// engine does) cannot make lag read 0 while acknowledged orders are
+/// missing. Lag is that end minus the consumer's own record of what it
+/// stored, so it keeps growing while the store is down.
+///
+/// The watchdog: records past the stored offsets, the consumer running (not
+/// waiting out a store or broker failure it knows of), and nothing stored
+/// for `stall_after` — then `consumer_stalls_total` counts it and the loop
+/// is recreated ([`ConsumerLoop::run`]); at most once per `stall_after`.
+pub async fn watch_log(
     broker: BrokerSettings,
     status: ConsumerStatus,
+    store: Arc<dyn Store>,
+    produced: Arc<ProduceEvidence>,
     every: Duration,
+    stall_after: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
     let client: Arc<BaseConsumer> = Arc::new(client_config(&broker, "oms-lag").create()?);
@@ -485,32 +687,53 @@ pub async fn watch_lag(
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let (client, settings) = (client.clone(), broker.clone());
-        let ends =
-            tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64, i64)>, AdminError> {
-                let topic = &settings.topic;
-                let mut ends = Vec::new();
-                for partition in admin::partitions(client.as_ref(), &settings, topic)? {
-                    if let Ok((low, high)) =
-                        client.fetch_watermarks(topic, partition, super::METADATA_TIMEOUT)
-                    {
-                        ends.push((partition, low, high));
-                    }
+        let (c, settings) = (client.clone(), broker.clone());
+        let marks = tokio::task::spawn_blocking(move || watermarks(c.as_ref(), &settings))
+            .await
+            .unwrap_or_else(|e| Err(format!("the watermark task failed: {e}")));
+        let mut ends = produced.acked_ends();
+        let mut starts = Offsets::new();
+        let error = match marks {
+            Ok(marks) => {
+                for (partition, low, high) in marks {
+                    let end = ends.entry(partition).or_insert(0);
+                    *end = (*end).max(high);
+                    starts.insert(partition, low);
                 }
-                Ok(ends)
-            })
-            .await;
-        let Ok(Ok(ends)) = ends else {
-            continue; // broker unreachable: /readyz says so; try again
+                None
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "log end unreadable");
+                Some(err)
+            }
         };
-        if status.get() == ConsumerState::Starting {
+        let (lag, starting) = status.with(|s| {
+            s.log_end = ends;
+            s.log_start.extend(starts);
+            s.log_end_error = error;
+            (ConsumerStatus::lag(s), s.state == ConsumerState::Starting)
+        });
+        if starting {
             continue; // nothing known about the store yet
         }
-        let stored = status.stored();
-        for (partition, low, high) in ends {
-            let next = stored.get(&partition).copied().unwrap_or(low);
+        for (partition, behind) in lag {
             metrics::gauge!("consumer_lag", "partition" => partition.to_string())
-                .set((high - next).max(0) as f64);
+                .set(behind as f64);
+        }
+        let recently_restarted = status.since_restart().is_some_and(|t| t < stall_after);
+        let waiting = matches!(status.get(), ConsumerState::Waiting { .. });
+        // Ask the store only when the consumer says it waits for it.
+        let store_answers = waiting && store.health().await.is_ok();
+        if let Some(stall) = status.stall(stall_after, store_answers) {
+            if !recently_restarted {
+                metrics::counter!("consumer_stalls_total").increment(1);
+                tracing::warn!(
+                    behind = stall.behind,
+                    idle_s = stall.idle.as_secs_f64(),
+                    "consumer {stall}; restarting it"
+                );
+                status.request_restart();
+            }
         }
     }
 }

@@ -86,7 +86,8 @@ impl DeadLetterWriter {
         })
     }
 
-    /// Appends one dead letter and waits for the broker's ack.
+    /// Appends one dead letter and waits for the broker's ack (callers
+    /// that must stay interruptible race it against their shutdown).
     pub async fn send(&self, letter: &DeadLetter) -> Result<(), ProduceError> {
         let m = &letter.message;
         let partition = m.partition().to_string();
@@ -116,7 +117,9 @@ impl DeadLetterWriter {
         if let Some(payload) = m.payload() {
             record = record.payload(payload);
         }
-        self.producer.send(record).await?;
+        // One copy, however long the broker takes: a deadline and a resend
+        // would leave the first copy queued and write the letter twice.
+        self.producer.deliver(record).await?;
         metrics::counter!("dlq_messages_total", "reason" => letter.kind.as_str()).increment(1);
         Ok(())
     }

@@ -232,19 +232,45 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// How a test's own tansu keeps its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerEngine {
+    /// sqlite, durable: what `just up` runs.
+    Sqlite,
+    /// In memory: what the benchmark's fast runs use.
+    Memory,
+}
+
+impl BrokerEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerEngine::Sqlite => "sqlite",
+            BrokerEngine::Memory => "memory",
+        }
+    }
+}
+
 /// A tansu broker of the test's own, so a test can stop and restart it
-/// without disturbing the others. Killed on drop.
+/// without disturbing the others. Started by `scripts/tansu.sh`, the one
+/// launcher the stack and the benchmark use too. Killed on drop.
 pub struct Tansu {
     child: Option<Child>,
     pub port: u16,
+    pub engine: BrokerEngine,
     dir: PathBuf,
 }
 
 impl Tansu {
+    /// A durable (sqlite) broker, as `just up` runs it.
     pub fn start(dir: &Path) -> Tansu {
+        Self::start_with(dir, BrokerEngine::Sqlite)
+    }
+
+    pub fn start_with(dir: &Path, engine: BrokerEngine) -> Tansu {
         let mut tansu = Tansu {
             child: None,
             port: free_port(),
+            engine,
             dir: dir.to_owned(),
         };
         tansu.restart();
@@ -255,16 +281,21 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts the broker on the same port and the same sqlite file.
+    /// The sqlite database of a durable broker.
+    pub fn database(&self) -> PathBuf {
+        self.dir.join("tansu.db")
+    }
+
+    /// Starts the broker on the same port and the same log.
     pub fn restart(&mut self) {
         let bin = std::env::var("OMS_TEST_TANSU")
             .expect("OMS_TEST_TANSU is not set: run the tests with `just test`");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(bin)
-            .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&self.dir)
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/tansu.sh");
+        let child = Command::new(script)
+            .arg(self.port.to_string())
+            .arg(self.engine.as_str())
+            .arg(&self.dir)
+            .env("TANSU_BIN", bin)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -536,4 +567,199 @@ impl Drop for PrivatePostgres {
             .args(["-m", "immediate", "-w", "stop"]);
         let _ = ctl.output();
     }
+}
+
+/// What a [`Load`] got acknowledged, and what it took.
+#[derive(Debug, Default)]
+pub struct LoadResult {
+    pub acked: std::collections::BTreeSet<Uuid>,
+    /// Attempts that were not a 202 and were retried.
+    pub retries: u64,
+    /// Of those, `503` answers (the broker did not acknowledge in time).
+    pub unavailable: u64,
+}
+
+/// Well-behaved clients posting orders, each with its own
+/// `client_order_id`, retrying one until it is acknowledged (connection
+/// errors: the daemon was killed or restarts; `503`: the broker did not
+/// acknowledge in time). Several symbols, so every partition gets load.
+pub struct Load {
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: CancellationToken,
+    tasks: tokio::task::JoinSet<LoadResult>,
+}
+
+impl Load {
+    /// Starts `clients` clients against `base` (one address across restarts).
+    pub fn start(base: &str, clients: usize, deadline: Instant) -> Load {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let next = std::sync::Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let run = format!("load-{}", Uuid::now_v7().simple());
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let (client, base, next, run, stop) = (
+                client.clone(),
+                base.to_owned(),
+                next.clone(),
+                run.clone(),
+                stop.clone(),
+            );
+            tasks.spawn(async move {
+                let mut result = LoadResult::default();
+                while !stop.is_cancelled() {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let mut body = order_body(n);
+                    body["client_order_id"] = json!(format!("{run}-{n}"));
+                    body["src_currency"] =
+                        json!(["USD", "GBP", "JPY", "CHF", "AUD", "CAD"][(n % 6) as usize]);
+                    loop {
+                        assert!(
+                            Instant::now() < deadline,
+                            "order {n} not acknowledged within the test's budget"
+                        );
+                        match client
+                            .post(format!("{base}/orders"))
+                            .json(&body)
+                            .send()
+                            .await
+                        {
+                            Ok(resp) if resp.status() == 202 => {
+                                result.acked.insert(accepted_id(resp).await);
+                                break;
+                            }
+                            Ok(resp) => {
+                                assert_eq!(resp.status(), 503, "unexpected status");
+                                result.unavailable += 1;
+                            }
+                            Err(_) => {} // the daemon was killed mid-request
+                        }
+                        result.retries += 1;
+                        // Pace retries while the daemon or broker restarts.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                result
+            });
+        }
+        Load { next, stop, tasks }
+    }
+
+    /// Orders handed out to clients so far.
+    pub fn submitted(&self) -> u64 {
+        self.next.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` orders were handed out (panics after `within`).
+    pub async fn wait_submitted(&self, n: u64, within: Duration) {
+        let reached = eventually(within, || async { (self.submitted() >= n).then_some(()) }).await;
+        assert!(
+            reached.is_some(),
+            "load stalled at {} orders (waiting for {n})",
+            self.submitted()
+        );
+    }
+
+    /// Stops handing out orders; each client finishes (acknowledges) the
+    /// order in hand. Returns everything acknowledged.
+    pub async fn finish(mut self) -> LoadResult {
+        self.stop.cancel();
+        let mut all = LoadResult::default();
+        while let Some(joined) = self.tasks.join_next().await {
+            let r = joined.expect("client task");
+            all.acked.extend(r.acked);
+            all.retries += r.retries;
+            all.unavailable += r.unavailable;
+        }
+        all
+    }
+}
+
+/// Acked / stored / lost / duplicated, as the closing notes report them.
+#[derive(Debug)]
+pub struct Tally {
+    pub acked: usize,
+    pub stored: u64,
+    pub lost: usize,
+    pub duplicated: i64,
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "acked {} / stored {} / lost {} / duplicated {}",
+            self.acked, self.stored, self.lost, self.duplicated
+        )
+    }
+}
+
+/// Waits until `app` has caught up with its log, then counts: every
+/// acknowledged order must be stored, and nothing else.
+pub async fn tally(app: &TestApp, acked: &std::collections::BTreeSet<Uuid>) -> Tally {
+    app.wait_caught_up(Duration::from_secs(120)).await;
+    let stored = app.store.count().await.expect("count");
+    let mut lost = 0;
+    for id in acked {
+        if app.store.get(*id).await.expect("get").is_none() {
+            lost += 1;
+        }
+    }
+    Tally {
+        acked: acked.len(),
+        stored,
+        lost,
+        duplicated: stored as i64 - (acked.len() - lost) as i64,
+    }
+}
+
+/// The broker still serves a new client: a fresh idempotent producer gets a
+/// producer id and an ack, and a consumer reads the record back.
+pub async fn assert_broker_serves(bootstrap: &str, topic: &str) {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "15000")
+        .create()
+        .expect("producer");
+    let marker = format!("probe-{}", Uuid::now_v7());
+    let delivery = producer
+        .send(
+            FutureRecord::to(topic).key("probe").payload(&marker),
+            Duration::from_secs(15),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the broker acknowledges a new producer's record");
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "oms-test-probe")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(
+            topic,
+            delivery.partition,
+            rdkafka::Offset::Offset(delivery.offset),
+        )
+        .expect("assignment");
+    consumer.assign(&assignment).expect("assign");
+    let read = tokio::time::timeout(Duration::from_secs(15), consumer.recv())
+        .await
+        .expect("the broker serves a fetch within 15 s")
+        .expect("a record");
+    assert_eq!(
+        read.payload(),
+        Some(marker.as_bytes()),
+        "the record read back"
+    );
 }
