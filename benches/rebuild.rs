@@ -3,7 +3,7 @@
 //!
 //! `just bench-rebuild` (or `cargo bench --bench rebuild`). It starts a tansu
 //! broker of its own (memory engine by default, so the broker is not the
-//! bottleneck; `OMS_BENCH_BROKER_STORAGE=sqlite://tansu.db` for the durable
+//! bottleneck; `OMS_BENCH_BROKER=sqlite` for the durable
 //! one), produces the orders straight to the log with rdkafka, then runs the
 //! real consumer (`oms::app::Application`) into an empty store on tmpfs until
 //! its offsets reach the log end. Postgres is included when
@@ -113,7 +113,7 @@ async fn rebuild(
 
 async fn run() -> anyhow::Result<()> {
     let orders: u64 = env_or("OMS_BENCH_ORDERS", "1000000").parse()?;
-    let storage = env_or("OMS_BENCH_BROKER_STORAGE", "memory://tansu/");
+    let storage = env_or("OMS_BENCH_BROKER", "memory");
     let batches: Vec<usize> = env_or("OMS_BENCH_BATCHES", "100,1000,5000")
         .split(',')
         .map(str::parse)

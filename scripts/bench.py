@@ -182,11 +182,11 @@ def start_broker(mode: str) -> Proc:
     home = STATE / f"tansu-{mode}"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    url = f"tcp://127.0.0.1:{BROKER_PORT}"
     if port_open(BROKER_PORT):
         raise RuntimeError(f"port {BROKER_PORT} is taken: is another benchmark running?")
-    proc = start(f"tansu-{mode}", [TANSU, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                                  "--storage-engine", MODES[mode]], STATE / "log" / f"tansu-{mode}.log", cwd=home)
+    # scripts/tansu.sh: the one launcher (it also indexes the sqlite log).
+    proc = start(f"tansu-{mode}", [str(ROOT / "scripts" / "tansu.sh"), str(BROKER_PORT), mode, str(home)],
+                 STATE / "log" / f"tansu-{mode}.log", cwd=home, env={"TANSU_BIN": TANSU})
     wait_until("tansu to listen", lambda: port_open(BROKER_PORT), 30)
     return proc
 

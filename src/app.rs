@@ -103,7 +103,6 @@ impl Application {
         } = self;
         let producer = state.producer.clone();
         let lag_status = state.consumer.clone();
-        let lag_store = state.store.clone();
         let produced = state.producer.evidence();
         let endpoint = api::routes(state, metrics.clone(), settings.http.body_limit_bytes);
         let drain = Duration::from_millis(settings.http.shutdown_timeout_ms);
@@ -129,7 +128,6 @@ impl Application {
             consumer::watch_log(
                 lag_broker,
                 lag_status,
-                lag_store,
                 produced,
                 LAG_INTERVAL,
                 stall_after,

@@ -36,27 +36,21 @@ pub fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_owned())
 }
 
-/// Starts tansu on `port` with `storage` (`memory://tansu/` or
-/// `sqlite://tansu.db`, relative to `dir`).
-pub fn start_broker(dir: &Path, port: u16, storage: &str) -> anyhow::Result<Broker> {
+/// Starts tansu on `port` with `engine` (`memory` or `sqlite`), keeping
+/// its state in `dir`, through `scripts/tansu.sh` (the one launcher).
+pub fn start_broker(dir: &Path, port: u16, engine: &str) -> anyhow::Result<Broker> {
     let home = std::env::var("HOME").unwrap_or_default();
     let bin = env_or("OMS_TANSU", &format!("{home}/.cache/oms/tools/bin/tansu"));
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(&bin)
-        .arg("broker")
-        .args([
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            storage,
-        ])
-        .current_dir(dir)
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/tansu.sh");
+    let child = Command::new(script)
+        .arg(port.to_string())
+        .arg(engine)
+        .arg(dir)
+        .env("TANSU_BIN", &bin)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .with_context(|| format!("starting {bin} (run `just install`)"))?;
+        .with_context(|| format!("starting {bin} with {script} (run `just install`)"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         anyhow::ensure!(Instant::now() < deadline, "tansu did not listen");

@@ -112,7 +112,6 @@ impl HealthApi {
                 },
             },
         };
-        let store_ok = store.is_ok();
         let store = match store {
             Ok(()) => Check {
                 ok: true,
@@ -121,7 +120,7 @@ impl HealthApi {
             Err(e) => fail(e.to_string()),
         };
         let consumer = match state.consumer.get() {
-            ConsumerState::Running => match state.consumer.stall(state.stall_after, store_ok) {
+            ConsumerState::Running => match state.consumer.stall(state.stall_after) {
                 Some(stall) => fail(stall.to_string()),
                 None => Check {
                     ok: true,

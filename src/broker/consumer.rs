@@ -62,6 +62,9 @@ struct Inner {
     /// When a batch was last stored (or the consumer last (re)started).
     progress: Instant,
     progress_unix: f64,
+    /// When the loop last showed life: a batch stored, or a failed attempt
+    /// it will retry (it is waiting out a failure it reports).
+    heartbeat: Instant,
     /// The best known log end per partition (broker watermarks and this
     /// instance's own acknowledged records).
     log_end: Offsets,
@@ -70,8 +73,10 @@ struct Inner {
     log_start: Offsets,
     /// Why the log end could not be read from the broker, if it could not.
     log_end_error: Option<String>,
-    /// When the watchdog last restarted the consumer.
+    /// When the watchdog last restarted the consumer, and how many times in
+    /// a row without progress since (each restart waits twice as long).
     restarted: Option<Instant>,
+    restarts_in_a_row: u32,
 }
 
 impl Default for Inner {
@@ -81,10 +86,12 @@ impl Default for Inner {
             stored: Offsets::new(),
             progress: Instant::now(),
             progress_unix: unix_now(),
+            heartbeat: Instant::now(),
             log_end: Offsets::new(),
             log_start: Offsets::new(),
             log_end_error: None,
             restarted: None,
+            restarts_in_a_row: 0,
         }
     }
 }
@@ -139,7 +146,9 @@ impl ConsumerStatus {
         self.with(|s| {
             s.stored.extend(offsets.iter().map(|(p, o)| (*p, *o)));
             s.progress = Instant::now();
+            s.heartbeat = s.progress;
             s.progress_unix = now;
+            s.restarts_in_a_row = 0;
         });
         metrics::gauge!("consumer_last_progress_timestamp_seconds").set(now);
     }
@@ -166,20 +175,26 @@ impl ConsumerStatus {
             .collect()
     }
 
-    /// `Some` when records wait past the stored offsets and nothing has been
-    /// stored for `after` although the consumer runs (or waits on a failure
-    /// that `store_answers` says is over).
-    pub fn stall(&self, after: Duration, store_answers: bool) -> Option<Stall> {
+    /// `Some` when records wait past the stored offsets and the loop has
+    /// shown no life for `after`: nothing stored, and no failed attempt it
+    /// retries (a consumer waiting out a store outage keeps trying and says
+    /// why — that is not a stall).
+    pub fn stall(&self, after: Duration) -> Option<Stall> {
         self.with(|s| {
-            let idle = s.progress.elapsed();
             let behind = Self::lag(s).values().sum();
-            let running = match &s.state {
-                ConsumerState::Running => true,
-                ConsumerState::Waiting { .. } => store_answers,
-                ConsumerState::Starting | ConsumerState::Stopped => false,
-            };
-            (running && behind > 0 && idle >= after).then_some(Stall { behind, idle })
+            let active = matches!(
+                s.state,
+                ConsumerState::Running | ConsumerState::Waiting { .. }
+            );
+            (active && behind > 0 && s.heartbeat.elapsed() >= after).then(|| Stall {
+                behind,
+                idle: s.progress.elapsed(),
+            })
         })
+    }
+
+    fn beat(&self) {
+        self.with(|s| s.heartbeat = Instant::now());
     }
 
     /// Why the log end could not be read lately, if it could not.
@@ -187,14 +202,24 @@ impl ConsumerStatus {
         self.with(|s| s.log_end_error.clone())
     }
 
-    /// The watchdog asks the loop to recreate its broker consumer.
-    fn request_restart(&self) {
-        self.with(|s| s.restarted = Some(Instant::now()));
-        self.0.restart.notify_one();
-    }
-
-    fn since_restart(&self) -> Option<Duration> {
-        self.with(|s| s.restarted.map(|t| t.elapsed()))
+    /// The watchdog asks the loop to recreate its broker consumer — unless
+    /// it did so less than `after` × 2^(restarts in a row) ago: a broker that
+    /// is merely slow to answer a first fetch must get the time to do so.
+    fn request_restart(&self, after: Duration) -> bool {
+        let due = self.with(|s| {
+            let wait = after.saturating_mul(1 << s.restarts_in_a_row.min(5));
+            let due = s.restarted.is_none_or(|t| t.elapsed() >= wait);
+            if due {
+                s.restarted = Some(Instant::now());
+                s.restarts_in_a_row += 1;
+                s.heartbeat = Instant::now();
+            }
+            due
+        });
+        if due {
+            self.0.restart.notify_one();
+        }
+        due
     }
 
     async fn restart_requested(&self) {
@@ -307,6 +332,7 @@ impl ConsumerLoop {
                     let reason = format!("{what}: {err}");
                     tracing::warn!(%reason, "retrying");
                     self.status.set(ConsumerState::Waiting { reason });
+                    self.status.beat();
                     let delay = delays
                         .next()
                         .unwrap_or(Duration::from_millis(self.settings.retry_max_ms));
@@ -667,14 +693,13 @@ fn watermarks(
 /// missing. Lag is that end minus the consumer's own record of what it
 /// stored, so it keeps growing while the store is down.
 ///
-/// The watchdog: records past the stored offsets, the consumer running (not
-/// waiting out a store or broker failure it knows of), and nothing stored
-/// for `stall_after` — then `consumer_stalls_total` counts it and the loop
-/// is recreated ([`ConsumerLoop::run`]); at most once per `stall_after`.
+/// The watchdog: records past the stored offsets and no sign of life from
+/// the loop for `stall_after` (nothing stored, no retried attempt) — then
+/// `consumer_stalls_total` counts it and the loop is recreated
+/// ([`ConsumerLoop::run`]), backing off while restarts do not help.
 pub async fn watch_log(
     broker: BrokerSettings,
     status: ConsumerStatus,
-    store: Arc<dyn Store>,
     produced: Arc<ProduceEvidence>,
     every: Duration,
     stall_after: Duration,
@@ -720,19 +745,14 @@ pub async fn watch_log(
             metrics::gauge!("consumer_lag", "partition" => partition.to_string())
                 .set(behind as f64);
         }
-        let recently_restarted = status.since_restart().is_some_and(|t| t < stall_after);
-        let waiting = matches!(status.get(), ConsumerState::Waiting { .. });
-        // Ask the store only when the consumer says it waits for it.
-        let store_answers = waiting && store.health().await.is_ok();
-        if let Some(stall) = status.stall(stall_after, store_answers) {
-            if !recently_restarted {
+        if let Some(stall) = status.stall(stall_after) {
+            if status.request_restart(stall_after) {
                 metrics::counter!("consumer_stalls_total").increment(1);
                 tracing::warn!(
                     behind = stall.behind,
                     idle_s = stall.idle.as_secs_f64(),
-                    "consumer {stall}; restarting it"
+                    "consumer {stall}; recreating it"
                 );
-                status.request_restart();
             }
         }
     }
