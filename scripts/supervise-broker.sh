@@ -47,8 +47,9 @@ while true; do
   wait $! || true
   reason=""
   if ! kill -0 "$child" 2>/dev/null; then
-    wait "$child" 2>/dev/null
-    reason="tansu exited (status $?)"
+    status=0
+    wait "$child" 2>/dev/null || status=$?
+    reason="tansu exited (status $status)"
   elif [[ -n "$probe_bin" && -x "$probe_bin" ]] && port_open "$port"; then
     if out="$("$probe_bin" probe --bootstrap "127.0.0.1:$port" 2>&1)"; then
       failures=0
