@@ -146,6 +146,11 @@ pub struct ConsumerSettings {
     /// long although the store answers: the consumer is stalled — `/readyz`
     /// says so and the broker consumer is recreated.
     pub stall_after_ms: u64,
+    /// On start the consumer reads from this many records before the offset
+    /// the store holds and drops what is already stored: a broker that
+    /// answers a fetch from inside a batch with the *next* batch (tansu's
+    /// memory engine) would otherwise skip the rest of the batch.
+    pub resume_rewind: i64,
 }
 
 impl Default for ConsumerSettings {
@@ -160,6 +165,7 @@ impl Default for ConsumerSettings {
             retry_min_ms: 50,
             retry_max_ms: 5_000,
             stall_after_ms: 10_000,
+            resume_rewind: 1_000,
         }
     }
 }

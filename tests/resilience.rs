@@ -191,3 +191,120 @@ async fn sigterm_drains_and_exits_0() {
     }
     app.stop().await.expect("clean stop");
 }
+
+/// Resuming in the middle of a producer batch stores the rest of that batch.
+/// tansu 0.6's memory engine answers a fetch at offset X with the batches
+/// whose *first* offset is ≥ X, so a fetch from inside a batch silently
+/// skips the rest of it; oms' consumer notices the gap and reads again from
+/// further back. On the durable broker the same test passes without help.
+async fn resume_inside_a_batch(engine: common::BrokerEngine, rewind: i64) {
+    use oms::order::NewOrder;
+    use oms::store::{Batch, Offsets, Store, redb::RedbStore};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let tansu = Tansu::start_with(broker_dir.path(), engine);
+    let mut cfg = settings(&tansu.bootstrap(), store_dir.path());
+    cfg.consumer.resume_rewind = rewind;
+    oms::broker::admin::create_topics(&cfg.broker)
+        .await
+        .expect("topics");
+    // Ten orders of one symbol in one producer batch (one partition).
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.broker.bootstrap)
+        .set("linger.ms", "200")
+        .create()
+        .expect("producer");
+    let orders: Vec<_> = (0..10)
+        .map(|n| {
+            NewOrder {
+                src_currency: "USD".into(),
+                dst_currency: "EUR".into(),
+                side: "buy".into(),
+                price: format!("{n}.5"),
+                quantity: "2".into(),
+                channel: 1,
+                description: format!("batched {n}"),
+                client_order_id: None,
+            }
+            .parse(chrono::Utc::now())
+            .expect("valid")
+        })
+        .collect();
+    let records: Vec<_> = orders.iter().map(|o| o.to_record()).collect();
+    let sends = records.iter().map(|r| {
+        producer.send(
+            FutureRecord::to(&cfg.broker.topic)
+                .key("USD-EUR")
+                .payload(r),
+            Duration::from_secs(10),
+        )
+    });
+    let delivered: Vec<_> = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|d| d.map_err(|(e, _)| e).expect("acknowledged"))
+        .collect();
+    // And one more batch after it, so a fetch past the first one finds data.
+    let last = orders.last().expect("orders").clone();
+    let mut trailing = last.clone();
+    trailing.id = uuid::Uuid::now_v7();
+    producer
+        .send(
+            FutureRecord::to(&cfg.broker.topic)
+                .key("USD-EUR")
+                .payload(&trailing.to_record()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("acknowledged");
+    let partition = delivered[0].partition;
+    assert!(delivered.iter().all(|d| d.partition == partition));
+    let first = delivered.iter().map(|d| d.offset).min().expect("offsets");
+
+    // A store that already holds the first five (as after a crash).
+    {
+        let store = RedbStore::open(store_dir.path()).await.expect("store");
+        let offsets = Offsets::from([(partition, first + 5)]);
+        store
+            .apply(std::sync::Arc::new(Batch::new(
+                &cfg.broker.topic,
+                Vec::new(),
+                offsets,
+            )))
+            .await
+            .expect("offsets");
+    }
+    let app = TestApp::spawn(cfg).await;
+    for (order, d) in orders.iter().zip(&delivered) {
+        if d.offset >= first + 5 {
+            app.wait_for_order(order.id, Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|| panic!("order at offset {} stored", d.offset));
+        }
+    }
+    app.wait_for_order(trailing.id, Duration::from_secs(20))
+        .await
+        .expect("the next batch stored");
+    assert_eq!(app.store.count().await.expect("count"), 6);
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_inside_a_batch_on_the_memory_broker_skips_nothing() {
+    resume_inside_a_batch(common::BrokerEngine::Memory, 1_000).await;
+}
+
+/// A rewind shorter than the batch: the gap is seen and read again from
+/// further back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_after_resuming_is_read_again_from_further_back() {
+    resume_inside_a_batch(common::BrokerEngine::Memory, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_inside_a_batch_on_the_durable_broker_skips_nothing() {
+    resume_inside_a_batch(common::BrokerEngine::Sqlite, 0).await;
+}

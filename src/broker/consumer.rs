@@ -285,6 +285,86 @@ impl ErrorLog {
     }
 }
 
+/// Makes sure each partition resumes exactly at the offset the store holds.
+///
+/// Kafka answers a fetch from inside a record batch with the whole batch
+/// and the client skips the records before the fetch offset. tansu 0.6's
+/// memory engine answers with the batches whose *first* offset is at or
+/// after the fetch offset (`dynostore.rs`, `offsets.split_off(&offset)`):
+/// resuming inside a batch silently skips the rest of it — lost orders, or,
+/// when it was the last batch, a consumer that waits forever while the
+/// broker's (under-reported) watermark says there is nothing to read.
+///
+/// So the consumer starts `consumer.resume_rewind` records before the
+/// stored offset, and until a partition delivers the stored offset itself,
+/// records before it are dropped (already stored) and a record after it
+/// means a gap: the partition is read again from twice as far back, once
+/// per gap seen, down to the start of the log.
+struct Resume {
+    /// Partition → (the offset it must deliver next, how far back the next
+    /// rewind goes).
+    pending: std::collections::BTreeMap<i32, (i64, i64)>,
+    first_step: i64,
+}
+
+impl Resume {
+    fn new(stored: &Offsets, rewind: i64) -> Self {
+        let first_step = rewind.max(1).saturating_mul(2);
+        Self {
+            pending: stored
+                .iter()
+                .filter(|(_, o)| **o > 0)
+                .map(|(p, o)| (*p, (*o, first_step)))
+                .collect(),
+            first_step,
+        }
+    }
+
+    /// Drops what must not be stored from `messages`, rewinding partitions
+    /// whose broker skipped the resume offset.
+    fn admit(
+        &mut self,
+        consumer: &StreamConsumer,
+        topic: &str,
+        messages: &mut Vec<BorrowedMessage<'_>>,
+    ) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut rewound = Vec::new();
+        messages.retain(|m| {
+            let p = m.partition();
+            let Some((expected, step)) = self.pending.get_mut(&p) else {
+                return true;
+            };
+            if rewound.contains(&p) || m.offset() < *expected {
+                return false; // before the rewind took effect, or already stored
+            }
+            if m.offset() == *expected {
+                self.pending.remove(&p);
+                return true;
+            }
+            // The previous rewind already read from the start of the log.
+            let exhausted = *step > self.first_step && *step / 2 >= *expected;
+            let target = (*expected - *step).max(0);
+            tracing::warn!(partition = p, expected = *expected, got = m.offset(), rewind_to = target, "the broker skipped records when resuming (tansu's memory engine fetches from batch starts); reading again from further back");
+            metrics::counter!("consumer_errors_total", "kind" => "resume_gap").increment(1);
+            if exhausted {
+                // Nothing further back to read: the records are gone from the log.
+                tracing::error!(partition = p, expected = *expected, got = m.offset(), "records before this offset are not on the log; continuing from here");
+                self.pending.remove(&p);
+                return true;
+            }
+            *step = step.saturating_mul(2);
+            if let Err(err) = consumer.seek(topic, p, Offset::Offset(target), Duration::from_secs(5)) {
+                tracing::warn!(partition = p, error = %err, "rewinding failed; the consumer will be recreated by the watchdog if it stalls");
+            }
+            rewound.push(p);
+            false
+        });
+    }
+}
+
 /// One record of a batch that will not be stored, and why.
 struct Poison {
     letter: DeadLetter,
@@ -405,11 +485,13 @@ impl ConsumerLoop {
             return Ok(());
         };
 
+        let rewind = self.settings.resume_rewind;
         let mut assignment = TopicPartitionList::new();
         for partition in &partitions {
+            // A little before the stored offset: see [`Resume`].
             let offset = stored
                 .get(partition)
-                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                .map_or(Offset::Beginning, |o| Offset::Offset((o - rewind).max(0)));
             assignment.add_partition_offset(&topic, *partition, offset)?;
         }
         consumer.assign(&assignment)?;
@@ -419,6 +501,7 @@ impl ConsumerLoop {
 
         let batch_wait = Duration::from_millis(self.settings.batch_wait_ms);
         let mut errors = ErrorLog::default();
+        let mut resume = Resume::new(&stored, rewind);
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -433,6 +516,7 @@ impl ConsumerLoop {
                     Err(_) => break,
                 }
             }
+            resume.admit(&consumer, &topic, &mut messages);
             if messages.is_empty() {
                 // Only errors: back off a little instead of spinning on them.
                 if failed {
