@@ -50,7 +50,9 @@ while true; do
     status=0
     wait "$child" 2>/dev/null || status=$?
     reason="tansu exited (status $status)"
-  elif [[ -n "$probe_bin" && -x "$probe_bin" ]] && port_open "$port"; then
+  elif [[ -n "$probe_bin" && -x "$probe_bin" ]]; then
+    # A broker that does not listen (any more, or yet after $PROBE_FAILURES
+    # probes) is not serving either.
     if out="$("$probe_bin" probe --bootstrap "127.0.0.1:$port" 2>&1)"; then
       failures=0
     else

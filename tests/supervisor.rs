@@ -20,7 +20,7 @@ struct Stack {
 }
 
 impl Stack {
-    fn script(&self, args: &[&str]) -> std::process::Output {
+    fn script(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
         Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack.sh"))
             .args(args)
             .env("OMS_STATE", &self.state)
@@ -28,7 +28,6 @@ impl Stack {
             .env("OMS_BIN", env!("CARGO_BIN_EXE_oms"))
             .env("PROBE_EVERY", "1")
             .output()
-            .expect("stack.sh")
     }
 
     fn read(&self, file: &str) -> String {
@@ -88,7 +87,7 @@ async fn the_supervisor_restarts_a_broker_that_exits_or_stops_serving() {
         state: dir.path().to_owned(),
         port: free_port(),
     };
-    let out = stack.script(&["start", "broker"]);
+    let out = stack.script(&["start", "broker"]).expect("stack.sh");
     assert!(
         out.status.success(),
         "{}",
@@ -106,6 +105,7 @@ async fn the_supervisor_restarts_a_broker_that_exits_or_stops_serving() {
     let first = stack.tansu_pid();
     signal(&first, "KILL");
     let second = restarted(&stack, 1, &first).await;
+    assert_broker_serves(&broker.bootstrap, &broker.topic).await;
     // The process lives, keeps its port and answers nothing.
     signal(&second, "STOP");
     let third = restarted(&stack, 2, &second).await;
