@@ -66,6 +66,11 @@ install_prometheus() {
   command -v prometheus >/dev/null 2>&1 || apt_install prometheus
 }
 
+# The benchmark's cheap load generator (capacity step): Debian's wrk 4.1.
+install_wrk() {
+  command -v wrk >/dev/null 2>&1 || { say "installing wrk (Debian package; the benchmark's capacity step)"; apt_install wrk; }
+}
+
 install_chromium() {
   [[ -x /usr/bin/chromium ]] || apt_install chromium
 }
@@ -79,6 +84,7 @@ for target in "${targets[@]}"; do
     k6) install_k6 ;;
     schemathesis) install_schemathesis ;;
     chromium) install_chromium ;;
+    wrk) install_wrk ;;
     prometheus) install_prometheus ;;
     charts) install_charts ;;
     *) die "unknown install target: $target" ;;
