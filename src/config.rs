@@ -68,6 +68,10 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_timeout_ms: u64,
+    /// A `GET /orders/{id}` that misses waits at most this long for the
+    /// consumer to store every record the log is known to hold (a read
+    /// right after the `202`), before it answers.
+    pub read_wait_ms: u64,
 }
 
 impl Default for HttpSettings {
@@ -76,6 +80,7 @@ impl Default for HttpSettings {
             addr: "127.0.0.1:8080".into(),
             body_limit_bytes: 16 * 1024,
             shutdown_timeout_ms: 10_000,
+            read_wait_ms: 1_000,
         }
     }
 }
@@ -96,8 +101,16 @@ pub struct BrokerSettings {
     pub replication: i32,
     /// Longest a `POST /orders` waits for the broker's ack before answering 503.
     pub produce_timeout_ms: u64,
-    /// Producer `linger.ms`: how long records wait to be batched.
+    /// Producer `linger.ms`: how long records wait to be batched. Below
+    /// the broker's produce latency, librdkafka's broker thread busy-polls
+    /// whenever a partition has its 5 idempotent requests in flight and a
+    /// batch past its linger (measured on tansu: 1 ms cost 209 µs of oms CPU
+    /// per order, 5 ms 94 µs — see bench/REPORT.md).
     pub linger_ms: u64,
+    /// Producer `compression.type`: none, lz4, zstd, snappy or gzip. `none`
+    /// on loopback: tansu inflates every batch on produce and serves records
+    /// uncompressed, so compressing only costs CPU on both sides.
+    pub compression: String,
     /// `Retry-After` seconds sent with a 503.
     pub retry_after_secs: u32,
     /// `oms dlq replay` re-drives a record at most this many times; after
@@ -114,7 +127,8 @@ impl Default for BrokerSettings {
             partitions: 3,
             replication: 1,
             produce_timeout_ms: 2_000,
-            linger_ms: 1,
+            linger_ms: 5,
+            compression: "none".into(),
             retry_after_secs: 1,
             dlq_max_replays: 3,
         }
@@ -130,14 +144,22 @@ pub struct ConsumerSettings {
     pub group_id: String,
     /// Most records written in one store transaction.
     pub batch_max: usize,
-    /// Longest a batch waits to fill after its first record.
+    /// Longest a batch waits to fill after its first record (0: a batch is
+    /// what the last fetch brought, which keeps read-after-write short).
     pub batch_wait_ms: u64,
     /// The broker answers a fetch once it has this many bytes (or after
     /// `fetch_wait_ms`): fewer, fuller fetches cost the broker less; a
     /// lightly loaded log then reaches the store up to `fetch_wait_ms` later.
+    /// (tansu 0.6 always waits the full `fetch_wait_ms`, data or not: a
+    /// record reaches the store 1–2 waits after its ack. 10 ms keeps
+    /// read-after-write p99 near 10 ms idle for ~100 fetches a second.)
     pub fetch_min_bytes: u32,
     /// Longest the broker holds a fetch waiting for `fetch_min_bytes`.
     pub fetch_wait_ms: u64,
+    /// Most KiB librdkafka prefetches ahead of the store, per partition
+    /// (`queued.max.messages.kbytes`; its default of 64 MiB per partition
+    /// is what made a rebuild's memory grow past 600 MiB).
+    pub prefetch_kbytes: u32,
     /// First retry delay after a transient store or broker failure.
     pub retry_min_ms: u64,
     /// Cap of the exponential retry delay.
@@ -159,9 +181,10 @@ impl Default for ConsumerSettings {
             mode: ConsumerMode::Assign,
             group_id: "oms".into(),
             batch_max: 1_000,
-            batch_wait_ms: 5,
+            batch_wait_ms: 0,
             fetch_min_bytes: 1,
-            fetch_wait_ms: 100,
+            fetch_wait_ms: 10,
+            prefetch_kbytes: 4_096,
             retry_min_ms: 50,
             retry_max_ms: 5_000,
             stall_after_ms: 10_000,
@@ -183,6 +206,10 @@ pub struct StoreSettings {
     pub postgres_pool: u32,
     /// Longest a postgres statement or connection attempt may take.
     pub postgres_timeout_ms: u64,
+    /// Page cache of the file engines (redb, sled), MiB. Their defaults
+    /// (1 GiB) only pay off for data larger than RAM; the files are on
+    /// tmpfs, where a miss is a memory copy.
+    pub cache_mib: u32,
 }
 
 impl Default for StoreSettings {
@@ -193,6 +220,7 @@ impl Default for StoreSettings {
             postgres_url: "postgres://oms:oms@127.0.0.1:5432/oms".into(),
             postgres_pool: 8,
             postgres_timeout_ms: 5_000,
+            cache_mib: 32,
         }
     }
 }

@@ -1,12 +1,15 @@
 //! Logs (`tracing-subscriber`, pretty or JSON), traces (OpenTelemetry over
 //! OTLP/HTTP) and the Prometheus recorder.
 //!
-//! Every span goes through the OpenTelemetry layer, exporter or not: that is
-//! what gives each request a trace id for the logs and for the `traceparent`
-//! header of its record. Without `telemetry.otlp_endpoint` the sampler is
-//! off and no exporter exists, so nothing is recorded or sent.
+//! With `telemetry.otlp_endpoint` set, oms' spans go through the
+//! OpenTelemetry layer: each request gets a trace id (on its log lines and,
+//! when sampled, in its record's `traceparent` header). Without an endpoint
+//! there is nowhere to send a span, so the request path creates none
+//! ([`spans_enabled`]) and the OpenTelemetry layer is not installed: that
+//! per-request work was a measurable share of oms' CPU per order.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -71,12 +74,22 @@ impl Telemetry {
     }
 }
 
+/// Whether spans are exported (set once by [`init`]).
+static SPANS: AtomicBool = AtomicBool::new(false);
+
+/// Are spans exported? The request and record paths create spans only then.
+pub fn spans_enabled() -> bool {
+    SPANS.load(Ordering::Relaxed)
+}
+
 /// Installs the global subscriber: log lines filtered by `log_filter`, and
 /// oms' own spans (info and above, whatever the log filter says) to
 /// OpenTelemetry. A second call (tests) keeps the first subscriber.
 pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
+    let exporting = !settings.otlp_endpoint.trim().is_empty();
     let filter = OmsFilter {
         logs: EnvFilter::try_new(&settings.log_filter)?,
+        exporting,
     };
     let provider = tracer_provider(settings)?;
     // Colours only on a terminal: `just up` writes logs to files.
@@ -91,19 +104,26 @@ pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
     };
-    let traces = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("oms"))
-        .with_threads(false);
-    let _already_set = Registry::default()
+    let traces = exporting.then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("oms"))
+            .with_threads(false)
+    });
+    let installed = Registry::default()
         .with(filter)
         .with(logs)
         .with(traces)
-        .try_init();
+        .try_init()
+        .is_ok();
+    if installed {
+        SPANS.store(exporting, Ordering::Relaxed);
+    }
     Ok(Telemetry { provider })
 }
 
-/// One global filter: what `log_filter` enables, plus oms' spans at info and
-/// above, which traces need even when the logs say `warn`.
+/// One global filter: what `log_filter` enables, plus — when spans are
+/// exported — oms' spans at info and above, which traces need even when the
+/// logs say `warn`.
 ///
 /// Deliberately not two per-layer filters: tracing-subscriber carries
 /// per-layer decisions in a thread-local that a `log` record (rdkafka and
@@ -112,12 +132,14 @@ pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
 /// `http_producer_and_consumer_spans_form_one_trace` caught exactly that.
 struct OmsFilter {
     logs: EnvFilter,
+    exporting: bool,
 }
 
 impl OmsFilter {
-    fn is_traced(metadata: &Metadata<'_>) -> bool {
+    fn is_traced(&self, metadata: &Metadata<'_>) -> bool {
         let target = metadata.target();
-        metadata.is_span()
+        self.exporting
+            && metadata.is_span()
             && *metadata.level() <= Level::INFO
             && (target == "oms" || target.starts_with("oms::"))
     }
@@ -128,7 +150,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
-        if Self::is_traced(metadata) {
+        if self.is_traced(metadata) {
             Interest::always()
         } else {
             <EnvFilter as Layer<S>>::register_callsite(&self.logs, metadata)
@@ -136,12 +158,16 @@ where
     }
 
     fn enabled(&self, metadata: &Metadata<'_>, ctx: LayerContext<'_, S>) -> bool {
-        Self::is_traced(metadata) || self.logs.enabled(metadata, ctx)
+        self.is_traced(metadata) || self.logs.enabled(metadata, ctx)
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
         let logs = <EnvFilter as Layer<S>>::max_level_hint(&self.logs)?;
-        Some(logs.max(LevelFilter::INFO))
+        Some(if self.exporting {
+            logs.max(LevelFilter::INFO)
+        } else {
+            logs
+        })
     }
 
     // The log filter's span-scoped directives (`[span{field=…}]`) need these.

@@ -265,6 +265,43 @@ async fn a_retried_client_order_id_creates_one_order() {
     app.stop().await.expect("clean stop");
 }
 
+/// A client that follows the `Location` of a 202 at once is never told the
+/// order does not exist: the read waits for the consumer instead. An id that
+/// was never accepted still answers 404 once the store holds the whole log.
+#[tokio::test]
+async fn following_the_location_of_a_202_never_answers_404() {
+    let (app, _dir) = app().await;
+    let mut waited = Vec::new();
+    for n in 0..40 {
+        let resp = app.post_json(&order_body(n)).await;
+        assert_eq!(resp.status(), 202);
+        let location = resp.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_owned();
+        let started = std::time::Instant::now();
+        let read = app.get(&location).await;
+        waited.push(started.elapsed());
+        assert_eq!(read.status(), 200, "GET {location} right after its 202");
+        let order: Value = read.json().await.expect("order");
+        assert_eq!(order["description"], order_body(n)["description"]);
+    }
+    waited.sort();
+    eprintln!(
+        "read after 202: p50 {:?}, max {:?}",
+        waited[waited.len() / 2],
+        waited[waited.len() - 1]
+    );
+    let unknown = uuid::Uuid::now_v7();
+    let body = problem(app.get(&format!("/orders/{unknown}")).await, 404).await;
+    assert_eq!(
+        body["type"].as_str().map(|t| t.ends_with("not-found")),
+        Some(true),
+        "{body}"
+    );
+    app.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn listing_pages_through_a_symbol() {
     let (app, _dir) = app().await;

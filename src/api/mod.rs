@@ -9,6 +9,7 @@ pub mod problem;
 use std::sync::Arc;
 use std::time::Instant;
 
+use metrics::SharedString;
 use metrics_exporter_prometheus::PrometheusHandle;
 use poem::http::StatusCode;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get, handler};
@@ -29,6 +30,8 @@ pub struct AppState {
     pub retry_after_secs: u32,
     /// When the consumer counts as stalled (`consumer.stall_after_ms`).
     pub stall_after: std::time::Duration,
+    /// How long a read that misses waits for the consumer (`http.read_wait_ms`).
+    pub read_wait: std::time::Duration,
 }
 
 #[derive(Tags)]
@@ -174,12 +177,13 @@ impl opentelemetry::propagation::Extractor for HeaderCarrier<'_> {
     }
 }
 
-/// A server span per order request, continuing the caller's trace when the
-/// request carries a `traceparent`. Its `trace_id` field puts the trace id on
-/// every log line of the request. Probes, metrics and docs are not traced.
+/// A server span per order request when spans are exported, continuing the
+/// caller's trace when the request carries a `traceparent`. Its `trace_id`
+/// field puts the trace id on every log line of the request. Probes, metrics
+/// and docs are not traced.
 async fn trace_request<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
     let route = route_label(req.uri().path());
-    if !route.starts_with("/orders") {
+    if !route.starts_with("/orders") || !crate::telemetry::spans_enabled() {
         return ep.call(req).await.map(IntoResponse::into_response);
     }
     let span = tracing::info_span!(
@@ -208,7 +212,7 @@ async fn trace_request<E: Endpoint>(ep: E, req: Request) -> poem::Result<Respons
 
 async fn record_metrics<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let route = route_label(req.uri().path());
     let result = ep
         .call(req)
@@ -222,15 +226,52 @@ async fn record_metrics<E: Endpoint>(ep: E, req: Request) -> poem::Result<Respon
         Ok(resp) => resp.status(),
         Err(err) => err.status(),
     };
+    // Static label values: no allocation per request for the common answers.
+    let status: SharedString = match status_label(status) {
+        Some(code) => SharedString::const_str(code),
+        None => SharedString::from(status.as_str().to_owned()),
+    };
     let labels = [
-        ("method", method),
-        ("route", route.to_owned()),
-        ("status", status.as_u16().to_string()),
+        ("method", SharedString::const_str(method)),
+        ("route", SharedString::const_str(route)),
+        ("status", status),
     ];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     result
+}
+
+/// Bounded-cardinality method label.
+fn method_label(method: &poem::http::Method) -> &'static str {
+    use poem::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// The statuses oms answers, as static strings.
+fn status_label(status: StatusCode) -> Option<&'static str> {
+    Some(match status.as_u16() {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        500 => "500",
+        503 => "503",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

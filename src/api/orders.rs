@@ -382,10 +382,11 @@ pub enum GetOrderResponse {
     /// The id is not a UUID.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
-    /// No such order, or not consumed yet (usually a few milliseconds after the 202).
+    /// No such order: the store holds every record the log held when asked.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
-    /// The store cannot be read right now.
+    /// The store cannot be read right now, or the consumer is too far behind
+    /// the log to tell whether the order exists.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
 }
@@ -488,16 +489,49 @@ impl OrdersApi {
 
     /// Read one order
     ///
-    /// Returns the stored order. `404` means unknown *or* not consumed yet:
-    /// right after a `202`, poll briefly.
+    /// Returns the stored order. Right after a `202` the order may still be on
+    /// its way from the log to the store: a read that misses waits (at most
+    /// `http.read_wait_ms`) until the store holds every record the log is
+    /// known to hold, then looks again. So `404` means the order does not
+    /// exist; a consumer too far behind to tell answers `503` instead.
     #[oai(path = "/orders/:id", method = "get", operation_id = "getOrder")]
     async fn get(&self, state: Data<&Arc<AppState>>, id: Path<Uuid>) -> GetOrderResponse {
+        match state.store.get(id.0).await {
+            Ok(Some(stored)) => return GetOrderResponse::Ok(Json(stored.into())),
+            Ok(None) => {}
+            Err(err) => {
+                return GetOrderResponse::Unavailable(
+                    Json(store_unavailable(&err)),
+                    state.retry_after_secs,
+                );
+            }
+        }
+        let log_end = state
+            .consumer
+            .known_log_end(&state.producer.evidence().acked_ends());
+        let deadline = tokio::time::Instant::now() + state.read_wait;
+        if let Err(missing) = state.consumer.stored_up_to(&log_end, deadline).await {
+            return GetOrderResponse::Unavailable(
+                Json(Problem::new(
+                    poem::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "not-consumed-yet",
+                    format!(
+                        "order {} is not in the store and the consumer is still {missing} record(s) behind the log; retry later",
+                        id.0
+                    ),
+                )),
+                state.retry_after_secs,
+            );
+        }
         match state.store.get(id.0).await {
             Ok(Some(stored)) => GetOrderResponse::Ok(Json(stored.into())),
             Ok(None) => GetOrderResponse::NotFound(Json(Problem::new(
                 poem::http::StatusCode::NOT_FOUND,
                 "not-found",
-                format!("no order {} in the store (yet)", id.0),
+                format!(
+                    "no order {}: the store holds every record the log held when asked",
+                    id.0
+                ),
             ))),
             Err(err) => {
                 GetOrderResponse::Unavailable(Json(store_unavailable(&err)), state.retry_after_secs)

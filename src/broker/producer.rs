@@ -180,7 +180,7 @@ pub fn producer_config(settings: &BrokerSettings, client_id: &str) -> ClientConf
             QUEUE_MAX_MESSAGES.to_string(),
         )
         .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
-        .set("compression.type", "lz4");
+        .set("compression.type", &settings.compression);
     config
 }
 
@@ -323,31 +323,37 @@ impl OrderProducer {
         })
     }
 
-    /// Appends one order and waits for the broker's ack. The send is a
-    /// producer span of the current trace; when that trace is sampled, its
-    /// context travels in the record's `traceparent` header so the consumer
-    /// continues it. Records carry no other header.
+    /// Appends one order and waits for the broker's ack. When spans are
+    /// exported the send is a producer span of the current trace, and when
+    /// that trace is sampled its context travels in the record's
+    /// `traceparent` header so the consumer continues it. Records carry no
+    /// other header.
     pub async fn send(&self, order: &Order) -> Result<Delivered, ProduceError> {
-        let span = tracing::info_span!(
-            "orders publish",
-            otel.name = %format_args!("{} publish", self.topic),
-            otel.kind = "producer",
-            messaging.system = "kafka",
-            messaging.destination.name = %self.topic,
-            order_id = %order.id,
-        );
         let started = Instant::now();
         let key = order.symbol();
         let payload = order.to_record();
-        let traceparent = crate::telemetry::traceparent(&span);
-        let mut record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-        if let Some(tp) = &traceparent {
-            record = record.headers(OwnedHeaders::new_with_capacity(1).insert(Header {
-                key: "traceparent",
-                value: Some(tp),
-            }));
-        }
-        let result = self.log.send(record).instrument(span).await;
+        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+        let result = if crate::telemetry::spans_enabled() {
+            let span = tracing::info_span!(
+                "orders publish",
+                otel.name = %format_args!("{} publish", self.topic),
+                otel.kind = "producer",
+                messaging.system = "kafka",
+                messaging.destination.name = %self.topic,
+                order_id = %order.id,
+            );
+            let traceparent = crate::telemetry::traceparent(&span);
+            let record = match &traceparent {
+                Some(tp) => record.headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                    key: "traceparent",
+                    value: Some(tp),
+                })),
+                None => record,
+            };
+            self.log.send(record).instrument(span).await
+        } else {
+            self.log.send(record).await
+        };
         metrics::histogram!("produce_latency_seconds").record(started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => metrics::counter!("messages_produced_total").increment(1),

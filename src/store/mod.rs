@@ -117,8 +117,12 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the engine the settings name.
 pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError> {
     match settings.engine {
-        Engine::Redb => Ok(Arc::new(redb::RedbStore::open(&settings.path).await?)),
-        Engine::Sled => Ok(Arc::new(sled::SledStore::open(&settings.path).await?)),
+        Engine::Redb => Ok(Arc::new(
+            redb::RedbStore::open_with_cache(&settings.path, settings.cache_mib).await?,
+        )),
+        Engine::Sled => Ok(Arc::new(
+            sled::SledStore::open_with_cache(&settings.path, settings.cache_mib).await?,
+        )),
         Engine::Postgres => Ok(Arc::new(postgres::PostgresStore::connect(settings).await?)),
     }
 }

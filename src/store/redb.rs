@@ -9,6 +9,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use uuid::Uuid;
 
 use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
+use crate::config::StoreSettings;
 
 /// id (as u128) → JSON of the [`StoredOrder`].
 const ORDERS: TableDefinition<u128, &[u8]> = TableDefinition::new("orders");
@@ -60,15 +61,24 @@ fn decode(bytes: &[u8]) -> Result<StoredOrder, StoreError> {
 }
 
 impl RedbStore {
-    /// Opens (or creates) `dir/orders.redb`, creating `dir` as needed.
+    /// Opens (or creates) `dir/orders.redb`, creating `dir` as needed, with
+    /// the default page cache.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, StoreSettings::default().cache_mib).await
+    }
+
+    /// Opens (or creates) `dir/orders.redb` with a page cache of `cache_mib`.
+    pub async fn open_with_cache(dir: &Path, cache_mib: u32) -> Result<Self, StoreError> {
         let dir = dir.to_owned();
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| {
                 StoreError::Permanent(format!("cannot create store folder {}: {e}", dir.display()))
             })?;
             let path = dir.join(FILE_NAME);
-            let db = Database::create(&path).map_err(classify)?;
+            let db = Database::builder()
+                .set_cache_size(cache_mib as usize * 1024 * 1024)
+                .create(&path)
+                .map_err(classify)?;
             // Create the tables up front so readers never see "table missing".
             let tx = db.begin_write().map_err(classify)?;
             tx.open_table(ORDERS).map_err(classify)?;
