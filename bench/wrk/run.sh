@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# One wrk run against a fresh broker and a fresh oms, with the CPU each
+# process spent per accepted order — the unit that travels across noisy runs:
+#
+#   bench/wrk/run.sh LABEL [OMS__SECTION__KEY=value ...]
+#
+# Environment: ENGINE (sqlite|memory, default sqlite), STORE (redb), RATE
+# (wrk connections, default 35), SECONDS_ (default 20), WARMUP (3 s). Prints
+# one line: label, req/s, p50/p99 ms, non-202, CPU µs per order of oms and
+# of tansu, oms' peak RSS. Alternatives are compared by running this several
+# times in a row, in the same session (what bench/REPORT.md quotes).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+label="${1:?usage: run.sh LABEL [OMS__X__Y=value ...]}"
+shift
+engine="${ENGINE:-sqlite}"
+store="${STORE:-redb}"
+conns="${CONNS:-35}"
+secs="${SECONDS_:-20}"
+warmup="${WARMUP:-3}"
+oms="${OMS_BIN:-$root/target/release/oms}"
+bport=29192
+hport=28180
+dir="$(mktemp -d /dev/shm/oms-wrk.XXXXXX)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+TANSU_BIN="${TANSU_BIN:-$HOME/.cache/oms/tools/bin/tansu}" \
+  "$root/scripts/tansu.sh" "$bport" "$engine" "$dir/tansu" >"$dir/tansu.log" 2>&1 &
+tansu=$!
+pids+=("$tansu")
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$bport") 2>/dev/null && break; sleep 0.1; done
+"$oms" migrate --bootstrap "127.0.0.1:$bport" >/dev/null
+env OMS__TELEMETRY__LOG_FILTER=warn "$@" "$oms" serve --store "$store" --store-path "$dir/store" \
+  --bootstrap "127.0.0.1:$bport" --http-addr "127.0.0.1:$hport" >"$dir/oms.log" 2>&1 &
+oms_pid=$!
+pids+=("$oms_pid")
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$hport/readyz" >/dev/null && break; sleep 0.1; done
+
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+wrk -t1 -c"$conns" -d"${warmup}s" -s "$root/bench/wrk/orders.lua" "http://127.0.0.1:$hport" >/dev/null
+o0=$(cpu "$oms_pid"); t0=$(cpu "$tansu")
+# Read-your-writes under the load (its few requests are not counted above).
+"$root/bench/read_after_write.py" "http://127.0.0.1:$hport" 300 >"$dir/ryw-load.json" 2>&1 &
+ryw=$!
+out="$(wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$root/bench/wrk/orders.lua" "http://127.0.0.1:$hport")"
+o1=$(cpu "$oms_pid"); t1=$(cpu "$tansu")
+wait "$ryw" || true
+"$root/bench/read_after_write.py" "http://127.0.0.1:$hport" 200 >"$dir/ryw-idle.json" 2>&1 || true
+json="$(sed -n 's/^wrk-json //p' <<<"$out")"
+rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$oms_pid/status")
+python3 - "$label" "$json" "$o0" "$o1" "$t0" "$t1" "$(getconf CLK_TCK)" "$rss" "$dir" <<'PY'
+import json, sys
+label, j, o0, o1, t0, t1, tck, rss, d = sys.argv[1:]
+r = json.loads(j)
+n = r["requests"] - r["rejected"]
+per = lambda a, b: (float(b) - float(a)) / float(tck) / max(n, 1) * 1e6
+print(f"{label:<28} {r['requests'] / r['seconds']:>8,.0f} req/s  p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms"
+      f"  non-202 {r['rejected']}  oms {per(o0, o1):.0f} µs  tansu {per(t0, t1):.0f} µs  oms RSS {rss} MiB")
+for phase in ("load", "idle"):
+    try:
+        w = json.load(open(f"{d}/ryw-{phase}.json"))
+        print(f"{'':<28} read after 202 ({phase}): p50 {w['p50_ms']} p99 {w['p99_ms']} max {w['max_ms']} ms,"
+              f" {w['failures']} of {w['samples']} not 200 {w['first_failures']}")
+    except (OSError, ValueError) as err:
+        print(f"{'':<28} read after 202 ({phase}): {err}")
+PY
