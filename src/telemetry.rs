@@ -259,6 +259,17 @@ pub fn continue_trace(span: &tracing::Span, carrier: &dyn Extractor) {
     }
 }
 
+/// The trace id a caller sent in `carrier` (its `traceparent`), if valid:
+/// with no exporter, it still correlates oms' log lines with the caller's trace.
+pub fn caller_trace_id(carrier: &dyn Extractor) -> Option<String> {
+    let context = TraceContextPropagator::new().extract(carrier);
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
 /// The trace id of `span` as 32 hex digits (what Jaeger searches for).
 pub fn trace_id(span: &tracing::Span) -> String {
     span.context().span().span_context().trace_id().to_string()

@@ -179,12 +179,27 @@ impl opentelemetry::propagation::Extractor for HeaderCarrier<'_> {
 
 /// A server span per order request when spans are exported, continuing the
 /// caller's trace when the request carries a `traceparent`. Its `trace_id`
-/// field puts the trace id on every log line of the request. Probes, metrics
-/// and docs are not traced.
+/// field puts the trace id on every log line of the request. Without an
+/// exporter only a caller's `traceparent` earns a (log-only) span. Probes,
+/// metrics and docs are not traced.
 async fn trace_request<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
     let route = route_label(req.uri().path());
-    if !route.starts_with("/orders") || !crate::telemetry::spans_enabled() {
+    if !route.starts_with("/orders") {
         return ep.call(req).await.map(IntoResponse::into_response);
+    }
+    if !crate::telemetry::spans_enabled() {
+        // Nothing exports spans, but a caller's trace id still correlates
+        // the log lines of its request: a plain span, only for such requests.
+        let Some(trace_id) = crate::telemetry::caller_trace_id(&HeaderCarrier(req.headers()))
+        else {
+            return ep.call(req).await.map(IntoResponse::into_response);
+        };
+        let span = tracing::info_span!("HTTP request", http.route = route, trace_id);
+        return ep
+            .call(req)
+            .instrument(span)
+            .await
+            .map(IntoResponse::into_response);
     }
     let span = tracing::info_span!(
         "HTTP request",
