@@ -10,7 +10,7 @@ export OMS_STATE="${OMS_BENCH_STATE:-$(cd "$(dirname "$0")/.." && pwd)/.oms/benc
 source "$(dirname "$0")/lib.sh"
 
 cd "$OMS_ROOT"
-"$OMS_ROOT/scripts/install.sh" tansu postgres prometheus k6 charts
+"$OMS_ROOT/scripts/install.sh" tansu postgres prometheus k6 wrk charts
 # The smoke run proves the steps work, not how fast they are: the debug build
 # `just test` already has will do, and spares CI a release build.
 profile=release

@@ -4,8 +4,9 @@
 #
 #   bench/wrk/run.sh LABEL [OMS__SECTION__KEY=value ...]
 #
-# Environment: ENGINE (sqlite|memory, default sqlite), STORE (redb), RATE
-# (wrk connections, default 35), SECONDS_ (default 20), WARMUP (3 s). Prints
+# Environment: ENGINE (sqlite|memory, default sqlite), STORE (redb), CONNS
+# (wrk connections, default 35), SECONDS_ (default 20), WARMUP (3 s);
+# LOAD=k6 runs the seed's own k6 profile instead (0 → 35 VUs over 2 min). Prints
 # one line: label, req/s, p50/p99 ms, non-202, CPU µs per order of oms and
 # of tansu, oms' peak RSS. Alternatives are compared by running this several
 # times in a row, in the same session (what bench/REPORT.md quotes).
@@ -48,7 +49,21 @@ o0=$(cpu "$oms_pid"); t0=$(cpu "$tansu")
 # Read-your-writes under the load (its few requests are not counted above).
 "$root/bench/read_after_write.py" "http://127.0.0.1:$hport" 300 >"$dir/ryw-load.json" 2>&1 &
 ryw=$!
-out="$(wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$root/bench/wrk/orders.lua" "http://127.0.0.1:$hport")"
+if [[ "${LOAD:-wrk}" == k6 ]]; then
+  BASE_URL="http://127.0.0.1:$hport" RAMP_DURATION=2m RAMP_TARGET=35 STEADY_DURATION=1s STEADY_TARGET=35 SLEEP=0 \
+    k6 run --quiet --no-color --summary-export "$dir/k6.json" --summary-trend-stats "avg,med,p(95),p(99),max" \
+    "$root/k6/orders.js" >"$dir/k6.log" 2>&1 || true
+  out="wrk-json $(python3 -c '
+import json, sys
+m = json.load(open(sys.argv[1]))["metrics"]
+d = m["http_req_duration"]
+n = int(m["http_reqs"]["count"])
+print(json.dumps({"requests": n, "seconds": n / m["http_reqs"]["rate"], "errors": 0,
+                  "rejected": round(m["http_req_failed"]["value"] * n), "p50_ms": d["med"],
+                  "p95_ms": d["p(95)"], "p99_ms": d["p(99)"], "max_ms": d["max"]}))' "$dir/k6.json")"
+else
+  out="$(wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$root/bench/wrk/orders.lua" "http://127.0.0.1:$hport")"
+fi
 o1=$(cpu "$oms_pid"); t1=$(cpu "$tansu")
 wait "$ryw" || true
 "$root/bench/read_after_write.py" "http://127.0.0.1:$hport" 200 >"$dir/ryw-idle.json" 2>&1 || true
@@ -60,7 +75,7 @@ label, j, o0, o1, t0, t1, tck, rss, d = sys.argv[1:]
 r = json.loads(j)
 n = r["requests"] - r["rejected"]
 per = lambda a, b: (float(b) - float(a)) / float(tck) / max(n, 1) * 1e6
-print(f"{label:<28} {r['requests'] / r['seconds']:>8,.0f} req/s  p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms"
+print(f"{label:<28} {r['requests'] / r['seconds']:>8,.0f} req/s  p50 {r['p50_ms']:.2f} p95 {r['p95_ms']:.2f} p99 {r['p99_ms']:.2f} ms"
       f"  non-202 {r['rejected']}  oms {per(o0, o1):.0f} µs  tansu {per(t0, t1):.0f} µs  oms RSS {rss} MiB")
 for phase in ("load", "idle"):
     try:
