@@ -156,9 +156,9 @@ pub struct ConsumerSettings {
     pub fetch_min_bytes: u32,
     /// Longest the broker holds a fetch waiting for `fetch_min_bytes`.
     pub fetch_wait_ms: u64,
-    /// Most KiB librdkafka prefetches ahead of the store, per partition
-    /// (`queued.max.messages.kbytes`; its default of 64 MiB per partition
-    /// is what made a rebuild's memory grow past 600 MiB).
+    /// Most KiB librdkafka prefetches ahead of the store, all partitions
+    /// together (`queued.max.messages.kbytes`; its default of 64 MiB, with
+    /// redb's and sled's 1 GiB caches, made a rebuild's RSS grow past 600 MiB).
     pub prefetch_kbytes: u32,
     /// First retry delay after a transient store or broker failure.
     pub retry_min_ms: u64,

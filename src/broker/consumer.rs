@@ -801,6 +801,13 @@ pub fn consumer_config(broker: &BrokerSettings, consumer: &ConsumerSettings) -> 
         .set(
             "queued.max.messages.kbytes",
             consumer.prefetch_kbytes.to_string(),
+        )
+        // With a bounded prefetch the queue is often full during a rebuild;
+        // librdkafka then postpones the next fetch by this much (default
+        // 1 s, which cut the drain on tansu's memory engine to a third).
+        .set(
+            "fetch.queue.backoff.ms",
+            consumer.fetch_wait_ms.max(1).to_string(),
         );
     config
 }
