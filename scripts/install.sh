@@ -71,6 +71,16 @@ install_wrk() {
   command -v wrk >/dev/null 2>&1 || { say "installing wrk (Debian package; the benchmark's capacity step)"; apt_install wrk; }
 }
 
+# perf (Debian's linux-perf) and inferno (flamegraph SVGs): bench/flamegraph.sh.
+install_flamegraph() {
+  command -v perf >/dev/null 2>&1 || apt_install linux-perf
+  if cargo install --list --root "$OMS_TOOLS" 2>/dev/null | grep -q "^inferno v$INFERNO_VERSION:"; then
+    return 0
+  fi
+  say "installing inferno $INFERNO_VERSION (flamegraph SVGs; about a minute)"
+  cargo install --quiet --locked inferno --version "$INFERNO_VERSION" --root "$OMS_TOOLS"
+}
+
 install_chromium() {
   [[ -x /usr/bin/chromium ]] || apt_install chromium
 }
@@ -85,6 +95,7 @@ for target in "${targets[@]}"; do
     schemathesis) install_schemathesis ;;
     chromium) install_chromium ;;
     wrk) install_wrk ;;
+    flamegraph) install_flamegraph ;;
     prometheus) install_prometheus ;;
     charts) install_charts ;;
     *) die "unknown install target: $target" ;;
