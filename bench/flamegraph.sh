@@ -18,25 +18,8 @@ say "building oms (release)"
 oms="$OMS_TARGET_DIR/release/oms"
 bport=29292
 hport=28280
-dir="$(mktemp -d /dev/shm/oms-flame.XXXXXX)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-
-TANSU_BIN="$TANSU_BIN" "$root/scripts/tansu.sh" "$bport" sqlite "$dir/tansu" >"$dir/tansu.log" 2>&1 &
-tansu=$!
-pids+=("$tansu")
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$bport") 2>/dev/null && break; sleep 0.1; done
-"$oms" migrate --bootstrap "127.0.0.1:$bport" >/dev/null
-OMS__TELEMETRY__LOG_FILTER=warn "$oms" serve --store redb --store-path "$dir/store" \
-  --bootstrap "127.0.0.1:$bport" --http-addr "127.0.0.1:$hport" >"$dir/oms.log" 2>&1 &
-oms_pid=$!
-pids+=("$oms_pid")
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$hport/readyz" >/dev/null && break; sleep 0.1; done
+source "$root/bench/fresh-stack.sh"
+fresh_stack "$oms" "$bport" "$hport" sqlite redb
 
 say "wrk at $conns connections for $((secs + 8)) s; perf on oms (pid $oms_pid) and tansu (pid $tansu) for $secs s"
 wrk -t1 -c"$conns" -d"$((secs + 8))s" -s "$root/bench/wrk/orders.lua" "http://127.0.0.1:$hport" >"$dir/wrk.txt" &

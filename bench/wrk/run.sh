@@ -19,29 +19,11 @@ store="${STORE:-redb}"
 conns="${CONNS:-35}"
 secs="${SECONDS_:-20}"
 warmup="${WARMUP:-3}"
-oms="${OMS_BIN:-$root/target/release/oms}"
+oms="${OMS_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/oms}"
 bport=29192
 hport=28180
-dir="$(mktemp -d /dev/shm/oms-wrk.XXXXXX)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-
-TANSU_BIN="${TANSU_BIN:-$HOME/.cache/oms/tools/bin/tansu}" \
-  "$root/scripts/tansu.sh" "$bport" "$engine" "$dir/tansu" >"$dir/tansu.log" 2>&1 &
-tansu=$!
-pids+=("$tansu")
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$bport") 2>/dev/null && break; sleep 0.1; done
-"$oms" migrate --bootstrap "127.0.0.1:$bport" >/dev/null
-env OMS__TELEMETRY__LOG_FILTER=warn "$@" "$oms" serve --store "$store" --store-path "$dir/store" \
-  --bootstrap "127.0.0.1:$bport" --http-addr "127.0.0.1:$hport" >"$dir/oms.log" 2>&1 &
-oms_pid=$!
-pids+=("$oms_pid")
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$hport/readyz" >/dev/null && break; sleep 0.1; done
+source "$root/bench/fresh-stack.sh"
+fresh_stack "$oms" "$bport" "$hport" "$engine" "$store" "$@"
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 wrk -t1 -c"$conns" -d"${warmup}s" -s "$root/bench/wrk/orders.lua" "http://127.0.0.1:$hport" >/dev/null
