@@ -86,7 +86,7 @@ pub fn spans_enabled() -> bool {
 /// oms' own spans (info and above, whatever the log filter says) to
 /// OpenTelemetry. A second call (tests) keeps the first subscriber.
 pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
-    let exporting = !settings.otlp_endpoint.trim().is_empty();
+    let exporting = otlp_endpoint(settings).is_some();
     let filter = OmsFilter {
         logs: EnvFilter::try_new(&settings.log_filter)?,
         exporting,
@@ -192,15 +192,20 @@ where
     }
 }
 
+/// The collector base URL, if spans are exported at all.
+fn otlp_endpoint(settings: &TelemetrySettings) -> Option<&str> {
+    let endpoint = settings.otlp_endpoint.trim().trim_end_matches('/');
+    (!endpoint.is_empty()).then_some(endpoint)
+}
+
 fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
     let resource = Resource::builder()
         .with_service_name(settings.service_name.clone())
         .build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
-    let endpoint = settings.otlp_endpoint.trim_end_matches('/');
-    if endpoint.is_empty() {
+    let Some(endpoint) = otlp_endpoint(settings) else {
         return Ok(builder.with_sampler(Sampler::AlwaysOff).build());
-    }
+    };
     let ratio = settings.sample_ratio;
     if !(0.0..=1.0).contains(&ratio) {
         return Err(TelemetryError::SampleRatio(ratio));

@@ -166,8 +166,7 @@ impl ConsumerStatus {
     pub fn known_log_end(&self, acked: &Offsets) -> Offsets {
         let mut end = self.with(|s| s.log_end.clone());
         for (partition, offset) in acked {
-            let known = end.entry(*partition).or_insert(0);
-            *known = (*known).max(*offset);
+            raise(&mut end, *partition, *offset);
         }
         end
     }
@@ -186,15 +185,7 @@ impl ConsumerStatus {
             let stored = self.0.stored.notified();
             tokio::pin!(stored);
             stored.as_mut().enable();
-            let missing: i64 = self.with(|s| {
-                target
-                    .iter()
-                    .map(|(p, end)| {
-                        let stored = s.stored.get(p).or_else(|| s.log_start.get(p));
-                        (end - stored.copied().unwrap_or(0)).max(0)
-                    })
-                    .sum()
-            });
+            let missing: i64 = self.with(|s| Self::behind(s, target).map(|(_, b)| b).sum());
             if missing == 0 {
                 return Ok(());
             }
@@ -212,18 +203,21 @@ impl ConsumerStatus {
     /// Records on the log past the stored offsets, per partition, by the
     /// best known log end.
     fn lag(s: &Inner) -> Offsets {
-        s.log_end
-            .iter()
-            .map(|(p, end)| {
-                let stored = s
-                    .stored
-                    .get(p)
-                    .or_else(|| s.log_start.get(p))
-                    .copied()
-                    .unwrap_or(0);
-                (*p, (end - stored).max(0))
-            })
-            .collect()
+        Self::behind(s, &s.log_end).collect()
+    }
+
+    /// Records before `ends` that the store does not hold, per partition (a
+    /// partition the store holds nothing of starts where the log starts).
+    fn behind<'a>(s: &'a Inner, ends: &'a Offsets) -> impl Iterator<Item = (i32, i64)> + 'a {
+        ends.iter().map(|(p, end)| {
+            let stored = s
+                .stored
+                .get(p)
+                .or_else(|| s.log_start.get(p))
+                .copied()
+                .unwrap_or(0);
+            (*p, (end - stored).max(0))
+        })
     }
 
     /// `Some` when records wait past the stored offsets and the loop has
@@ -760,6 +754,13 @@ impl ConsumerLoop {
     }
 }
 
+/// Raises `ends[partition]` to `offset` if that is further (log ends only grow
+/// with more evidence).
+fn raise(ends: &mut Offsets, partition: i32, offset: i64) {
+    let end = ends.entry(partition).or_insert(0);
+    *end = (*end).max(offset);
+}
+
 /// The consumer span of a record whose producer sampled its trace (no
 /// span at all for the rest, which keeps an untraced consumer cheap).
 fn record_span(message: &BorrowedMessage<'_>, order: &Order, engine: &str) -> Option<Span> {
@@ -876,8 +877,7 @@ pub async fn watch_log(
         let error = match marks {
             Ok(marks) => {
                 for (partition, low, high) in marks {
-                    let end = ends.entry(partition).or_insert(0);
-                    *end = (*end).max(high);
+                    raise(&mut ends, partition, high);
                     starts.insert(partition, low);
                 }
                 None
