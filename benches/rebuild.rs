@@ -20,7 +20,7 @@ use anyhow::Context;
 use chrono::Utc;
 use oms::app::Application;
 use oms::broker::admin;
-use oms::config::{Engine, Settings};
+use oms::config::{Engine, Settings, StoreUrl};
 use support::{env_or, produce, settled_log_end, start_broker};
 use tokio_util::sync::CancellationToken;
 
@@ -50,20 +50,21 @@ async fn rebuild(
     end: &BTreeMap<i32, i64>,
 ) -> anyhow::Result<Run> {
     let mut cfg = base.clone();
-    cfg.store.engine = engine;
     cfg.consumer.batch_max = batch_max;
-    cfg.store.path = PathBuf::from(format!(
-        "/dev/shm/oms-bench/{}",
-        uuid::Uuid::now_v7().simple()
-    ));
-    if engine == Engine::Postgres {
+    if engine.is_embedded() {
+        let folder = PathBuf::from(format!(
+            "/dev/shm/oms-bench/{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        cfg.store.url = StoreUrl::embedded(engine, &folder).map_err(anyhow::Error::msg)?;
+    } else {
         let admin = std::env::var("OMS_BENCH_DATABASE_URL").context("OMS_BENCH_DATABASE_URL")?;
-        cfg.store.postgres_url =
-            oms::store::postgres::PostgresStore::create_database(&admin, "oms_bench").await?;
-        oms::store::postgres::PostgresStore::connect(&cfg.store)
+        let url = oms::store::postgres::PostgresStore::create_database(&admin, "oms_bench").await?;
+        oms::store::postgres::PostgresStore::connect(&url, &cfg.store.postgres)
             .await?
             .migrate()
             .await?;
+        cfg.store.url = url.parse().map_err(anyhow::Error::msg)?;
     }
     let app = Application::build(cfg.clone()).await?;
     let store = app.store();
@@ -94,7 +95,9 @@ async fn rebuild(
     drop(store);
     shutdown.cancel();
     task.await??;
-    let _ = std::fs::remove_dir_all(&cfg.store.path);
+    if let Some(folder) = cfg.store.url.path() {
+        let _ = std::fs::remove_dir_all(folder);
+    }
     let run = Run {
         engine,
         batch_max,

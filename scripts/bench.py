@@ -217,15 +217,15 @@ class Store:
 def fresh_store(name: str, label: str) -> Store:
     if name in ("redb", "sled"):
         path = Path("/dev/shm/oms-bench") / f"{name}-{label}-{uuid.uuid4().hex[:8]}"
-        return Store(name, ["--store", name, "--store-path", str(path)],
+        return Store(name, ["--store", f"{name}://{path}"],
                      lambda: shutil.rmtree(path, ignore_errors=True))
     kind = "tmpfs" if name == "postgres-tmpfs" else "disk"
     db = f"bench_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_")
     psql(kind, f"CREATE DATABASE {db}")
     url = pg_url(kind, db)
-    subprocess.run([OMS, "migrate", "--store", "postgres", "--postgres-url", url,
+    subprocess.run([OMS, "migrate", "--store", url,
                     "--bootstrap", f"127.0.0.1:{BROKER_PORT}"], check=True, stdout=subprocess.DEVNULL)
-    return Store(name, ["--store", "postgres", "--postgres-url", url],
+    return Store(name, ["--store", url],
                  lambda: psql(kind, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
 
 

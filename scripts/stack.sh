@@ -100,20 +100,18 @@ start_prometheus() {
 start_oms() {
   not_running_yet oms "$OMS_HTTP_PORT" || return 0
   ensure_oms_bin
-  local store="${OMS_STORE:-redb}" pg_url="postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms"
+  local store="${OMS_STORE:-redb}" url
+  case "$store" in
+    postgres) url="postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms" ;;
+    *) url="$store://$OMS_STORE_PATH" ;;
+  esac
   say "creating topics$([[ $store == postgres ]] && echo ' and the Postgres schema')"
-  "$OMS_BIN" migrate --bootstrap "127.0.0.1:$OMS_BROKER_PORT" --store "$store" --postgres-url "$pg_url"
+  "$OMS_BIN" migrate --bootstrap "127.0.0.1:$OMS_BROKER_PORT" --store "$url"
   local log
   log="$(log_file oms)"
-  if [[ $store == postgres ]]; then
-    say "starting oms serve --store=postgres ($pg_url)"
-  else
-    say "starting oms serve --store=$store (store files in $OMS_STORE_PATH, tmpfs)"
-  fi
+  say "starting oms serve --store $url$([[ $store == postgres ]] || echo ' (tmpfs)')"
   nohup "$OMS_BIN" serve \
-    --store "$store" \
-    --postgres-url "$pg_url" \
-    --store-path "$OMS_STORE_PATH" \
+    --store "$url" \
     --http-addr "127.0.0.1:$OMS_HTTP_PORT" \
     --bootstrap "127.0.0.1:$OMS_BROKER_PORT" \
     >>"$log" 2>&1 </dev/null &

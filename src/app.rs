@@ -40,8 +40,8 @@ impl Application {
         let store = store::open(&settings.store).await.with_context(|| {
             format!(
                 "opening the {} store at {}",
-                settings.store.engine.as_str(),
-                settings.store.path.display()
+                settings.store.engine().as_str(),
+                settings.store.url.redacted()
             )
         })?;
         let producer =
@@ -107,7 +107,7 @@ impl Application {
         let produced = state.producer.evidence();
         let endpoint = api::routes(state, metrics.clone(), settings.http.body_limit_bytes);
         let drain = Duration::from_millis(settings.http.shutdown_timeout_ms);
-        tracing::info!(%addr, engine = settings.store.engine.as_str(), topic = %settings.broker.topic, "oms serving");
+        tracing::info!(%addr, engine = settings.store.engine().as_str(), topic = %settings.broker.topic, "oms serving");
 
         let mut tasks: JoinSet<anyhow::Result<&'static str>> = JoinSet::new();
         let stop = shutdown.clone();

@@ -1,7 +1,7 @@
 //! What the `oms dlq` commands print. The work itself is in
 //! [`crate::broker::dlq`]; this module only renders it for a terminal.
 
-use crate::broker::dlq::{self, DlqEntry, ReplayOutcome, Selection};
+use crate::broker::dlq::{self, DlqEntry, DlqPosition, ReplayOutcome, ReplaySummary, Selection};
 use crate::config::BrokerSettings;
 
 fn origin(e: &DlqEntry) -> String {
@@ -20,32 +20,44 @@ fn shorten(text: &str, max: usize) -> String {
     }
 }
 
-/// `oms dlq list`: a table, or one JSON object per line with `--json`.
-pub async fn dlq_list(settings: &BrokerSettings, limit: usize, json: bool) -> anyhow::Result<()> {
+/// `oms dlq list`: a table, or one JSON object per line with `--json`; at
+/// most `limit` records after `after`, and how to ask for the next page.
+pub async fn dlq_list(
+    settings: &BrokerSettings,
+    limit: usize,
+    after: Option<DlqPosition>,
+    json: bool,
+) -> anyhow::Result<()> {
     let settings = settings.clone();
-    let entries = tokio::task::spawn_blocking(move || dlq::list(&settings, limit)).await??;
+    let page = tokio::task::spawn_blocking(move || dlq::list(&settings, limit, after)).await??;
     if json {
-        for e in &entries {
+        for e in &page.entries {
             println!("{}", serde_json::to_string(e)?);
         }
         return Ok(());
     }
-    if entries.is_empty() {
-        println!("the dead-letter topic is empty");
+    if page.entries.is_empty() {
+        println!(
+            "the dead-letter topic holds nothing{}",
+            match after {
+                Some(a) => format!(" after {a}"),
+                None => String::new(),
+            }
+        );
         return Ok(());
     }
     println!(
-        "{:<7} {:<20} {:<9} {:<24} {:<7} ERROR",
-        "OFFSET", "FAILED AT", "KIND", "ORIGIN", "REPLAYS"
+        "{:<9} {:<20} {:<9} {:<24} {:<7} ERROR",
+        "AT", "FAILED AT", "KIND", "ORIGIN", "REPLAYS"
     );
-    for e in &entries {
+    for e in &page.entries {
         let failed_at = e
             .failed_at
             .as_deref()
             .map(|t| t.chars().take(19).collect::<String>());
         println!(
-            "{:<7} {:<20} {:<9} {:<24} {:<7} {}",
-            e.dlq_offset,
+            "{:<9} {:<20} {:<9} {:<24} {:<7} {}",
+            e.at.to_string(),
             failed_at.unwrap_or_else(|| "?".into()),
             e.kind.as_deref().unwrap_or("?"),
             origin(e),
@@ -53,7 +65,13 @@ pub async fn dlq_list(settings: &BrokerSettings, limit: usize, json: bool) -> an
             shorten(e.error.as_deref().unwrap_or(""), 100),
         );
     }
-    println!("{} record(s)", entries.len());
+    match page.next_after {
+        Some(next) => println!(
+            "{} record(s); more: oms dlq list --after {next} --limit {limit}",
+            page.entries.len()
+        ),
+        None => println!("{} record(s)", page.entries.len()),
+    }
     Ok(())
 }
 
@@ -65,35 +83,32 @@ pub async fn dlq_replay(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let max = settings.dlq_max_replays;
-    let results = dlq::replay(
+    let topic = settings.topic.clone();
+    let summary = dlq::replay(
         settings,
         selection,
         max,
         dry_run,
-        |entry, outcome, done, total| {
-            let verbose = total <= 50;
-            if verbose {
+        move |entry, outcome, done, total| {
+            if total <= 50 {
                 match outcome {
                     ReplayOutcome::Replayed {
                         to_partition,
                         to_offset,
                     } => println!(
-                        "replayed  dlq@{} → {}/{to_partition}@{to_offset} (replay {})",
-                        entry.dlq_offset,
-                        settings.topic,
+                        "replayed  dlq@{} → {topic}/{to_partition}@{to_offset} (replay {})",
+                        entry.at,
                         entry.replays + 1
                     ),
-                    ReplayOutcome::WouldReplay => {
-                        println!(
-                            "would replay dlq@{} ({}: {})",
-                            entry.dlq_offset,
-                            entry.kind.as_deref().unwrap_or("?"),
-                            shorten(entry.error.as_deref().unwrap_or(""), 80)
-                        )
-                    }
+                    ReplayOutcome::WouldReplay => println!(
+                        "would replay dlq@{} ({}: {})",
+                        entry.at,
+                        entry.kind.as_deref().unwrap_or("?"),
+                        shorten(entry.error.as_deref().unwrap_or(""), 80)
+                    ),
                     ReplayOutcome::OverLimit { max } => println!(
                         "skipped   dlq@{}: already replayed {} time(s), the limit is {max}",
-                        entry.dlq_offset, entry.replays
+                        entry.at, entry.replays
                     ),
                 }
             } else if done % 1_000 == 0 || done == total {
@@ -102,23 +117,18 @@ pub async fn dlq_replay(
         },
     )
     .await?;
-    let replayed = results
-        .iter()
-        .filter(|(_, o)| matches!(o, ReplayOutcome::Replayed { .. }))
-        .count();
-    let would = results
-        .iter()
-        .filter(|(_, o)| *o == ReplayOutcome::WouldReplay)
-        .count();
-    let skipped = results
-        .iter()
-        .filter(|(_, o)| matches!(o, ReplayOutcome::OverLimit { .. }))
-        .count();
+    let ReplaySummary {
+        replayed,
+        would_replay,
+        over_limit,
+    } = summary;
     if dry_run {
-        println!("dry run: {would} would be replayed, {skipped} over the replay limit ({max})");
+        println!(
+            "dry run: {would_replay} would be replayed, {over_limit} over the replay limit ({max})"
+        );
     } else {
         println!(
-            "{replayed} replayed to {}, {skipped} over the replay limit ({max})",
+            "{replayed} replayed to {}, {over_limit} over the replay limit ({max})",
             settings.topic
         );
     }

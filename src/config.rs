@@ -20,14 +20,163 @@ pub enum Engine {
     Postgres,
 }
 
+/// What [`StoreUrl`] needs to know about an engine.
+struct EngineInfo {
+    /// Name in config, flags and metric labels; also the URL scheme.
+    name: &'static str,
+    /// Its URL when only the engine is named (`--store sled`).
+    default_url: &'static str,
+    /// Other schemes it answers to.
+    aliases: &'static [&'static str],
+}
+
 impl Engine {
+    /// Every engine, for error messages and parsing.
+    pub const ALL: [Engine; 3] = [Engine::Redb, Engine::Sled, Engine::Postgres];
+
+    fn info(self) -> EngineInfo {
+        match self {
+            Engine::Redb => EngineInfo {
+                name: "redb",
+                default_url: "redb:///dev/shm/oms",
+                aliases: &[],
+            },
+            Engine::Sled => EngineInfo {
+                name: "sled",
+                default_url: "sled:///dev/shm/oms",
+                aliases: &[],
+            },
+            Engine::Postgres => EngineInfo {
+                name: "postgres",
+                default_url: "postgres://oms:oms@127.0.0.1:5432/oms",
+                aliases: &["postgresql"],
+            },
+        }
+    }
+
     /// The engine's name, as used in config, flags and metric labels.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::Redb => "redb",
-            Engine::Sled => "sled",
-            Engine::Postgres => "postgres",
+        self.info().name
+    }
+
+    /// The engine at its default location (`--store redb`).
+    pub fn default_url(self) -> StoreUrl {
+        self.info()
+            .default_url
+            .parse()
+            .unwrap_or_else(|e| unreachable!("a built-in store URL parses: {e}"))
+    }
+
+    /// Whether the engine keeps its data in files of its own (a path), rather
+    /// than in a server (a connection URL).
+    pub fn is_embedded(self) -> bool {
+        matches!(self, Engine::Redb | Engine::Sled)
+    }
+
+    fn from_scheme(scheme: &str) -> Option<Engine> {
+        Engine::ALL.into_iter().find(|e| {
+            let info = e.info();
+            info.name == scheme || info.aliases.contains(&scheme)
+        })
+    }
+}
+
+/// `store.url`: which engine keeps the orders and where, as one URL —
+/// `redb:///dev/shm/oms`, `sled:///dev/shm/oms` (a folder), or a PostgreSQL
+/// connection URL `postgres://user:password@host:5432/database`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StoreUrl {
+    engine: Engine,
+    url: String,
+}
+
+impl StoreUrl {
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The folder of an embedded engine (`None` for a server).
+    pub fn path(&self) -> Option<&Path> {
+        self.engine
+            .is_embedded()
+            .then(|| Path::new(self.url.split_once("://").map_or("", |(_, path)| path)))
+    }
+
+    /// An embedded engine's URL for a folder.
+    pub fn embedded(engine: Engine, path: &Path) -> Result<StoreUrl, String> {
+        format!("{}://{}", engine.as_str(), path.display()).parse()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL for logs and error messages: a password is replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((user_info, host)) => match user_info.split_once(':') {
+                    Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                    None => self.url.clone(),
+                },
+                None => self.url.clone(),
+            },
+            None => self.url.clone(),
         }
+    }
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = String;
+    fn from_str(url: &str) -> Result<Self, String> {
+        let known = || {
+            Engine::ALL
+                .iter()
+                .map(|e| format!("{}://", e.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(format!(
+                "store.url {url:?} is not a URL; expected one of {}",
+                known()
+            ));
+        };
+        let engine = Engine::from_scheme(scheme).ok_or_else(|| {
+            format!(
+                "store.url {url:?}: unknown store engine {scheme:?}; expected one of {}",
+                known()
+            )
+        })?;
+        if engine.is_embedded() && !rest.starts_with('/') {
+            return Err(format!(
+                "store.url {url:?}: {scheme} needs an absolute folder, e.g. {scheme}:///dev/shm/oms"
+            ));
+        }
+        Ok(StoreUrl {
+            engine,
+            url: url.to_owned(),
+        })
+    }
+}
+
+impl TryFrom<String> for StoreUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<StoreUrl> for String {
+    fn from(u: StoreUrl) -> String {
+        u.url
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
     }
 }
 
@@ -56,6 +205,10 @@ pub struct Settings {
     pub consumer: ConsumerSettings,
     pub store: StoreSettings,
     pub telemetry: TelemetrySettings,
+    /// What the operator should change (deprecated keys), to log once
+    /// logging is set up.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// `[http]`: the order API.
@@ -197,31 +350,146 @@ impl Default for ConsumerSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
-    pub engine: Engine,
-    /// Folder of the file engines (tmpfs by default: the log rebuilds it).
-    pub path: PathBuf,
-    /// Connection URL of the postgres engine.
-    pub postgres_url: String,
-    /// Connections in the postgres pool.
-    pub postgres_pool: u32,
-    /// Longest a postgres statement or connection attempt may take.
-    pub postgres_timeout_ms: u64,
-    /// Page cache of the file engines (redb, sled), MiB. Their defaults
-    /// (1 GiB) only pay off for data larger than RAM; the files are on
-    /// tmpfs, where a miss is a memory copy.
+    /// The engine and where its data lives (see [`StoreUrl`]).
+    pub url: StoreUrl,
+    /// `[store.redb]`
+    pub redb: EmbeddedStoreSettings,
+    /// `[store.sled]`
+    pub sled: EmbeddedStoreSettings,
+    /// `[store.postgres]`
+    pub postgres: PostgresSettings,
+    // The flat keys of oms 0.1, read for one more release (with a warning)
+    // and folded into the ones above on load: none is set after `load`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_pool: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_mib: Option<u32>,
+}
+
+/// `[store.redb]`, `[store.sled]`: an engine in files of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedStoreSettings {
+    /// Page cache, MiB. The engines' defaults (1 GiB) only pay off for data
+    /// larger than RAM; the files are on tmpfs, where a miss is a memory copy.
     pub cache_mib: u32,
+}
+
+impl Default for EmbeddedStoreSettings {
+    fn default() -> Self {
+        Self { cache_mib: 32 }
+    }
+}
+
+/// `[store.postgres]`: the PostgreSQL engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// Connections in the pool.
+    pub pool: u32,
+    /// Longest a statement or a connection attempt may take.
+    pub timeout_ms: u64,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self {
+            pool: 8,
+            timeout_ms: 5_000,
+        }
+    }
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
-            engine: Engine::Redb,
-            path: PathBuf::from("/dev/shm/oms"),
-            postgres_url: "postgres://oms:oms@127.0.0.1:5432/oms".into(),
-            postgres_pool: 8,
-            postgres_timeout_ms: 5_000,
-            cache_mib: 32,
+            url: Engine::Redb.default_url(),
+            redb: EmbeddedStoreSettings::default(),
+            sled: EmbeddedStoreSettings::default(),
+            postgres: PostgresSettings::default(),
+            engine: None,
+            path: None,
+            postgres_url: None,
+            postgres_pool: None,
+            postgres_timeout_ms: None,
+            cache_mib: None,
         }
+    }
+}
+
+impl StoreSettings {
+    pub fn engine(&self) -> Engine {
+        self.url.engine()
+    }
+
+    /// Folds the deprecated keys into `url` and the engine sections; returns
+    /// one warning per key found, naming its replacement.
+    fn fold_deprecated(&mut self) -> Result<Vec<String>, String> {
+        let mut warnings = Vec::new();
+        let mut moved = |key: &str, to: &str| {
+            warnings.push(format!(
+                "store.{key} is deprecated and will be removed in the next release: use {to}"
+            ));
+        };
+        let (old_engine, old_path, old_url) = (
+            self.engine.take(),
+            self.path.take(),
+            self.postgres_url.take(),
+        );
+        if old_engine.is_some() || old_path.is_some() || old_url.is_some() {
+            let engine = old_engine.unwrap_or(self.url.engine());
+            self.url = if engine.is_embedded() {
+                let path = old_path
+                    .clone()
+                    .or_else(|| self.url.path().map(Path::to_owned))
+                    .unwrap_or_else(|| {
+                        engine
+                            .default_url()
+                            .path()
+                            .map(Path::to_owned)
+                            .unwrap_or_default()
+                    });
+                StoreUrl::embedded(engine, &path)?
+            } else {
+                match &old_url {
+                    Some(url) => url.parse()?,
+                    None if self.url.engine() == engine => self.url.clone(),
+                    None => engine.default_url(),
+                }
+            };
+            let to = format!("store.url = {:?}", self.url.as_str());
+            for (key, set) in [
+                ("engine", old_engine.is_some()),
+                ("path", old_path.is_some()),
+                ("postgres_url", old_url.is_some()),
+            ] {
+                if set {
+                    moved(key, &to);
+                }
+            }
+        }
+        if let Some(pool) = self.postgres_pool.take() {
+            self.postgres.pool = pool;
+            moved("postgres_pool", "store.postgres.pool");
+        }
+        if let Some(ms) = self.postgres_timeout_ms.take() {
+            self.postgres.timeout_ms = ms;
+            moved("postgres_timeout_ms", "store.postgres.timeout_ms");
+        }
+        if let Some(mib) = self.cache_mib.take() {
+            self.redb.cache_mib = mib;
+            self.sled.cache_mib = mib;
+            moved("cache_mib", "store.redb.cache_mib and store.sled.cache_mib");
+        }
+        Ok(warnings)
     }
 }
 
@@ -256,8 +524,12 @@ impl Default for TelemetrySettings {
 
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(#[from] config::ConfigError);
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
 
 impl Settings {
     /// Loads the layers in order; `overrides` are `("section.key", value)` pairs
@@ -292,7 +564,12 @@ impl Settings {
         for (key, value) in overrides {
             builder = builder.set_override(*key, value.as_str())?;
         }
-        Ok(builder.build()?.try_deserialize()?)
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.warnings = settings
+            .store
+            .fold_deprecated()
+            .map_err(ConfigError::Invalid)?;
+        Ok(settings)
     }
 }
 
@@ -366,9 +643,89 @@ mod tests {
         let err = Settings::load_from(Some(file.path()), &[], env(&[])).expect_err("unknown key");
         assert!(err.to_string().contains("adr"), "{err}");
 
-        let err = Settings::load_from(None, &[], env(&[("OMS__STORE__ENGINE", "mongo")]))
+        let err = Settings::load_from(None, &[], env(&[("OMS__STORE__URL", "mongo://x")]))
             .expect_err("unknown engine");
         assert!(err.to_string().contains("mongo"), "{err}");
+        assert!(
+            err.to_string().contains("redb://"),
+            "names the known engines: {err}"
+        );
+        let err = Settings::load_from(None, &[], env(&[("OMS__STORE__URL", "redb://relative")]))
+            .expect_err("relative folder");
+        assert!(err.to_string().contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn the_store_is_one_url_with_a_section_per_engine() {
+        let s = Settings::load_from(
+            None,
+            &[],
+            env(&[
+                ("OMS__STORE__URL", "postgresql://u:p@db:5432/orders"),
+                ("OMS__STORE__POSTGRES__POOL", "3"),
+                ("OMS__STORE__SLED__CACHE_MIB", "64"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.store.engine(), Engine::Postgres);
+        assert_eq!(s.store.url.as_str(), "postgresql://u:p@db:5432/orders");
+        assert_eq!(s.store.url.redacted(), "postgresql://u:***@db:5432/orders");
+        assert_eq!(s.store.postgres.pool, 3);
+        assert_eq!(s.store.sled.cache_mib, 64);
+        assert!(s.warnings.is_empty());
+
+        let s = Settings::load_from(None, &[("store.url", "sled:///tmp/o".into())], env(&[]))
+            .expect("loads");
+        assert_eq!(s.store.engine(), Engine::Sled);
+        assert_eq!(s.store.url.path(), Some(Path::new("/tmp/o")));
+    }
+
+    #[test]
+    fn the_old_flat_store_keys_still_work_with_a_warning() {
+        let s = Settings::load_from(
+            None,
+            &[],
+            env(&[
+                ("OMS__STORE__ENGINE", "postgres"),
+                ("OMS__STORE__POSTGRES_URL", "postgres://a:b@h/db"),
+                ("OMS__STORE__POSTGRES_POOL", "2"),
+                ("OMS__STORE__CACHE_MIB", "16"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.store.url.as_str(), "postgres://a:b@h/db");
+        assert_eq!(s.store.postgres.pool, 2);
+        assert_eq!((s.store.redb.cache_mib, s.store.sled.cache_mib), (16, 16));
+        assert_eq!(
+            (s.store.engine, s.store.postgres_pool),
+            (None, None),
+            "folded"
+        );
+        assert_eq!(s.warnings.len(), 4, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].contains("store.engine")
+                && s.warnings[0].contains("store.url = \"postgres://a:b@h/db\""),
+            "{:?}",
+            s.warnings
+        );
+
+        let s = Settings::load_from(
+            None,
+            &[
+                ("store.engine", "sled".into()),
+                ("store.path", "/tmp/s".into()),
+            ],
+            env(&[]),
+        )
+        .expect("loads");
+        assert_eq!(s.store.url.as_str(), "sled:///tmp/s");
+        let s =
+            Settings::load_from(None, &[("store.path", "/tmp/r".into())], env(&[])).expect("loads");
+        assert_eq!(
+            s.store.url.as_str(),
+            "redb:///tmp/r",
+            "the path of the default engine"
+        );
     }
 
     #[test]

@@ -8,19 +8,21 @@
 //!
 //! # Layout
 //! - [`config`]: layered settings (defaults < file < env < flags).
-//! - [`order`]: the order domain type and its validation.
+//! - [`order`]: the order, parsed once into types that hold only valid values.
 //! - [`api`]: poem-openapi handlers, problem+json errors, Swagger UI.
 //! - [`broker`]: topic admin, producer, consumer loop, dead-letter writer.
 //! - [`store`]: the `Store` trait and one module per engine.
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`app`]: builds the pieces from settings and runs them until shutdown.
 //! - [`cli`]: what the `oms dlq` commands print.
+//! - [`error`]: an error with its causes, for logs and dead letters.
 
 pub mod api;
 pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod error;
 pub mod order;
 pub mod store;
 pub mod telemetry;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use oms::app::Application;
 use oms::broker::admin::{self, TopicOutcome};
-use oms::broker::dlq::Selection;
+use oms::broker::dlq::{DlqAddress, DlqPosition, Selection};
 use oms::config::{Engine, Settings};
 use oms::store::postgres::PostgresStore;
 use oms::telemetry::Telemetry;
@@ -55,9 +55,13 @@ enum Command {
 enum DlqCommand {
     /// Show what is in the dead-letter topic: origin, reason, time, replays.
     List {
-        /// Show at most this many records (oldest first).
+        /// Show at most this many records (partition by partition, oldest first).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Start after this record (`PARTITION:OFFSET`, as the previous page
+        /// says).
+        #[arg(long, value_parser = parse_position)]
+        after: Option<DlqPosition>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -65,11 +69,13 @@ enum DlqCommand {
     /// Re-produce dead letters to the orders topic (replay count + 1).
     Replay {
         /// Every record not replayed by an earlier `--all`.
-        #[arg(long, conflicts_with = "offset", required_unless_present = "offset")]
+        #[arg(long, conflicts_with = "at", required_unless_present = "at")]
         all: bool,
-        /// These offsets of the dead-letter topic (repeatable).
-        #[arg(long, num_args = 1..)]
-        offset: Vec<i64>,
+        /// These records of the dead-letter topic, as `oms dlq list` shows
+        /// them: `PARTITION:OFFSET`, or `OFFSET` for a one-partition topic
+        /// (repeatable).
+        #[arg(long, alias = "offset", num_args = 1..)]
+        at: Vec<DlqAddress>,
         /// Show what would be replayed, change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -97,18 +103,24 @@ struct BrokerArgs {
 
 #[derive(Debug, Args)]
 struct StoreArgs {
-    /// Store engine (`store.engine`).
-    #[arg(long, value_enum)]
-    store: Option<Engine>,
-    /// Connection URL of the postgres engine (`store.postgres_url`).
-    #[arg(long)]
+    /// Store URL (`store.url`): `redb:///dev/shm/oms`, `sled:///dev/shm/oms`,
+    /// `postgres://user:password@host:5432/db` — or just an engine name
+    /// (redb, sled, postgres) for that engine at its default location.
+    #[arg(long, value_name = "URL|ENGINE")]
+    store: Option<String>,
+    /// Deprecated: use `--store postgres://…` (`store.url`).
+    #[arg(long, hide_short_help = true)]
     postgres_url: Option<String>,
 }
 
 impl StoreArgs {
     fn overrides(&self, out: &mut Vec<(&'static str, String)>) {
-        if let Some(v) = self.store {
-            out.push(("store.engine", v.as_str().to_owned()));
+        if let Some(v) = &self.store {
+            let url = match Engine::from_str(v, true) {
+                Ok(engine) => engine.default_url().to_string(),
+                Err(_) => v.clone(),
+            };
+            out.push(("store.url", url));
         }
         if let Some(v) = &self.postgres_url {
             out.push(("store.postgres_url", v.clone()));
@@ -128,8 +140,8 @@ struct MigrateArgs {
 struct ServeArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// Folder of the file engines (`store.path`).
-    #[arg(long)]
+    /// Deprecated: use `--store redb:///folder` (`store.url`).
+    #[arg(long, hide_short_help = true)]
     store_path: Option<PathBuf>,
     /// HTTP listen address (`http.addr`).
     #[arg(long)]
@@ -167,9 +179,25 @@ impl ServeArgs {
     }
 }
 
+/// `--after`: a full `PARTITION:OFFSET`.
+fn parse_position(s: &str) -> Result<DlqPosition, String> {
+    match s.parse::<DlqAddress>()? {
+        DlqAddress {
+            partition: Some(partition),
+            offset,
+        } => Ok(DlqPosition { partition, offset }),
+        _ => Err(format!(
+            "{s:?}: give PARTITION:OFFSET, as `oms dlq list` prints it"
+        )),
+    }
+}
+
 fn load(cli: &Cli, overrides: &[(&str, String)]) -> anyhow::Result<(Settings, Telemetry)> {
     let settings = Settings::load(cli.config.as_deref(), overrides)?;
     let telemetry = oms::telemetry::init(&settings.telemetry)?;
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     Ok((settings, telemetry))
 }
 
@@ -210,8 +238,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     TopicOutcome::AlreadyExisted => println!("topic {topic} already exists"),
                 }
             }
-            if settings.store.engine == Engine::Postgres {
-                let store = PostgresStore::connect(&settings.store).await?;
+            if settings.store.engine() == Engine::Postgres {
+                let store =
+                    PostgresStore::connect(settings.store.url.as_str(), &settings.store.postgres)
+                        .await?;
                 store.migrate().await?;
                 println!("postgres schema is up to date");
             }
@@ -222,18 +252,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             broker.overrides(&mut overrides);
             let (settings, _telemetry) = load(&cli, &overrides)?;
             match command {
-                DlqCommand::List { limit, json } => {
-                    oms::cli::dlq_list(&settings.broker, *limit, *json).await
+                DlqCommand::List { limit, after, json } => {
+                    oms::cli::dlq_list(&settings.broker, *limit, *after, *json).await
                 }
-                DlqCommand::Replay {
-                    all,
-                    offset,
-                    dry_run,
-                } => {
+                DlqCommand::Replay { all, at, dry_run } => {
                     let selection = if *all {
                         Selection::AllPending
                     } else {
-                        Selection::Offsets(offset.clone())
+                        Selection::At(at.clone())
                     };
                     oms::cli::dlq_replay(&settings.broker, selection, *dry_run).await
                 }
@@ -249,10 +275,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Openapi { format } => {
-            let api = oms::api::openapi();
             match format {
-                SpecFormat::Yaml => print!("{}", api.spec_yaml()),
-                SpecFormat::Json => println!("{}", api.spec()),
+                SpecFormat::Yaml => print!("{}", oms::api::spec::yaml()),
+                SpecFormat::Json => println!("{}", oms::api::spec::json()),
             }
             Ok(())
         }

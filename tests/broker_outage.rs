@@ -7,9 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{
-    Load, Tansu, TestApp, assert_broker_serves, eventually, fresh_database, settings, tally,
-};
+use common::{Load, Tansu, TestApp, assert_broker_serves, eventually, settings, tally, use_engine};
 use oms::config::Engine;
 use serde_json::Value;
 
@@ -21,16 +19,7 @@ async fn broker_outage(engine: Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut tansu = Tansu::start(&dir.path().join("broker"));
     let mut cfg = settings(&tansu.bootstrap(), &dir.path().join("store"));
-    cfg.store.engine = engine;
-    if engine == Engine::Postgres {
-        cfg.store.postgres_url = fresh_database("oms_broker_outage").await;
-        oms::store::postgres::PostgresStore::connect(&cfg.store)
-            .await
-            .expect("pool")
-            .migrate()
-            .await
-            .expect("migrate");
-    }
+    use_engine(&mut cfg, engine, "oms_broker_outage").await;
     let app = TestApp::spawn(cfg.clone()).await;
     let load = Load::start(&app.base, CLIENTS, started + Duration::from_secs(300));
     load.wait_submitted(1_000, Duration::from_secs(60)).await;

@@ -17,8 +17,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
 use common::{
-    BrokerEngine, Load, OmsProcess, Tansu, TestApp, assert_broker_serves, free_port,
-    fresh_database, log_end, serve_args, settings, tally,
+    BrokerEngine, Load, OmsProcess, Tansu, TestApp, assert_broker_serves, free_port, log_end,
+    serve_args, settings, tally, use_engine,
 };
 use oms::broker::admin;
 use oms::config::Engine;
@@ -49,14 +49,7 @@ async fn crash_and_count(
     let dir = tempfile::tempdir().expect("tempdir");
     let tansu = Tansu::start_with(&dir.path().join("broker"), broker);
     let mut cfg = settings(&tansu.bootstrap(), &dir.path().join("store"));
-    cfg.store.engine = engine;
-    if engine == Engine::Postgres {
-        cfg.store.postgres_url = fresh_database("oms_crash").await;
-        let store = oms::store::postgres::PostgresStore::connect(&cfg.store)
-            .await
-            .expect("pool");
-        store.migrate().await.expect("migrate");
-    }
+    use_engine(&mut cfg, engine, "oms_crash").await;
     admin::create_topics(&cfg.broker).await.expect("topics");
     let port = free_port();
     let log = dir.path().join("oms.log");

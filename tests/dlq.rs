@@ -7,8 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestApp, bootstrap, eventually, fresh_database, log_end, order_body, settings};
-use oms::broker::dlq::{self, DlqEntry, ReplayOutcome, Selection};
+use common::{TestApp, bootstrap, eventually, log_end, order_body, settings, use_engine};
+use oms::broker::dlq::{
+    self, DlqAddress, DlqEntry, DlqError, ReplayError, ReplayOutcome, Selection,
+};
 use oms::config::{BrokerSettings, Engine};
 use oms::order::NewOrder;
 use rdkafka::ClientConfig;
@@ -33,17 +35,16 @@ async fn produce_raw(broker: &BrokerSettings, key: &str, value: &[u8]) -> (i32, 
 }
 
 fn valid_record(n: i64) -> (Uuid, Vec<u8>) {
-    let order = NewOrder {
-        src_currency: "USD".into(),
-        dst_currency: "EUR".into(),
-        side: "buy".into(),
-        price: "1.5".into(),
-        quantity: "2".into(),
-        channel: 1,
-        description: format!("raw {n}"),
-        client_order_id: None,
-    }
-    .parse(chrono::Utc::now())
+    let order = NewOrder::from_value(serde_json::json!({
+        "src_currency": "USD",
+        "dst_currency": "EUR",
+        "side": "buy",
+        "price": "1.5",
+        "quantity": "2",
+        "channel": 1,
+        "description": format!("raw {n}"),
+    }))
+    .and_then(|o| o.accept(chrono::Utc::now()))
     .expect("valid");
     (order.id, order.to_record())
 }
@@ -52,11 +53,11 @@ async fn dlq_entries(broker: &BrokerSettings, at_least: usize) -> Vec<DlqEntry> 
     let found = eventually(Duration::from_secs(20), || {
         let broker = broker.clone();
         async move {
-            let entries = tokio::task::spawn_blocking(move || dlq::list(&broker, 1_000))
+            let page = tokio::task::spawn_blocking(move || dlq::list(&broker, 1_000, None))
                 .await
                 .ok()?
                 .ok()?;
-            (entries.len() >= at_least).then_some(entries)
+            (page.entries.len() >= at_least).then_some(page.entries)
         }
     })
     .await;
@@ -140,16 +141,9 @@ async fn poison_records_are_dead_lettered_and_good_ones_around_them_stored() {
 async fn a_row_the_store_refuses_is_replayed_once_the_cause_is_fixed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = settings(&bootstrap(), dir.path());
-    cfg.store.engine = Engine::Postgres;
-    cfg.store.postgres_url = fresh_database("oms_dlq").await;
-    oms::store::postgres::PostgresStore::connect(&cfg.store)
-        .await
-        .expect("pool")
-        .migrate()
-        .await
-        .expect("migrate");
+    use_engine(&mut cfg, Engine::Postgres, "oms_dlq").await;
     // An operator's rule the stream does not know about: the store refuses these rows.
-    let admin = sqlx::PgPool::connect(&cfg.store.postgres_url)
+    let admin = sqlx::PgPool::connect(cfg.store.url.as_str())
         .await
         .expect("connect");
     sqlx::query(
@@ -189,16 +183,20 @@ async fn a_row_the_store_refuses_is_replayed_once_the_cause_is_fixed() {
         .await
         .expect("drop");
     for _ in 0..2 {
-        let results = dlq::replay(
+        let at = DlqAddress {
+            partition: Some(entries[0].at.partition),
+            offset: entries[0].at.offset,
+        };
+        let summary = dlq::replay(
             &cfg.broker,
-            Selection::Offsets(vec![entries[0].dlq_offset]),
+            Selection::At(vec![at]),
             3,
             false,
             |_, _, _, _| {},
         )
         .await
         .expect("replay");
-        assert!(matches!(results[0].1, ReplayOutcome::Replayed { .. }));
+        assert_eq!(summary.replayed, 1, "{summary:?}");
     }
     let stored = app
         .wait_for_order(refused, Duration::from_secs(20))
@@ -226,29 +224,144 @@ async fn a_still_bad_record_returns_to_the_dlq_until_the_replay_limit() {
 
     // Each replay fails again and comes back with its count incremented.
     for round in 1..=max {
-        let results = dlq::replay(&broker, Selection::AllPending, max, false, |_, _, _, _| {})
+        let summary = dlq::replay(&broker, Selection::AllPending, max, false, |_, _, _, _| {})
             .await
             .expect("replay");
-        assert_eq!(results.len(), 1, "only the records not replayed yet");
-        assert!(matches!(results[0].1, ReplayOutcome::Replayed { .. }));
+        assert_eq!(summary.total(), 1, "only the records not replayed yet");
+        assert_eq!(summary.replayed, 1, "{summary:?}");
         let entries = dlq_entries(&broker, 1 + round as usize).await;
         assert_eq!(entries.last().map(|e| e.replays), Some(round));
     }
     // At the limit it stays put: no new record on the log, none in the DLQ.
-    let results = dlq::replay(&broker, Selection::AllPending, max, false, |_, _, _, _| {})
-        .await
-        .expect("replay");
-    assert_eq!(results.len(), 1);
-    assert_eq!(results[0].1, ReplayOutcome::OverLimit { max });
+    let outcomes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = outcomes.clone();
+    let summary = dlq::replay(
+        &broker,
+        Selection::AllPending,
+        max,
+        false,
+        move |_, o, _, _| seen.lock().expect("lock").push(o.clone()),
+    )
+    .await
+    .expect("replay");
+    assert_eq!(summary.over_limit, 1, "{summary:?}");
+    assert_eq!(
+        *outcomes.lock().expect("lock"),
+        vec![ReplayOutcome::OverLimit { max }]
+    );
     let nothing_left = dlq::replay(&broker, Selection::AllPending, max, false, |_, _, _, _| {})
         .await
         .expect("replay");
-    assert!(
-        nothing_left.is_empty(),
+    assert_eq!(
+        nothing_left.total(),
+        0,
         "the over-limit record is not offered again by --all"
     );
     let orders_on_log: i64 = log_end(&broker.bootstrap, &broker.topic).values().sum();
     assert_eq!(orders_on_log, 1 + i64::from(max));
     assert_eq!(dlq_entries(&broker, 1).await.len(), 1 + max as usize);
+    app.stop().await.expect("clean stop");
+}
+
+/// A dead-letter topic created elsewhere with several partitions (as an
+/// operator of Redpanda may do): every record is listed, page by page, and
+/// replayed, whatever partition it landed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlq_of_several_partitions_is_listed_in_pages_and_replayed_whole() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    const POISON: usize = 12;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = settings(&bootstrap(), dir.path());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.broker.bootstrap)
+        .create()
+        .expect("admin");
+    admin
+        .create_topics(
+            &[NewTopic::new(
+                &cfg.broker.dlq_topic,
+                3,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create the DLQ topic")
+        .into_iter()
+        .for_each(|r| {
+            r.expect("topic created");
+        });
+    let app = TestApp::spawn(cfg).await;
+    let broker = app.settings.broker.clone();
+    for n in 0..POISON {
+        // Different keys: the dead letters spread over the partitions.
+        produce_raw(&broker, &format!("K{n}-EUR"), b"not an order").await;
+    }
+    let all = dlq_entries(&broker, POISON).await;
+    assert_eq!(all.len(), POISON);
+    let partitions: std::collections::BTreeSet<i32> = all.iter().map(|e| e.at.partition).collect();
+    assert!(partitions.len() > 1, "spread over {partitions:?}");
+
+    // Pages of 5: every record exactly once, in order.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let b = broker.clone();
+        let page = tokio::task::spawn_blocking(move || dlq::list(&b, 5, after))
+            .await
+            .expect("task")
+            .expect("page");
+        assert!(page.entries.len() <= 5);
+        paged.extend(page.entries.iter().map(|e| e.at));
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all.iter().map(|e| e.at).collect::<Vec<_>>());
+
+    // A bare offset is ambiguous here.
+    let err = dlq::replay(
+        &broker,
+        Selection::At(vec!["0".parse().expect("address")]),
+        3,
+        false,
+        |_, _, _, _| {},
+    )
+    .await
+    .expect_err("ambiguous");
+    assert!(
+        matches!(
+            err,
+            ReplayError::Read(DlqError::AmbiguousOffset { partitions: 3, .. })
+        ),
+        "{err}"
+    );
+
+    let dry = dlq::replay(&broker, Selection::AllPending, 3, true, |_, _, _, _| {})
+        .await
+        .expect("dry run");
+    assert_eq!(dry.would_replay, POISON);
+    let done = dlq::replay(&broker, Selection::AllPending, 3, false, |_, _, _, _| {})
+        .await
+        .expect("replay");
+    assert_eq!(done.replayed, POISON);
+    // The replayed records fail again and come back as new dead letters;
+    // `--all` then offers only those: every partition's progress was kept.
+    dlq_entries(&broker, 2 * POISON).await;
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = counts.clone();
+    let again = dlq::replay(
+        &broker,
+        Selection::AllPending,
+        3,
+        true,
+        move |e, _, _, _| seen.lock().expect("lock").push(e.replays),
+    )
+    .await
+    .expect("dry run");
+    assert_eq!(again.would_replay, POISON, "{again:?}");
+    assert!(counts.lock().expect("lock").iter().all(|r| *r == 1));
     app.stop().await.expect("clean stop");
 }

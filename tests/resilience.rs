@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::{
     OmsProcess, Tansu, TestApp, accepted_id, bootstrap, eventually, free_port, order_body, settings,
 };
+use oms::config::{Engine, StoreUrl};
 use oms::store::Store;
 use oms::store::redb::RedbStore;
 use serde_json::Value;
@@ -87,7 +88,8 @@ async fn an_empty_store_is_rebuilt_from_the_log_and_restarts_do_not_duplicate() 
     // A fresh, empty store on the same topic: everything comes back from the log.
     let empty_dir = tempfile::tempdir().expect("tempdir");
     let mut rebuilt_cfg = cfg.clone();
-    rebuilt_cfg.store.path = empty_dir.path().to_owned();
+    rebuilt_cfg.store.url =
+        StoreUrl::embedded(Engine::Redb, empty_dir.path()).expect("an absolute folder");
     let rebuilt = TestApp::spawn(rebuilt_cfg).await;
     for id in &acked {
         rebuilt
@@ -218,17 +220,16 @@ async fn resume_inside_a_batch(engine: common::BrokerEngine, rewind: i64) {
         .expect("producer");
     let orders: Vec<_> = (0..10)
         .map(|n| {
-            NewOrder {
-                src_currency: "USD".into(),
-                dst_currency: "EUR".into(),
-                side: "buy".into(),
-                price: format!("{n}.5"),
-                quantity: "2".into(),
-                channel: 1,
-                description: format!("batched {n}"),
-                client_order_id: None,
-            }
-            .parse(chrono::Utc::now())
+            NewOrder::from_value(serde_json::json!({
+                "src_currency": "USD",
+                "dst_currency": "EUR",
+                "side": "buy",
+                "price": format!("{n}.5"),
+                "quantity": "2",
+                "channel": 1,
+                "description": format!("batched {n}"),
+            }))
+            .and_then(|o| o.accept(chrono::Utc::now()))
             .expect("valid")
         })
         .collect();

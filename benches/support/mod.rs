@@ -76,18 +76,16 @@ impl ProducerContext for CountFailures {
 /// Order `n` of a bulk load, as the record oms itself would write.
 pub fn order_record(n: u64) -> anyhow::Result<(String, Vec<u8>)> {
     const SYMBOLS: [&str; 6] = ["USD", "GBP", "JPY", "CHF", "AUD", "CAD"];
-    let order = NewOrder {
-        src_currency: SYMBOLS[(n % 6) as usize].into(),
-        dst_currency: "EUR".into(),
-        side: if n % 2 == 0 { "buy" } else { "sell" }.into(),
-        price: format!("{}.25", 100 + n % 900),
-        quantity: "10".into(),
-        channel: 11,
-        description: format!("bench order {n}"),
-        client_order_id: None,
-    }
-    .parse(Utc::now())
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let order = NewOrder::from_value(serde_json::json!({
+        "src_currency": SYMBOLS[(n % 6) as usize],
+        "dst_currency": "EUR",
+        "side": if n % 2 == 0 { "buy" } else { "sell" },
+        "price": format!("{}.25", 100 + n % 900),
+        "quantity": "10",
+        "channel": 11,
+        "description": format!("bench order {n}"),
+    }))
+    .and_then(|o| o.accept(Utc::now()))?;
     Ok((order.symbol(), order.to_record()))
 }
 

@@ -12,7 +12,7 @@ sys.path.insert(0, sys.argv[1])
 
 from oms_client import Client  # noqa: E402
 from oms_client.api.orders import create_order, get_order  # noqa: E402
-from oms_client.models import NewOrder, Order, OrderAccepted, Problem, Side  # noqa: E402
+from oms_client.models import Channel, NewOrder, Order, OrderAccepted, Problem, Side  # noqa: E402
 
 client = Client(base_url=sys.argv[2], raise_on_unexpected_status=True)
 
@@ -22,7 +22,7 @@ new = NewOrder(
     side=Side.BUY,
     price="1.0850",
     quantity="2500",
-    channel=11,
+    channel=Channel.VALUE_11,
     description="from the generated Python client",
     client_order_id=f"py-{uuid.uuid4()}",
 )
@@ -37,10 +37,10 @@ assert stored.id == accepted.id and stored.price == "1.0850" and stored.side == 
 
 bad = create_order.sync(
     client=client,
-    body=NewOrder(src_currency="usd", dst_currency="EUR", side=Side.SELL, price="-1", quantity="1", channel=5),
+    body=NewOrder(src_currency="usd", dst_currency="EUR", side=Side.SELL, price="-1", quantity="1", channel=Channel.VALUE_1),
 )
 assert isinstance(bad, Problem) and bad.status == 422, f"expected a typed 422 Problem, got {bad!r}"
 fields = sorted(e.field for e in bad.errors)
-assert fields == ["channel", "price", "src_currency"], fields
+assert fields == ["price", "src_currency"], fields
 
 print(f"python client: created {accepted.id}, read it back, typed 422 naming {fields}")

@@ -5,6 +5,7 @@
 pub mod health;
 pub mod orders;
 pub mod problem;
+pub mod spec;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,7 +43,8 @@ pub enum ApiTags {
     Health,
 }
 
-/// The OpenAPI service: the single source of the spec (`oms openapi`).
+/// The OpenAPI service: the handlers and the document derived from them
+/// ([`spec`] serves and prints it).
 pub fn openapi() -> OpenApiService<(orders::OrdersApi, health::HealthApi), ()> {
     OpenApiService::new(
         (orders::OrdersApi, health::HealthApi),
@@ -59,15 +61,11 @@ pub fn openapi() -> OpenApiService<(orders::OrdersApi, health::HealthApi), ()> {
 
 /// The whole HTTP application.
 pub fn routes(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize) -> impl Endpoint {
-    let api = openapi();
-    let docs = api.swagger_ui();
-    let spec_json = api.spec_endpoint();
-    let spec_yaml = api.spec_endpoint_yaml();
     Route::new()
-        .nest("/", api)
-        .nest("/docs", docs)
-        .at("/openapi.json", spec_json)
-        .at("/openapi.yaml", spec_yaml)
+        .nest("/", openapi())
+        .nest("/docs", spec::swagger_ui())
+        .at("/openapi.json", spec::json_endpoint())
+        .at("/openapi.yaml", spec::yaml_endpoint())
         .at("/metrics", get(render_metrics).data(metrics))
         .data(state)
         .around(move |ep, req| limit_body(ep, req, body_limit))
@@ -298,7 +296,7 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi/oms.yaml");
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
-            committed == openapi().spec_yaml(),
+            committed == spec::yaml(),
             "openapi/oms.yaml differs from the code's spec: run `just openapi` and commit the result"
         );
     }

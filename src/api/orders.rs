@@ -9,76 +9,19 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaSchemaRef, Registry};
 use poem_openapi::types::{Example, ParseError, ParseFromJSON, ParseResult, Type};
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 use uuid::Uuid;
 
 use super::problem::Problem;
 use super::{ApiTags, AppState};
 use crate::broker::producer::ProduceError;
-use crate::order::{self, FieldError, NewOrder, ValidationErrors};
+use crate::order::{Amount, Channel, ClientOrderId, Currency, Description, NewOrder, Side, Symbol};
 use crate::store::StoredOrder;
 
-/// Buy or sell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[oai(rename_all = "lowercase")]
-pub enum Side {
-    Buy,
-    Sell,
-}
-
-impl From<order::Side> for Side {
-    fn from(side: order::Side) -> Self {
-        match side {
-            order::Side::Buy => Side::Buy,
-            order::Side::Sell => Side::Sell,
-        }
-    }
-}
-
-/// An order to submit. Unknown fields are refused (a misspelt
-/// `client_order_id` must not silently turn idempotency off).
-#[derive(Debug, Clone, Object)]
-#[oai(rename = "NewOrder", deny_unknown_fields, example)]
-pub struct NewOrderBody {
-    /// Currency given: 3 to 10 upper-case letters A-Z.
-    pub src_currency: String,
-    /// Currency received: 3 to 10 upper-case letters A-Z, different from `src_currency`.
-    pub dst_currency: String,
-    pub side: Side,
-    /// Limit price, a decimal number as a string (exact; > 0; ≤ 28 significant digits).
-    pub price: String,
-    /// Quantity, a decimal number as a string (exact; > 0; ≤ 28 significant digits).
-    pub quantity: String,
-    /// Sales channel: one of 0, 1, 2, 3, 4, 11, 12, 13, 14, 21, 23, 31, 32, 33,
-    /// 34, 41, 42, 51, 52, 53, 54, 61.
-    pub channel: i64,
-    /// Free text, at most 1024 characters.
-    #[oai(default)]
-    pub description: String,
-    /// Idempotency key (1 to 64 characters). Requests with the same key map to
-    /// the same order id, and only the first one is stored: retrying a request
-    /// whose answer was lost can never create a second order.
-    pub client_order_id: Option<String>,
-}
-
-impl Example for NewOrderBody {
-    fn example() -> Self {
-        Self {
-            src_currency: "USD".into(),
-            dst_currency: "EUR".into(),
-            side: Side::Buy,
-            price: "1.0850".into(),
-            quantity: "2500".into(),
-            channel: 11,
-            description: "hedge Q4 invoices".into(),
-            client_order_id: None,
-        }
-    }
-}
-
-/// The body of `POST /orders` as received. Documented with [`NewOrderBody`]'s
-/// schema, but parsed by oms itself so that one `422` names *every* bad field
-/// (missing, wrong type, unknown, or breaking a rule) instead of the first one.
+/// The body of `POST /orders` as received. Documented with [`NewOrder`]'s
+/// schema, but parsed by [`NewOrder::from_json`] so that one `422` names
+/// *every* bad field (missing, wrong type, unknown, or breaking a rule)
+/// instead of the first one.
 #[derive(Debug, Clone)]
 pub struct NewOrderInput(serde_json::Map<String, serde_json::Value>);
 
@@ -88,15 +31,15 @@ impl Type for NewOrderInput {
     type RawElementValueType = Self;
 
     fn name() -> Cow<'static, str> {
-        NewOrderBody::name()
+        NewOrder::name()
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        NewOrderBody::schema_ref()
+        NewOrder::schema_ref()
     }
 
     fn register(registry: &mut Registry) {
-        NewOrderBody::register(registry);
+        NewOrder::register(registry);
     }
 
     fn as_raw_value(&self) -> Option<&Self::RawValueType> {
@@ -117,100 +60,6 @@ impl ParseFromJSON for NewOrderInput {
             _ => Err(ParseError::custom(
                 "the body must be a JSON object (see the NewOrder schema)",
             )),
-        }
-    }
-}
-
-const STRING_FIELDS: [&str; 5] = ["src_currency", "dst_currency", "side", "price", "quantity"];
-
-impl NewOrderInput {
-    /// Reads the fields into a [`NewOrder`], then applies the order rules;
-    /// returns every problem found.
-    fn into_order(self, now: DateTime<Utc>) -> Result<order::Order, ValidationErrors> {
-        let mut errors = Vec::new();
-        let mut problem = |field: &str, rule: &str, message: &str| {
-            errors.push(FieldError {
-                field: field.into(),
-                rule: rule.into(),
-                message: message.into(),
-            });
-        };
-        let mut map = self.0;
-        let mut strings = STRING_FIELDS.map(|field| match map.remove(field) {
-            Some(serde_json::Value::String(s)) => s,
-            None | Some(serde_json::Value::Null) => {
-                problem(field, "required", "is required");
-                String::new()
-            }
-            Some(_) => {
-                let hint = if matches!(field, "price" | "quantity") {
-                    "must be a string such as \"12.50\" (JSON numbers lose precision)"
-                } else {
-                    "must be a string"
-                };
-                problem(field, "type", hint);
-                String::new()
-            }
-        });
-        let channel = match map.remove("channel") {
-            Some(serde_json::Value::Number(n)) if n.is_i64() => n.as_i64().unwrap_or_default(),
-            Some(serde_json::Value::Number(_)) => {
-                problem(
-                    "channel",
-                    "enum",
-                    "must be one of the channel codes (an integer)",
-                );
-                0
-            }
-            None | Some(serde_json::Value::Null) => {
-                problem("channel", "required", "is required");
-                0
-            }
-            Some(_) => {
-                problem("channel", "type", "must be an integer");
-                0
-            }
-        };
-        let description = match map.remove("description") {
-            Some(serde_json::Value::String(s)) => s,
-            None | Some(serde_json::Value::Null) => String::new(),
-            Some(_) => {
-                problem("description", "type", "must be a string");
-                String::new()
-            }
-        };
-        let client_order_id = match map.remove("client_order_id") {
-            Some(serde_json::Value::String(s)) => Some(s),
-            None | Some(serde_json::Value::Null) => None,
-            Some(_) => {
-                problem("client_order_id", "type", "must be a string");
-                None
-            }
-        };
-        for unknown in map.keys() {
-            problem(unknown, "unknown_field", "is not a field of NewOrder");
-        }
-        let [src_currency, dst_currency, side, price, quantity] = std::mem::take(&mut strings);
-        let draft = NewOrder {
-            src_currency,
-            dst_currency,
-            side,
-            price,
-            quantity,
-            channel,
-            description,
-            client_order_id,
-        };
-        match draft.parse(now) {
-            Ok(order) if errors.is_empty() => Ok(order),
-            Ok(_) => Err(ValidationErrors(errors)),
-            Err(rules) => {
-                // A field already reported as missing or mistyped is not
-                // reported again for the placeholder that stood in for it.
-                let reported: Vec<String> = errors.iter().map(|e| e.field.clone()).collect();
-                errors.extend(rules.0.into_iter().filter(|e| !reported.contains(&e.field)));
-                Err(ValidationErrors(errors))
-            }
         }
     }
 }
@@ -237,17 +86,15 @@ pub struct OrderView {
     pub id: Uuid,
     /// Present when the order was submitted with one.
     #[oai(skip_serializing_if_is_none)]
-    pub client_order_id: Option<String>,
+    pub client_order_id: Option<ClientOrderId>,
     pub symbol: String,
-    pub src_currency: String,
-    pub dst_currency: String,
+    pub src_currency: Currency,
+    pub dst_currency: Currency,
     pub side: Side,
-    /// Decimal string, exactly as accepted.
-    pub price: String,
-    /// Decimal string, exactly as accepted.
-    pub quantity: String,
-    pub channel: i64,
-    pub description: String,
+    pub price: Amount,
+    pub quantity: Amount,
+    pub channel: Channel,
+    pub description: Description,
     pub created_at: DateTime<Utc>,
     /// Where the order sits on the log.
     pub partition: i32,
@@ -264,10 +111,10 @@ impl From<StoredOrder> for OrderView {
             symbol,
             src_currency: o.src_currency,
             dst_currency: o.dst_currency,
-            side: o.side.into(),
-            price: o.price.to_string(),
-            quantity: o.quantity.to_string(),
-            channel: i64::from(o.channel),
+            side: o.side,
+            price: o.price,
+            quantity: o.quantity,
+            channel: o.channel,
             description: o.description,
             created_at: o.created_at,
             partition: stored.partition,
@@ -298,10 +145,10 @@ impl Example for OrderAccepted {
 
 impl Example for OrderView {
     fn example() -> Self {
-        let body = NewOrderBody::example();
+        let body = NewOrder::example();
         Self {
             id: example_id(),
-            client_order_id: Some("inv-2026-11-0042".into()),
+            client_order_id: ClientOrderId::try_from("inv-2026-11-0042".to_owned()).ok(),
             symbol: "USD-EUR".into(),
             src_currency: body.src_currency,
             dst_currency: body.dst_currency,
@@ -419,7 +266,7 @@ fn bad_list_request(err: poem::Error) -> ListOrdersResponse {
 }
 
 fn store_unavailable(err: &crate::store::StoreError) -> Problem {
-    tracing::error!(error = %err, "store read failed");
+    tracing::error!(error = %crate::error::Chain(err), "store read failed");
     Problem::new(
         poem::http::StatusCode::SERVICE_UNAVAILABLE,
         "store-unavailable",
@@ -446,7 +293,7 @@ impl OrdersApi {
         state: Data<&Arc<AppState>>,
         body: Json<NewOrderInput>,
     ) -> CreateOrderResponse {
-        let order = match body.0.into_order(Utc::now()) {
+        let order = match NewOrder::from_json(body.0.0).and_then(|o| o.accept(Utc::now())) {
             Ok(order) => order,
             Err(errors) => return CreateOrderResponse::Invalid(Json(Problem::validation(&errors))),
         };
@@ -548,8 +395,7 @@ impl OrdersApi {
         &self,
         state: Data<&Arc<AppState>>,
         /// `SRC-DST`, e.g. `USD-EUR`.
-        #[oai(validator(pattern = r"^[A-Z]{3,10}-[A-Z]{3,10}$"))]
-        symbol: Query<String>,
+        symbol: Query<Symbol>,
         /// Page size, 1 to 1000 (default 100).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
@@ -557,7 +403,11 @@ impl OrdersApi {
         after: Query<Option<Uuid>>,
     ) -> ListOrdersResponse {
         let limit = limit.0.unwrap_or(100) as usize;
-        match state.store.list_by_symbol(&symbol.0, after.0, limit).await {
+        match state
+            .store
+            .list_by_symbol(symbol.0.as_str(), after.0, limit)
+            .await
+        {
             Ok(orders) => {
                 let next_after = (orders.len() == limit)
                     .then(|| orders.last().map(|o| o.order.id))

@@ -27,6 +27,8 @@ pub enum AdminError {
     },
     #[error("topic {0} does not exist (run `oms migrate` first)")]
     MissingTopic(String),
+    #[error("the metadata request's worker thread failed (a bug; please report it)")]
+    Task(#[source] tokio::task::JoinError),
     #[error("the broker answers metadata but not {what}: {source}")]
     NotServing {
         /// What it did not serve, and where.

@@ -24,8 +24,9 @@ use super::client_config;
 use super::dlq::{DeadLetter, DeadLetterWriter, ErrorKind, replay_count};
 use super::producer::ProduceEvidence;
 use crate::config::{BrokerSettings, ConsumerSettings};
+use crate::error::Chain;
 use crate::order::{Order, RecordError};
-use crate::store::{Batch, Offsets, Store, StoreError, StoredOrder};
+use crate::store::{Batch, Offsets, Store, StoredOrder};
 use crate::telemetry::{self, TraceParent};
 use tracing::Span;
 
@@ -443,7 +444,7 @@ impl ConsumerLoop {
 
     /// Retries `op` with capped exponential backoff until it succeeds or
     /// shutdown is requested (`None`). Meanwhile `/readyz` reports the reason.
-    async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    async fn retry<T, E: std::error::Error + 'static, F: Future<Output = Result<T, E>>>(
         &self,
         shutdown: &CancellationToken,
         what: &str,
@@ -454,7 +455,7 @@ impl ConsumerLoop {
             match op().await {
                 Ok(value) => return Some(value),
                 Err(err) => {
-                    let reason = format!("{what}: {err}");
+                    let reason = format!("{what}: {}", Chain(&err));
                     tracing::warn!(%reason, "retrying");
                     self.status.set(ConsumerState::Waiting { reason });
                     self.status.beat();
@@ -509,12 +510,11 @@ impl ConsumerLoop {
                 let broker = broker.clone();
                 let topic = topic.clone();
                 async move {
-                    let name = topic.clone();
                     tokio::task::spawn_blocking(move || {
                         admin::partitions(client.as_ref(), &broker, &topic)
                     })
                     .await
-                    .unwrap_or_else(|e| Err(AdminError::MissingTopic(format!("{name} ({e})"))))
+                    .unwrap_or_else(|e| Err(AdminError::Task(e)))
                 }
             })
             .await
@@ -654,7 +654,9 @@ impl ConsumerLoop {
                         .record(started.elapsed().as_secs_f64());
                     match outcome {
                         Ok(applied) => Ok(Ok(applied)),
-                        Err(StoreError::Permanent(reason)) => Ok(Err(reason)),
+                        Err(refused) if refused.is_permanent() => {
+                            Ok(Err(Chain(&refused).to_string()))
+                        }
                         Err(transient) => Err(transient),
                     }
                 }
@@ -705,8 +707,8 @@ impl ConsumerLoop {
                     async move {
                         match self.store.apply(single).await {
                             Ok(_) => Ok(None),
-                            Err(StoreError::Permanent(reason)) => Ok(Some(reason)),
-                            Err(e @ StoreError::Transient(_)) => Err(e),
+                            Err(e) if e.is_permanent() => Ok(Some(Chain(&e).to_string())),
+                            Err(e) => Err(e),
                         }
                     }
                 })

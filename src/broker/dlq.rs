@@ -2,10 +2,16 @@
 //! `orders.dlq` unchanged (key and bytes), with headers saying where they came
 //! from and why they failed.
 
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
 use chrono::Utc;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::producer::{LogProducer, ProduceError};
 use crate::config::BrokerSettings;
@@ -125,11 +131,50 @@ impl DeadLetterWriter {
     }
 }
 
+/// Where a record sits in the dead-letter topic, written `PARTITION:OFFSET`.
+/// A bare `OFFSET` is accepted for a topic of one partition (what `oms`
+/// itself creates), and means partition 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct DlqPosition {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl std::fmt::Display for DlqPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.partition, self.offset)
+    }
+}
+
+/// A position as the operator typed it: the partition may be left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DlqAddress {
+    pub partition: Option<i32>,
+    pub offset: i64,
+}
+
+impl std::str::FromStr for DlqAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not PARTITION:OFFSET (e.g. 0:42) or OFFSET");
+        match s.split_once(':') {
+            Some((p, o)) => Ok(Self {
+                partition: Some(p.parse().map_err(|_| bad())?),
+                offset: o.parse().map_err(|_| bad())?,
+            }),
+            None => Ok(Self {
+                partition: None,
+                offset: s.parse().map_err(|_| bad())?,
+            }),
+        }
+    }
+}
+
 /// One record of the dead-letter topic, as `oms dlq list` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DlqEntry {
-    /// Offset in the dead-letter topic (what `oms dlq replay --offset` takes).
-    pub dlq_offset: i64,
+    /// Where it is in the dead-letter topic (what `oms dlq replay --at` takes).
+    pub at: DlqPosition,
     pub key: Option<String>,
     pub origin_topic: Option<String>,
     pub origin_partition: Option<i32>,
@@ -141,7 +186,7 @@ pub struct DlqEntry {
     /// The original value, lossily decoded for display.
     pub value: String,
     #[serde(skip)]
-    message: Option<OwnedMessage>,
+    message: OwnedMessage,
 }
 
 fn header(message: &OwnedMessage, key: &str) -> Option<String> {
@@ -151,7 +196,10 @@ fn header(message: &OwnedMessage, key: &str) -> Option<String> {
 impl DlqEntry {
     fn from_message(message: OwnedMessage) -> Self {
         Self {
-            dlq_offset: message.offset(),
+            at: DlqPosition {
+                partition: message.partition(),
+                offset: message.offset(),
+            },
             key: message
                 .key()
                 .map(|k| String::from_utf8_lossy(k).into_owned()),
@@ -163,7 +211,7 @@ impl DlqEntry {
             failed_at: header(&message, "oms-failed-at"),
             replays: replay_count(&message),
             value: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
-            message: Some(message),
+            message,
         }
     }
 }
@@ -171,71 +219,251 @@ impl DlqEntry {
 /// Group under which `oms dlq replay --all` remembers how far it replayed.
 pub const REPLAY_GROUP: &str = "oms-dlq-replay";
 
-fn dlq_consumer(
-    settings: &BrokerSettings,
-    group: &str,
-) -> Result<rdkafka::consumer::BaseConsumer, KafkaError> {
-    super::client_config(settings, "oms-dlq-reader")
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
+/// How long one broker request of the DLQ tools may take.
+const DLQ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the next record of a range the watermarks say exists.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the dead-letter topic could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("cannot read {what}: {source}")]
+    Broker {
+        /// The topic and the broker.
+        what: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error(
+        "the dead-letter topic {0} does not exist: nothing was ever dead-lettered, or run `oms migrate`"
+    )]
+    NoTopic(String),
+    #[error("no record at {0} of the dead-letter topic (see `oms dlq list`)")]
+    NoSuchRecord(String),
+    #[error(
+        "the dead-letter topic {topic} has {partitions} partitions: give the record as PARTITION:OFFSET"
+    )]
+    AmbiguousOffset { topic: String, partitions: usize },
+    #[error("the broker stopped serving {at} (the partition ends at {end})")]
+    Stalled { at: String, end: i64 },
+    #[error("the DLQ tool's blocking task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-/// Reads the dead-letter topic up to its current end, from the beginning or
-/// (`from_committed`) from where `group` last committed.
-fn read_dlq(
-    settings: &BrokerSettings,
-    group: &str,
-    from_committed: bool,
-) -> Result<Vec<DlqEntry>, KafkaError> {
-    use rdkafka::consumer::Consumer;
-    use std::time::{Duration, Instant};
-    let timeout = Duration::from_secs(10);
-    let consumer = dlq_consumer(settings, group)?;
-    let (low, high) = consumer.fetch_watermarks(&settings.dlq_topic, 0, timeout)?;
-    let mut start = low;
-    if from_committed {
-        let mut wanted = rdkafka::TopicPartitionList::new();
-        wanted.add_partition(&settings.dlq_topic, 0);
-        let committed = consumer.committed_offsets(wanted, timeout)?;
-        if let Some(rdkafka::Offset::Offset(at)) = committed.elements().first().map(|e| e.offset())
-        {
-            start = start.max(at);
-        }
-    }
-    let mut entries = Vec::new();
-    if start >= high {
-        return Ok(entries);
-    }
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment.add_partition_offset(&settings.dlq_topic, 0, rdkafka::Offset::Offset(start))?;
-    consumer.assign(&assignment)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while entries
-        .last()
-        .is_none_or(|e: &DlqEntry| e.dlq_offset + 1 < high)
-    {
-        if Instant::now() > deadline {
-            return Err(KafkaError::MessageConsumption(
-                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-            ));
-        }
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => entries.push(DlqEntry::from_message(m.detach())),
-            Some(Err(e)) => return Err(e),
-            None => {}
-        }
-    }
-    Ok(entries)
+/// Reads the dead-letter topic one partition at a time, one record at a
+/// time: memory stays bounded however large the topic is.
+struct DlqReader {
+    consumer: BaseConsumer,
+    settings: BrokerSettings,
 }
 
-/// What is in the dead-letter topic (oldest first), at most `limit` entries.
-pub fn list(settings: &BrokerSettings, limit: usize) -> Result<Vec<DlqEntry>, KafkaError> {
-    let mut entries = read_dlq(settings, "oms-dlq-list", false)?;
-    entries.truncate(limit);
-    Ok(entries)
+impl DlqReader {
+    fn new(settings: &BrokerSettings, group: &str) -> Result<Self, DlqError> {
+        let consumer = super::client_config(settings, "oms-dlq-reader")
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|source| Self::broker_error(settings, source))?;
+        Ok(Self {
+            consumer,
+            settings: settings.clone(),
+        })
+    }
+
+    fn broker_error(settings: &BrokerSettings, source: KafkaError) -> DlqError {
+        DlqError::Broker {
+            what: format!("{} at {}", settings.dlq_topic, settings.bootstrap),
+            source: Box::new(source),
+        }
+    }
+
+    fn fail(&self, source: KafkaError) -> DlqError {
+        Self::broker_error(&self.settings, source)
+    }
+
+    fn dlq_topic(&self) -> &str {
+        &self.settings.dlq_topic
+    }
+
+    /// The topic's partitions, in order.
+    fn partitions(&self) -> Result<Vec<i32>, DlqError> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(self.dlq_topic()), DLQ_TIMEOUT)
+            .map_err(|e| self.fail(e))?;
+        let mut partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == self.dlq_topic() && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(DlqError::NoTopic(self.dlq_topic().to_owned()));
+        }
+        partitions.sort_unstable();
+        Ok(partitions)
+    }
+
+    /// `[low, high)` of one partition.
+    fn range(&self, partition: i32) -> Result<(i64, i64), DlqError> {
+        self.consumer
+            .fetch_watermarks(self.dlq_topic(), partition, DLQ_TIMEOUT)
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Where `group` stopped in each partition (absent: never committed).
+    fn committed(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, DlqError> {
+        let mut wanted = TopicPartitionList::new();
+        for p in partitions {
+            wanted.add_partition(self.dlq_topic(), *p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(wanted, DLQ_TIMEOUT)
+            .map_err(|e| self.fail(e))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(at) => Some((e.partition(), at)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Calls `visit` with each record of `partition` from `from` up to the
+    /// end the partition had when asked, until `visit` says stop.
+    fn scan<E: From<DlqError>>(
+        &self,
+        partition: i32,
+        from: i64,
+        mut visit: impl FnMut(DlqEntry) -> Result<ControlFlow<()>, E>,
+    ) -> Result<ControlFlow<()>, E> {
+        let (low, end) = self.range(partition)?;
+        let mut next = from.max(low);
+        if next >= end {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(self.dlq_topic(), partition, Offset::Offset(next))
+            .and_then(|()| self.consumer.assign(&assignment))
+            .map_err(|e| self.fail(e))?;
+        let mut waiting_since = Instant::now();
+        while next < end {
+            match self.consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    next = m.offset() + 1;
+                    waiting_since = Instant::now();
+                    if visit(DlqEntry::from_message(m.detach()))?.is_break() {
+                        return Ok(ControlFlow::Break(()));
+                    }
+                }
+                Some(Err(e)) => return Err(self.fail(e).into()),
+                None if waiting_since.elapsed() > RECORD_TIMEOUT => {
+                    return Err(DlqError::Stalled {
+                        at: format!("{}/{partition}@{next}", self.dlq_topic()),
+                        end,
+                    }
+                    .into());
+                }
+                None => {}
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// The one record at `at`.
+    fn read(&self, at: DlqPosition) -> Result<DlqEntry, DlqError> {
+        let mut found = None;
+        // Stops at the first record served from `at`: a compacted or
+        // truncated partition may start later, and then it is not there.
+        let _ = self.scan::<DlqError>(at.partition, at.offset, |entry| {
+            if entry.at == at {
+                found = Some(entry);
+            }
+            Ok(ControlFlow::Break(()))
+        })?;
+        found.ok_or_else(|| DlqError::NoSuchRecord(at.to_string()))
+    }
+
+    /// Resolves what the operator typed against the topic's partitions.
+    fn resolve(&self, address: DlqAddress) -> Result<DlqPosition, DlqError> {
+        let partition = match address.partition {
+            Some(p) => p,
+            None => {
+                let partitions = self.partitions()?;
+                if partitions.len() > 1 {
+                    return Err(DlqError::AmbiguousOffset {
+                        topic: self.dlq_topic().to_owned(),
+                        partitions: partitions.len(),
+                    });
+                }
+                partitions[0]
+            }
+        };
+        Ok(DlqPosition {
+            partition,
+            offset: address.offset,
+        })
+    }
+
+    fn commit(&self, at: DlqPosition) -> Result<(), DlqError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(
+            self.dlq_topic(),
+            at.partition,
+            Offset::Offset(at.offset + 1),
+        )
+        .map_err(|e| self.fail(e))?;
+        self.consumer
+            .commit(&list, CommitMode::Sync)
+            .map_err(|e| self.fail(e))
+    }
+}
+
+/// One page of the dead-letter topic, partition by partition, oldest first.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DlqPage {
+    pub entries: Vec<DlqEntry>,
+    /// Pass as `after` for the next page; absent on the last one.
+    pub next_after: Option<DlqPosition>,
+}
+
+/// At most `limit` records after `after` (from the start without it).
+pub fn list(
+    settings: &BrokerSettings,
+    limit: usize,
+    after: Option<DlqPosition>,
+) -> Result<DlqPage, DlqError> {
+    let reader = DlqReader::new(settings, "oms-dlq-list")?;
+    let mut entries = Vec::with_capacity(limit.min(1_000));
+    let mut more = false;
+    for partition in reader.partitions()? {
+        let from = match after {
+            Some(a) if partition < a.partition => continue,
+            Some(a) if partition == a.partition => a.offset + 1,
+            _ => 0,
+        };
+        let flow = reader.scan::<DlqError>(partition, from, |entry| {
+            if entries.len() == limit {
+                more = true;
+                return Ok(ControlFlow::Break(()));
+            }
+            entries.push(entry);
+            Ok(ControlFlow::Continue(()))
+        })?;
+        if flow.is_break() {
+            break;
+        }
+    }
+    let next_after = more.then(|| entries.last().map(|e| e.at)).flatten();
+    Ok(DlqPage {
+        entries,
+        next_after,
+    })
 }
 
 /// Which dead letters to re-drive.
@@ -243,8 +471,8 @@ pub fn list(settings: &BrokerSettings, limit: usize) -> Result<Vec<DlqEntry>, Ka
 pub enum Selection {
     /// Every record not replayed yet by `--all` (tracked in [`REPLAY_GROUP`]).
     AllPending,
-    /// These DLQ offsets, whether replayed before or not.
-    Offsets(Vec<i64>),
+    /// These records, whether replayed before or not.
+    At(Vec<DlqAddress>),
 }
 
 /// What happened to one selected dead letter.
@@ -261,106 +489,156 @@ pub enum ReplayOutcome {
     },
 }
 
+/// How many records a replay touched, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplaySummary {
+    pub replayed: usize,
+    pub would_replay: usize,
+    pub over_limit: usize,
+}
+
+impl ReplaySummary {
+    pub fn total(&self) -> usize {
+        self.replayed + self.would_replay + self.over_limit
+    }
+
+    fn count(&mut self, outcome: &ReplayOutcome) {
+        match outcome {
+            ReplayOutcome::Replayed { .. } => self.replayed += 1,
+            ReplayOutcome::WouldReplay => self.would_replay += 1,
+            ReplayOutcome::OverLimit { .. } => self.over_limit += 1,
+        }
+    }
+}
+
+/// `--all` commits how far it got every this many records, so an interrupted
+/// replay resumes close to where it stopped.
+const COMMIT_EVERY: usize = 1_000;
+
 /// Re-produces the selected dead letters to the orders topic, unchanged but
-/// for an incremented `oms-replay-count`. `progress` is called after each one.
+/// for an incremented `oms-replay-count`, one at a time as they are read (a
+/// DLQ of any size replays in bounded memory). `progress` is called after
+/// each one with the running count and an upper bound of the total.
 pub async fn replay(
     settings: &BrokerSettings,
     selection: Selection,
     max_replays: u32,
     dry_run: bool,
-    mut progress: impl FnMut(&DlqEntry, &ReplayOutcome, usize, usize),
-) -> Result<Vec<(DlqEntry, ReplayOutcome)>, ReplayError> {
-    use rdkafka::consumer::Consumer;
-    let (entries, commit_group) = {
-        let settings = settings.clone();
-        let selection = selection.clone();
-        tokio::task::spawn_blocking(move || -> Result<_, KafkaError> {
-            Ok(match selection {
-                Selection::AllPending => (read_dlq(&settings, REPLAY_GROUP, true)?, true),
-                Selection::Offsets(offsets) => {
-                    let mut all = read_dlq(&settings, "oms-dlq-list", false)?;
-                    all.retain(|e| offsets.contains(&e.dlq_offset));
-                    (all, false)
-                }
-            })
-        })
-        .await
-        .map_err(|e| ReplayError::Read(KafkaError::Subscription(e.to_string())))?
-        .map_err(ReplayError::Read)?
-    };
-    if let Selection::Offsets(wanted) = &selection {
-        if let Some(missing) = wanted
-            .iter()
-            .find(|o| !entries.iter().any(|e| e.dlq_offset == **o))
-        {
-            return Err(ReplayError::NoSuchOffset(*missing));
-        }
-    }
+    progress: impl FnMut(&DlqEntry, &ReplayOutcome, usize, usize) + Send + 'static,
+) -> Result<ReplaySummary, ReplayError> {
     let producer = LogProducer::new(settings, "oms-dlq-replay")?;
-    let total = entries.len();
-    let mut results = Vec::with_capacity(total);
-    for (done, entry) in entries.into_iter().enumerate() {
-        let outcome = if entry.replays >= max_replays {
-            ReplayOutcome::OverLimit { max: max_replays }
-        } else if dry_run {
-            ReplayOutcome::WouldReplay
-        } else {
-            let message = entry
-                .message
-                .as_ref()
-                .ok_or(ReplayError::Read(KafkaError::Canceled))?;
-            let count = (entry.replays + 1).to_string();
-            let mut headers = foreign_headers(message);
-            headers = headers.insert(Header {
-                key: REPLAY_COUNT_HEADER,
-                value: Some(count.as_str()),
-            });
-            let mut record = FutureRecord::<[u8], [u8]>::to(&settings.topic).headers(headers);
-            if let Some(key) = message.key() {
-                record = record.key(key);
+    let settings = settings.clone();
+    let runtime = tokio::runtime::Handle::current();
+    // The reader is a blocking librdkafka consumer; each replayed record is
+    // produced (and its ack awaited) from that same thread.
+    tokio::task::spawn_blocking(move || {
+        let one = |entry: &DlqEntry| -> Result<ReplayOutcome, ReplayError> {
+            if entry.replays >= max_replays {
+                return Ok(ReplayOutcome::OverLimit { max: max_replays });
             }
-            if let Some(payload) = message.payload() {
-                record = record.payload(payload);
+            if dry_run {
+                return Ok(ReplayOutcome::WouldReplay);
             }
-            let delivered = producer.send(record).await?;
-            ReplayOutcome::Replayed {
+            let delivered = runtime.block_on(producer.send(replay_record(&settings, entry)))?;
+            Ok(ReplayOutcome::Replayed {
                 to_partition: delivered.partition,
                 to_offset: delivered.offset,
-            }
-        };
-        progress(&entry, &outcome, done + 1, total);
-        results.push((entry, outcome));
-    }
-    if commit_group && !dry_run {
-        if let Some(last) = results.last().map(|(e, _)| e.dlq_offset) {
-            let settings = settings.clone();
-            tokio::task::spawn_blocking(move || -> Result<(), KafkaError> {
-                let consumer = dlq_consumer(&settings, REPLAY_GROUP)?;
-                let mut list = rdkafka::TopicPartitionList::new();
-                list.add_partition_offset(
-                    &settings.dlq_topic,
-                    0,
-                    rdkafka::Offset::Offset(last + 1),
-                )?;
-                consumer.commit(&list, rdkafka::consumer::CommitMode::Sync)
             })
-            .await
-            .map_err(|e| ReplayError::Read(KafkaError::Subscription(e.to_string())))?
-            .map_err(ReplayError::Read)?;
-        }
-    }
-    Ok(results)
+        };
+        replay_blocking(&settings, selection, dry_run, one, progress)
+    })
+    .await
+    .map_err(DlqError::from)?
 }
 
-/// Why a replay stopped.
+fn replay_blocking(
+    settings: &BrokerSettings,
+    selection: Selection,
+    dry_run: bool,
+    one: impl Fn(&DlqEntry) -> Result<ReplayOutcome, ReplayError>,
+    mut progress: impl FnMut(&DlqEntry, &ReplayOutcome, usize, usize),
+) -> Result<ReplaySummary, ReplayError> {
+    let reader = DlqReader::new(settings, REPLAY_GROUP)?;
+    let mut summary = ReplaySummary::default();
+    match selection {
+        Selection::At(addresses) => {
+            let positions = addresses
+                .into_iter()
+                .map(|a| reader.resolve(a))
+                .collect::<Result<Vec<_>, _>>()?;
+            let total = positions.len();
+            for at in positions {
+                let entry = reader.read(at)?;
+                let outcome = one(&entry)?;
+                summary.count(&outcome);
+                progress(&entry, &outcome, summary.total(), total);
+            }
+        }
+        Selection::AllPending => {
+            let partitions = reader.partitions()?;
+            let committed = reader.committed(&partitions)?;
+            let mut starts = Vec::with_capacity(partitions.len());
+            let mut total = 0;
+            for p in partitions {
+                let (low, high) = reader.range(p)?;
+                let from = committed.get(&p).copied().unwrap_or(low).max(low);
+                total += usize::try_from(high - from).unwrap_or(0);
+                starts.push((p, from));
+            }
+            for (partition, from) in starts {
+                let mut last = None;
+                let mut since_commit = 0;
+                let _ = reader.scan::<ReplayError>(partition, from, |entry| {
+                    let outcome = one(&entry)?;
+                    summary.count(&outcome);
+                    progress(&entry, &outcome, summary.total(), total);
+                    last = Some(entry.at);
+                    since_commit += 1;
+                    if !dry_run && since_commit >= COMMIT_EVERY {
+                        reader.commit(entry.at)?;
+                        since_commit = 0;
+                    }
+                    Ok(ControlFlow::Continue(()))
+                })?;
+                if let (Some(at), false) = (last, dry_run) {
+                    reader.commit(at)?;
+                }
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// The record a replay writes: the dead letter's key and value, its
+/// foreign headers, and its replay count plus one.
+fn replay_record<'a>(
+    settings: &'a BrokerSettings,
+    entry: &'a DlqEntry,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let m = &entry.message;
+    let count = (entry.replays + 1).to_string();
+    let headers = foreign_headers(m).insert(Header {
+        key: REPLAY_COUNT_HEADER,
+        value: Some(count.as_str()),
+    });
+    let mut record = FutureRecord::<[u8], [u8]>::to(&settings.topic).headers(headers);
+    if let Some(key) = m.key() {
+        record = record.key(key);
+    }
+    if let Some(payload) = m.payload() {
+        record = record.payload(payload);
+    }
+    record
+}
+
+/// Why a replay stopped. Records before the failing one were replayed (and,
+/// for `--all`, committed up to the last multiple of 1,000).
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("cannot read the dead-letter topic: {0}")]
-    Read(KafkaError),
-    #[error("no record at offset {0} of the dead-letter topic")]
-    NoSuchOffset(i64),
-    #[error("cannot create the producer: {0}")]
+    #[error(transparent)]
+    Read(#[from] DlqError),
+    #[error("cannot create the producer for the orders topic: {0}")]
     Client(#[from] KafkaError),
-    #[error("re-producing to the orders topic failed (records before it were replayed): {0}")]
+    #[error("re-producing to the orders topic failed: {0}")]
     Produce(#[from] ProduceError),
 }

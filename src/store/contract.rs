@@ -7,7 +7,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::{Applied, Batch, Offsets, Store, StoredOrder};
-use crate::order::NewOrder;
+use crate::order::{Description, NewOrder};
 
 /// How a contract test gets a store; `open` again must see the same data.
 pub trait Engine {
@@ -17,17 +17,16 @@ pub trait Engine {
 pub const TOPIC: &str = "contract-orders";
 
 pub fn order(symbol: (&str, &str), n: i64) -> StoredOrder {
-    let order = NewOrder {
-        src_currency: symbol.0.into(),
-        dst_currency: symbol.1.into(),
-        side: "sell".into(),
-        price: format!("{n}.5"),
-        quantity: "3".into(),
-        channel: 1,
-        description: format!("order {n}"),
-        client_order_id: None,
-    }
-    .parse(Utc::now())
+    let order = NewOrder::from_value(serde_json::json!({
+        "src_currency": symbol.0,
+        "dst_currency": symbol.1,
+        "side": "sell",
+        "price": format!("{n}.5"),
+        "quantity": "3",
+        "channel": 1,
+        "description": format!("order {n}"),
+    }))
+    .and_then(|o| o.accept(Utc::now()))
     .expect("valid order");
     StoredOrder {
         order,
@@ -82,7 +81,7 @@ pub async fn reapplying_a_batch_is_harmless(engine: impl Engine) {
         .await
         .expect("first apply");
     let mut changed = rows.clone();
-    changed[0].order.description = "second copy".into();
+    changed[0].order.description = Description::try_from("second copy".to_owned()).expect("short");
     changed.push(order(("USD", "EUR"), 99));
     let applied = store
         .apply(batch(changed, &[(0, 7)]))

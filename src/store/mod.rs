@@ -5,7 +5,8 @@
 //! transaction, and the consumer seeks to [`Store::offsets`] on start. A crash
 //! at any point then neither loses nor duplicates a row.
 //!
-//! Adding an engine = one new file, one arm in [`open`], one line in the
+//! Adding an engine = one new module, one arm in [`open`] (and its name,
+//! URL scheme and default location in [`Engine`]'s table), one line in the
 //! contract tests.
 
 pub mod postgres;
@@ -16,6 +17,7 @@ pub mod sled;
 mod contract;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -72,15 +74,74 @@ pub struct Applied {
     pub duplicates: usize,
 }
 
-/// A store failure, typed by what the consumer must do about it.
+/// What caused a [`StoreError`]: the engine's own error.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A store failure, typed by what the consumer must do about it. The
+/// engine's error is kept as the source; print it all with
+/// [`crate::error::Chain`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Retry later: the store is unavailable or busy (disk full, connection lost).
-    #[error("store temporarily unavailable: {0}")]
-    Transient(String),
+    #[error("store temporarily unavailable: {what}")]
+    Transient {
+        what: String,
+        #[source]
+        source: Option<Cause>,
+    },
     /// Retrying will not help: the data (or the store file) is refused.
-    #[error("store refused the write: {0}")]
-    Permanent(String),
+    #[error("store refused the write: {what}")]
+    Permanent {
+        what: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// The engine's worker thread panicked: a bug (in oms or the engine).
+    /// The consumer treats the batch as refused, so its records are
+    /// dead-lettered one by one instead of crashing the loop forever.
+    #[error("the {engine} store's worker thread failed (a bug; please report it)")]
+    Crashed {
+        engine: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl StoreError {
+    pub fn transient(what: impl Into<String>, source: impl Into<Cause>) -> Self {
+        Self::Transient {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn permanent(what: impl Into<String>, source: impl Into<Cause>) -> Self {
+        Self::Permanent {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A transient failure oms itself detected (no underlying error).
+    pub fn unavailable(what: impl Into<String>) -> Self {
+        Self::Transient {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// A refusal oms itself decided (no underlying error).
+    pub fn refused(what: impl Into<String>) -> Self {
+        Self::Permanent {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// Retrying the same write cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, Self::Transient { .. })
+    }
 }
 
 /// A materialised view of the orders log. Every method is safe to call
@@ -114,15 +175,19 @@ pub trait Store: Send + Sync + 'static {
     async fn health(&self) -> Result<(), StoreError>;
 }
 
-/// Opens the engine the settings name.
+/// Opens the engine `store.url` names, with its own section's settings.
 pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError> {
-    match settings.engine {
+    let url = &settings.url;
+    let folder = || url.path().unwrap_or(Path::new("/"));
+    match url.engine() {
         Engine::Redb => Ok(Arc::new(
-            redb::RedbStore::open_with_cache(&settings.path, settings.cache_mib).await?,
+            redb::RedbStore::open_with(folder(), &settings.redb).await?,
         )),
         Engine::Sled => Ok(Arc::new(
-            sled::SledStore::open_with_cache(&settings.path, settings.cache_mib).await?,
+            sled::SledStore::open_with(folder(), &settings.sled).await?,
         )),
-        Engine::Postgres => Ok(Arc::new(postgres::PostgresStore::connect(settings).await?)),
+        Engine::Postgres => Ok(Arc::new(
+            postgres::PostgresStore::connect(url.as_str(), &settings.postgres).await?,
+        )),
     }
 }

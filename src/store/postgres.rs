@@ -14,8 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
-use crate::config::StoreSettings;
-use crate::order::{Order, Side};
+use crate::config::PostgresSettings;
+use crate::order::{Amount, Broken, Channel, ClientOrderId, Description, Order};
 
 /// The versioned schema (`migrations/`), applied by `oms migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -67,21 +67,26 @@ impl TryFrom<Row> for StoredOrder {
     type Error = StoreError;
 
     fn try_from(row: Row) -> Result<Self, StoreError> {
-        let side = Side::from_str(&row.side)
-            .map_err(|()| StoreError::Permanent(format!("bad side {:?}", row.side)))?;
-        let channel =
-            u16::try_from(row.channel).map_err(|_| StoreError::Permanent("bad channel".into()))?;
+        // The table's CHECKs hold the same rules; a row that breaks one was
+        // written around oms.
+        fn bad(column: &'static str) -> impl Fn(Broken) -> StoreError {
+            move |broken| StoreError::refused(format!("orders.{column}: {broken}"))
+        }
         Ok(StoredOrder {
             order: Order {
                 id: row.id,
-                client_order_id: row.client_order_id,
-                src_currency: row.src_currency,
-                dst_currency: row.dst_currency,
-                side,
-                price: row.price,
-                quantity: row.quantity,
-                channel,
-                description: row.description,
+                client_order_id: row
+                    .client_order_id
+                    .map(ClientOrderId::try_from)
+                    .transpose()
+                    .map_err(bad("client_order_id"))?,
+                src_currency: row.src_currency.parse().map_err(bad("src_currency"))?,
+                dst_currency: row.dst_currency.parse().map_err(bad("dst_currency"))?,
+                side: row.side.parse().map_err(bad("side"))?,
+                price: Amount::try_from(row.price).map_err(bad("price"))?,
+                quantity: Amount::try_from(row.quantity).map_err(bad("quantity"))?,
+                channel: Channel::try_from(i64::from(row.channel)).map_err(bad("channel"))?,
+                description: Description::try_from(row.description).map_err(bad("description"))?,
                 created_at: row.created_at,
             },
             partition: row.log_partition,
@@ -98,26 +103,29 @@ fn classify(err: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &err {
         let code = db.code().unwrap_or_default();
         if code.starts_with("22") || code.starts_with("23") {
-            return StoreError::Permanent(err.to_string());
+            return StoreError::permanent("PostgreSQL refused the rows", err);
         }
         if code == "42P01" {
-            return StoreError::Transient(format!("{err} (run `oms migrate --store postgres`)"));
+            return StoreError::transient(
+                "the schema is missing: run `oms migrate --store postgres://…`",
+                err,
+            );
         }
     }
-    StoreError::Transient(err.to_string())
+    StoreError::transient("PostgreSQL did not answer", err)
 }
 
 impl PostgresStore {
     /// Creates the pool. Connections are made lazily, so oms starts (and
     /// reports not-ready) while Postgres is down.
-    pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(&settings.postgres_url)
-            .map_err(|e| StoreError::Permanent(format!("invalid store.postgres_url: {e}")))?;
-        let timeout = Duration::from_millis(settings.postgres_timeout_ms);
-        let statement_timeout = settings.postgres_timeout_ms.to_string();
+    pub async fn connect(url: &str, settings: &PostgresSettings) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::permanent("invalid PostgreSQL store.url", e))?;
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let statement_timeout = settings.timeout_ms.to_string();
         let options = options.options([("statement_timeout", statement_timeout.as_str())]);
         let pool = PgPoolOptions::new()
-            .max_connections(settings.postgres_pool)
+            .max_connections(settings.pool)
             .acquire_timeout(timeout)
             .connect_lazy_with(options);
         Ok(Self { pool })
@@ -136,7 +144,7 @@ impl PostgresStore {
         pool.close().await;
         let (base, _) = admin_url
             .rsplit_once('/')
-            .ok_or_else(|| StoreError::Permanent(format!("{admin_url} names no database")))?;
+            .ok_or_else(|| StoreError::refused(format!("{admin_url} names no database")))?;
         Ok(format!("{base}/{name}"))
     }
 
@@ -145,12 +153,12 @@ impl PostgresStore {
         MIGRATOR
             .run(&self.pool)
             .await
-            .map_err(|e| StoreError::Transient(format!("migrations failed: {e}")))
+            .map_err(|e| StoreError::transient("the schema migrations failed", e))
     }
 
     fn apply_query(
         batch: &Batch,
-    ) -> sqlx::query::QueryScalar<'static, sqlx::Postgres, i64, sqlx::postgres::PgArguments> {
+    ) -> sqlx::query::QueryScalar<'_, sqlx::Postgres, i64, sqlx::postgres::PgArguments> {
         let n = batch.orders.len();
         let mut ids = Vec::with_capacity(n);
         let mut client_ids = Vec::with_capacity(n);
@@ -168,16 +176,16 @@ impl PostgresStore {
         for s in &batch.orders {
             let o = &s.order;
             ids.push(o.id);
-            client_ids.push(o.client_order_id.clone());
+            client_ids.push(o.client_order_id.as_ref().map(ClientOrderId::as_str));
             symbols.push(o.symbol());
-            srcs.push(o.src_currency.clone());
-            dsts.push(o.dst_currency.clone());
-            sides.push(o.side.to_string());
-            prices.push(o.price);
-            quantities.push(o.quantity);
-            // Channels are validated (≤ 61) before they get here.
-            channels.push(i16::try_from(o.channel).unwrap_or(i16::MAX));
-            descriptions.push(o.description.clone());
+            srcs.push(o.src_currency.as_str());
+            dsts.push(o.dst_currency.as_str());
+            sides.push(o.side.as_str());
+            prices.push(o.price.value());
+            quantities.push(o.quantity.value());
+            // Channel codes are at most 61.
+            channels.push(i16::try_from(o.channel.code()).unwrap_or(i16::MAX));
+            descriptions.push(o.description.as_str());
             created.push(o.created_at);
             partitions.push(s.partition);
             offsets.push(s.offset);
@@ -219,9 +227,7 @@ impl Store for PostgresStore {
                 .await
                 .map_err(classify)?;
             drop(tx); // rolled back
-            return Err(StoreError::Transient(
-                "injected failure before commit".into(),
-            ));
+            return Err(StoreError::unavailable("injected failure before commit"));
         }
         let inserted = Self::apply_query(&batch)
             .fetch_one(&self.pool)
@@ -292,7 +298,6 @@ impl Store for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreSettings;
 
     /// A database of its own on the test cluster (`just test` exports the URL).
     struct Postgres(String);
@@ -308,11 +313,9 @@ mod tests {
 
     impl super::super::contract::Engine for Postgres {
         async fn open(&self) -> Arc<dyn Store> {
-            let settings = StoreSettings {
-                postgres_url: self.0.clone(),
-                ..StoreSettings::default()
-            };
-            let store = PostgresStore::connect(&settings).await.expect("pool");
+            let store = PostgresStore::connect(&self.0, &PostgresSettings::default())
+                .await
+                .expect("pool");
             store.migrate().await.expect("migrate");
             Arc::new(store)
         }

@@ -9,7 +9,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use uuid::Uuid;
 
 use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
-use crate::config::StoreSettings;
+use crate::config::EmbeddedStoreSettings;
 
 /// id (as u128) → JSON of the [`StoredOrder`].
 const ORDERS: TableDefinition<u128, &[u8]> = TableDefinition::new("orders");
@@ -48,31 +48,37 @@ fn classify(err: impl Into<redb::Error>) -> StoreError {
     let err: redb::Error = err.into();
     match &err {
         redb::Error::Io(io) if io_kind_is_transient(io.kind()) => {
-            StoreError::Transient(err.to_string())
+            StoreError::transient("redb cannot write now", err)
         }
-        redb::Error::DatabaseAlreadyOpen => StoreError::Transient(err.to_string()),
-        _ => StoreError::Permanent(err.to_string()),
+        redb::Error::DatabaseAlreadyOpen => {
+            StoreError::transient("the redb file is open in another process", err)
+        }
+        _ => StoreError::permanent("redb refused the operation", err),
     }
 }
 
 fn decode(bytes: &[u8]) -> Result<StoredOrder, StoreError> {
     serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Permanent(format!("corrupt stored order: {e}")))
+        .map_err(|e| StoreError::permanent("a stored order does not decode (corrupt file?)", e))
 }
 
 impl RedbStore {
     /// Opens (or creates) `dir/orders.redb`, creating `dir` as needed, with
     /// the default page cache.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(dir, StoreSettings::default().cache_mib).await
+        Self::open_with(dir, &EmbeddedStoreSettings::default()).await
     }
 
-    /// Opens (or creates) `dir/orders.redb` with a page cache of `cache_mib`.
-    pub async fn open_with_cache(dir: &Path, cache_mib: u32) -> Result<Self, StoreError> {
+    /// Opens (or creates) `dir/orders.redb` with its `[store.*]` settings (page cache).
+    pub async fn open_with(
+        dir: &Path,
+        settings: &EmbeddedStoreSettings,
+    ) -> Result<Self, StoreError> {
+        let cache_mib = settings.cache_mib;
         let dir = dir.to_owned();
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| {
-                StoreError::Permanent(format!("cannot create store folder {}: {e}", dir.display()))
+                StoreError::permanent(format!("cannot create store folder {}", dir.display()), e)
             })?;
             let path = dir.join(FILE_NAME);
             let db = Database::builder()
@@ -91,7 +97,10 @@ impl RedbStore {
             })
         })
         .await
-        .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))?
+        .map_err(|source| StoreError::Crashed {
+            engine: "redb",
+            source,
+        })?
     }
 
     async fn blocking<T: Send + 'static>(
@@ -101,7 +110,10 @@ impl RedbStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || work(&db))
             .await
-            .map_err(|e| StoreError::Transient(format!("store task failed: {e}")))?
+            .map_err(|source| StoreError::Crashed {
+                engine: "redb",
+                source,
+            })?
     }
 }
 
@@ -119,7 +131,7 @@ fn apply_in(db: &Database, batch: &Batch) -> Result<Applied, StoreError> {
                 continue;
             }
             let value = serde_json::to_vec(stored)
-                .map_err(|e| StoreError::Permanent(format!("cannot encode order: {e}")))?;
+                .map_err(|e| StoreError::permanent("cannot encode an order", e))?;
             orders.insert(key, value.as_slice()).map_err(classify)?;
             by_symbol
                 .insert((stored.order.symbol().as_str(), key), ())
@@ -134,9 +146,7 @@ fn apply_in(db: &Database, batch: &Batch) -> Result<Applied, StoreError> {
     }
     #[cfg(test)]
     if batch.fail_before_commit {
-        return Err(StoreError::Transient(
-            "injected failure before commit".into(),
-        ));
+        return Err(StoreError::unavailable("injected failure before commit"));
     }
     // Dropping `tx` without commit aborts it: an error above leaves nothing behind.
     tx.commit().map_err(classify)?;
@@ -206,7 +216,7 @@ impl Store for RedbStore {
                 let (key, _) = entry.map_err(classify)?;
                 let id = key.value().1;
                 let value = orders.get(id).map_err(classify)?.ok_or_else(|| {
-                    StoreError::Permanent(format!(
+                    StoreError::refused(format!(
                         "index names order {} that is missing",
                         Uuid::from_u128(id)
                     ))

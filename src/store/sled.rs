@@ -11,7 +11,7 @@ use sled::transaction::TransactionError;
 use uuid::Uuid;
 
 use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
-use crate::config::StoreSettings;
+use crate::config::EmbeddedStoreSettings;
 
 /// Folder name inside the configured store folder.
 pub const DIR_NAME: &str = "orders.sled";
@@ -36,18 +36,18 @@ impl std::fmt::Debug for SledStore {
 fn classify(err: sled::Error) -> StoreError {
     match &err {
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
-            StoreError::Transient(err.to_string())
+            StoreError::transient("the disk under sled is full", err)
         }
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-            StoreError::Transient(err.to_string())
+            StoreError::transient("sled cannot write now", err)
         }
-        _ => StoreError::Permanent(err.to_string()),
+        _ => StoreError::permanent("sled refused the operation", err),
     }
 }
 
 fn decode(bytes: &[u8]) -> Result<StoredOrder, StoreError> {
     serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Permanent(format!("corrupt stored order: {e}")))
+        .map_err(|e| StoreError::permanent("a stored order does not decode (corrupt folder?)", e))
 }
 
 /// `symbol \0 id` — the index key sorts by symbol, then id.
@@ -71,11 +71,15 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
 impl SledStore {
     /// Opens (or creates) `dir/orders.sled` with the default page cache.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(dir, StoreSettings::default().cache_mib).await
+        Self::open_with(dir, &EmbeddedStoreSettings::default()).await
     }
 
-    /// Opens (or creates) `dir/orders.sled` with a page cache of `cache_mib`.
-    pub async fn open_with_cache(dir: &Path, cache_mib: u32) -> Result<Self, StoreError> {
+    /// Opens (or creates) `dir/orders.sled` with its `[store.*]` settings (page cache).
+    pub async fn open_with(
+        dir: &Path,
+        settings: &EmbeddedStoreSettings,
+    ) -> Result<Self, StoreError> {
+        let cache_mib = settings.cache_mib;
         let path = dir.join(DIR_NAME);
         tokio::task::spawn_blocking(move || {
             let db = sled::Config::new()
@@ -85,10 +89,10 @@ impl SledStore {
                 .map_err(|e| match e {
                     // Another process holds the lock: it may go away (a restart).
                     sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                        StoreError::Transient(format!(
-                            "{} is locked by another process: {e}",
-                            path.display()
-                        ))
+                        StoreError::transient(
+                            format!("{} is locked by another process", path.display()),
+                            e,
+                        )
                     }
                     other => classify(other),
                 })?;
@@ -104,7 +108,10 @@ impl SledStore {
             })
         })
         .await
-        .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))?
+        .map_err(|source| StoreError::Crashed {
+            engine: "sled",
+            source,
+        })?
     }
 
     async fn blocking<T: Send + 'static>(
@@ -120,7 +127,10 @@ impl SledStore {
         };
         tokio::task::spawn_blocking(move || work(&me))
             .await
-            .map_err(|e| StoreError::Transient(format!("store task failed: {e}")))?
+            .map_err(|source| StoreError::Crashed {
+                engine: "sled",
+                source,
+            })?
     }
 }
 
@@ -129,7 +139,7 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
     let mut rows = Vec::with_capacity(batch.orders.len());
     for stored in &batch.orders {
         let value = serde_json::to_vec(stored)
-            .map_err(|e| StoreError::Permanent(format!("cannot encode order: {e}")))?;
+            .map_err(|e| StoreError::permanent("cannot encode an order", e))?;
         rows.push((
             stored.order.id.as_u128(),
             symbol_key(&stored.order.symbol(), stored.order.id.as_u128()),
@@ -168,7 +178,7 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
     let applied = match outcome {
         Ok(applied) => applied,
         Err(TransactionError::Abort(reason)) => {
-            return Err(StoreError::Transient(reason.to_owned()));
+            return Err(StoreError::unavailable(reason.to_owned()));
         }
         Err(TransactionError::Storage(err)) => return Err(classify(err)),
     };
@@ -202,7 +212,7 @@ impl Store for SledStore {
                     (Ok(p), Ok(n)) => {
                         out.insert(p, n);
                     }
-                    _ => return Err(StoreError::Permanent("corrupt offset entry".into())),
+                    _ => return Err(StoreError::refused("corrupt offset entry")),
                 }
             }
             Ok(out)
@@ -239,9 +249,10 @@ impl Store for SledStore {
             for entry in s.by_symbol.range(range).take(limit) {
                 let (key, _) = entry.map_err(classify)?;
                 let id = &key[key.len() - 16..];
-                let value = s.orders.get(id).map_err(classify)?.ok_or_else(|| {
-                    StoreError::Permanent("index names an order that is missing".into())
-                })?;
+                let value =
+                    s.orders.get(id).map_err(classify)?.ok_or_else(|| {
+                        StoreError::refused("index names an order that is missing")
+                    })?;
                 out.push(decode(&value)?);
             }
             Ok(out)

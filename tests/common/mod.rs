@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use oms::app::Application;
 use oms::broker::admin;
-use oms::config::Settings;
+use oms::config::{Engine, Settings, StoreUrl};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -34,7 +34,7 @@ pub fn settings(bootstrap: &str, store: &Path) -> Settings {
     s.broker.dlq_topic = format!("{topic}.dlq");
     s.broker.topic = topic;
     s.consumer.retry_max_ms = 500;
-    s.store.path = store.to_owned();
+    s.store.url = StoreUrl::embedded(Engine::Redb, store).expect("an absolute store folder");
     s.telemetry.log_filter = "warn,oms=info".into();
     s
 }
@@ -74,11 +74,7 @@ pub fn order_body(n: u64) -> Value {
 pub fn serve_args(cfg: &Settings) -> Vec<String> {
     [
         "--store",
-        cfg.store.engine.as_str(),
-        "--postgres-url",
-        &cfg.store.postgres_url,
-        "--store-path",
-        &cfg.store.path.display().to_string(),
+        cfg.store.url.as_str(),
         "--bootstrap",
         &cfg.broker.bootstrap,
         "--topic",
@@ -329,6 +325,38 @@ impl Drop for Tansu {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Points `cfg` at `engine`: the same folder for an embedded engine, a
+/// fresh, migrated database of its own (named `prefix_…`) for Postgres.
+pub async fn use_engine(cfg: &mut Settings, engine: Engine, prefix: &str) {
+    cfg.store.url = if engine.is_embedded() {
+        let folder = cfg
+            .store
+            .url
+            .path()
+            .expect("settings() gives a folder")
+            .to_owned();
+        StoreUrl::embedded(engine, &folder).expect("an absolute store folder")
+    } else {
+        fresh_database(prefix)
+            .await
+            .parse()
+            .expect("a postgres URL")
+    };
+    if engine == Engine::Postgres {
+        migrate_postgres(cfg).await;
+    }
+}
+
+/// Applies the schema to the Postgres `cfg` points at.
+pub async fn migrate_postgres(cfg: &Settings) {
+    oms::store::postgres::PostgresStore::connect(cfg.store.url.as_str(), &cfg.store.postgres)
+        .await
+        .expect("pool")
+        .migrate()
+        .await
+        .expect("migrate");
 }
 
 /// A database of its own on the test cluster (`just test` exports the URL).

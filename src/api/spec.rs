@@ -1,0 +1,101 @@
+//! The OpenAPI document as served (`/openapi.json`, `/openapi.yaml`, Swagger
+//! UI at `/docs`), printed (`oms openapi`) and committed (`openapi/oms.yaml`).
+//!
+//! poem-openapi derives it from the handlers and types; two things its
+//! derive cannot say are added here: that a `NewOrder` has no other
+//! properties (`additionalProperties: false`, so generated clients and
+//! fuzzers know unknown fields are refused), and the link from a `202` to
+//! the order it accepted (`GET /orders/{id}`), which lets clients and
+//! stateful fuzzers follow it.
+
+use std::sync::LazyLock;
+
+use poem::endpoint::make_sync;
+use poem::web::Html;
+use poem::{Endpoint, Response};
+use serde_json::{Value, json};
+
+use super::openapi;
+
+static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {
+    let derived = openapi().spec();
+    let mut doc: Value = serde_json::from_str(&derived)
+        .unwrap_or_else(|e| unreachable!("poem-openapi writes JSON: {e}"));
+    doc["components"]["schemas"]["NewOrder"]["additionalProperties"] = Value::Bool(false);
+    doc["paths"]["/orders"]["post"]["responses"]["202"]["links"] = json!({
+        "GetOrderById": {
+            "operationId": "getOrder",
+            "parameters": { "id": "$response.body#/id" },
+            "description": "The accepted order. Readable at once: a read that misses waits for the consumer (read-your-writes).",
+        }
+    });
+    doc
+});
+
+/// The document as JSON.
+pub fn json() -> String {
+    serde_json::to_string_pretty(&*DOCUMENT)
+        .unwrap_or_else(|e| unreachable!("a JSON value serialises: {e}"))
+}
+
+/// The document as YAML.
+pub fn yaml() -> String {
+    serde_yaml::to_string(&*DOCUMENT).unwrap_or_else(|e| unreachable!("a JSON value is YAML: {e}"))
+}
+
+/// `GET /openapi.json`.
+pub fn json_endpoint() -> impl Endpoint {
+    let body = json();
+    make_sync(move |_| {
+        Response::builder()
+            .content_type("application/json")
+            .body(body.clone())
+    })
+}
+
+/// `GET /openapi.yaml`.
+pub fn yaml_endpoint() -> impl Endpoint {
+    let body = yaml();
+    make_sync(move |_| {
+        Response::builder()
+            .content_type("application/x-yaml")
+            .body(body.clone())
+    })
+}
+
+/// Swagger UI showing this document. poem-openapi's page embeds its own
+/// derived document once (`let spec = …;`); it is swapped for this one.
+pub fn swagger_ui() -> impl Endpoint {
+    let api = openapi();
+    let html = api.swagger_ui_html().replacen(&api.spec(), &json(), 1);
+    poem::Route::new().at("/", make_sync(move |_| Html(html.clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_refuses_unknown_order_fields_and_links_the_202() {
+        let doc: Value = serde_json::from_str(&json()).expect("json");
+        assert_eq!(
+            doc["components"]["schemas"]["NewOrder"]["additionalProperties"],
+            false
+        );
+        let link = &doc["paths"]["/orders"]["post"]["responses"]["202"]["links"]["GetOrderById"];
+        assert_eq!(link["operationId"], "getOrder");
+        assert!(doc["paths"]["/orders/{id}"]["get"]["operationId"] == "getOrder");
+        let yaml: Value = serde_yaml::from_str(&yaml()).expect("yaml");
+        assert_eq!(yaml, doc);
+    }
+
+    #[test]
+    fn swagger_ui_shows_this_document() {
+        let api = openapi();
+        let html = api.swagger_ui_html().replacen(&api.spec(), &json(), 1);
+        assert!(
+            html.contains("GetOrderById"),
+            "the derived document was not swapped"
+        );
+    }
+}

@@ -1,0 +1,582 @@
+//! The order domain: what a client submits ([`NewOrder`]), the accepted
+//! [`Order`] that travels on the log and lands in the store, and its record.
+//!
+//! An order is parsed once into types that cannot hold an invalid value
+//! ([`field`]); each rule is written once, there, and the OpenAPI schema is
+//! built from the same constants. The consumer decodes every record it reads
+//! through the same types (a record produced by another writer can be bad;
+//! it goes to the dead-letter topic).
+
+pub mod field;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use poem_openapi::Object;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+pub use field::{
+    Amount, Broken, CHANNELS, Channel, ClientOrderId, Currency, Description, Field, Side, Symbol,
+};
+
+/// Version of the JSON record written to the log. Bump on incompatible change.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Namespace of the name-based (v5) ids derived from a `client_order_id`, so a
+/// retried request maps to the same order id on every oms instance.
+const CLIENT_ORDER_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f6d_735f_6f72_6465_725f_6964_5f6e_7331);
+
+/// One rule broken by one field of a submitted order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// The JSON field name, as the client sent it.
+    pub field: String,
+    /// A short, stable rule name clients can switch on (`pattern`, `range`, ...).
+    pub rule: String,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: &str, broken: Broken) -> Self {
+        Self {
+            field: field.to_owned(),
+            rule: broken.rule.to_owned(),
+            message: broken.message.into_owned(),
+        }
+    }
+}
+
+/// Every rule a submitted order broke (never empty).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid order: {}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl ValidationErrors {
+    /// Fields named by the errors, in order.
+    pub fn fields(&self) -> Vec<&str> {
+        self.0.iter().map(|e| e.field.as_str()).collect()
+    }
+}
+
+/// An order to submit. Unknown fields are refused (a misspelt
+/// `client_order_id` must not silently turn idempotency off).
+#[derive(Debug, Clone, PartialEq, Eq, Object)]
+#[oai(rename = "NewOrder", deny_unknown_fields, example)]
+pub struct NewOrder {
+    /// Currency given.
+    pub src_currency: Currency,
+    /// Currency received: a currency code, different from `src_currency`.
+    pub dst_currency: Currency,
+    pub side: Side,
+    /// Limit price: an exact decimal greater than zero, as a string.
+    pub price: Amount,
+    pub quantity: Amount,
+    pub channel: Channel,
+    #[oai(default)]
+    pub description: Description,
+    #[oai(skip_serializing_if_is_none)]
+    pub client_order_id: Option<ClientOrderId>,
+}
+
+/// The one rule a schema cannot state: an order exchanges two currencies.
+fn check_pair(src: &Currency, dst: &Currency) -> Result<(), ValidationErrors> {
+    if src == dst {
+        Err(ValidationErrors(vec![FieldError::new(
+            "dst_currency",
+            Broken {
+                rule: "distinct",
+                message: "must differ from src_currency".into(),
+            },
+        )]))
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads the fields of a JSON object one by one, collecting every problem.
+struct Reader {
+    map: Map<String, Value>,
+    errors: Vec<FieldError>,
+}
+
+impl Reader {
+    fn take<T: Field>(&mut self, field: &'static str) -> Option<Option<T>> {
+        match self.map.remove(field) {
+            None => Some(None),
+            Some(value) => match T::from_json(&value) {
+                Ok(v) => Some(Some(v)),
+                Err(broken) => {
+                    self.errors.push(FieldError::new(field, broken));
+                    None
+                }
+            },
+        }
+    }
+
+    fn required<T: Field>(&mut self, field: &'static str) -> Option<T> {
+        let value = self.take(field)?;
+        if value.is_none() {
+            self.errors.push(FieldError::new(
+                field,
+                Broken {
+                    rule: "required",
+                    message: "is required".into(),
+                },
+            ));
+        }
+        value
+    }
+
+    fn optional<T: Field>(&mut self, field: &'static str) -> Option<T> {
+        self.take(field).flatten()
+    }
+}
+
+impl NewOrder {
+    /// The JSON field names of a submitted order, as the schema lists them.
+    pub const FIELDS: [&'static str; 8] = [
+        "src_currency",
+        "dst_currency",
+        "side",
+        "price",
+        "quantity",
+        "channel",
+        "description",
+        "client_order_id",
+    ];
+
+    /// Parses a submitted JSON object, reporting every bad field at once
+    /// (missing, wrong type, unknown, or breaking a rule) rather than the
+    /// first one.
+    pub fn from_json(map: Map<String, Value>) -> Result<NewOrder, ValidationErrors> {
+        let mut r = Reader {
+            map,
+            errors: Vec::new(),
+        };
+        let src_currency = r.required("src_currency");
+        let dst_currency = r.required("dst_currency");
+        let side = r.required("side");
+        let price = r.required("price");
+        let quantity = r.required("quantity");
+        let channel = r.required("channel");
+        let description = r.optional("description");
+        let client_order_id = r.optional("client_order_id");
+        for unknown in r.map.keys() {
+            r.errors.push(FieldError::new(
+                unknown,
+                Broken {
+                    rule: "unknown_field",
+                    message: "is not a field of NewOrder".into(),
+                },
+            ));
+        }
+        if let (Some(src), Some(dst)) = (&src_currency, &dst_currency) {
+            if let Err(e) = check_pair(src, dst) {
+                r.errors.extend(e.0);
+            }
+        }
+        match (src_currency, dst_currency, side, price, quantity, channel) {
+            (
+                Some(src_currency),
+                Some(dst_currency),
+                Some(side),
+                Some(price),
+                Some(quantity),
+                Some(channel),
+            ) if r.errors.is_empty() => Ok(NewOrder {
+                src_currency,
+                dst_currency,
+                side,
+                price,
+                quantity,
+                channel,
+                description: description.unwrap_or_default(),
+                client_order_id,
+            }),
+            _ => Err(ValidationErrors(r.errors)),
+        }
+    }
+
+    /// Parses a JSON value that must be an object (tests, tools, the bench).
+    pub fn from_value(value: Value) -> Result<NewOrder, ValidationErrors> {
+        match value {
+            Value::Object(map) => Self::from_json(map),
+            _ => Err(ValidationErrors(vec![FieldError::new(
+                "",
+                Broken {
+                    rule: "type",
+                    message: "must be a JSON object".into(),
+                },
+            )])),
+        }
+    }
+
+    /// Accepts the order: checks the rule between fields and assigns its
+    /// identity and creation time.
+    pub fn accept(self, now: DateTime<Utc>) -> Result<Order, ValidationErrors> {
+        check_pair(&self.src_currency, &self.dst_currency)?;
+        let id = match &self.client_order_id {
+            Some(cid) => Uuid::new_v5(&CLIENT_ORDER_ID_NAMESPACE, cid.as_str().as_bytes()),
+            None => Uuid::now_v7(),
+        };
+        Ok(Order {
+            id,
+            client_order_id: self.client_order_id,
+            src_currency: self.src_currency,
+            dst_currency: self.dst_currency,
+            side: self.side,
+            price: self.price,
+            quantity: self.quantity,
+            channel: self.channel,
+            description: self.description,
+            // Microseconds: what every store (Postgres timestamptz) keeps.
+            created_at: now.trunc_subsecs(6),
+        })
+    }
+}
+
+impl poem_openapi::types::Example for NewOrder {
+    fn example() -> Self {
+        NewOrder::from_value(serde_json::json!({
+            "src_currency": "USD",
+            "dst_currency": "EUR",
+            "side": "buy",
+            "price": "1.0850",
+            "quantity": "2500",
+            "channel": 11,
+            "description": "hedge Q4 invoices",
+        }))
+        .unwrap_or_else(|e| unreachable!("the example order is valid: {e}"))
+    }
+}
+
+/// An accepted order: every field valid, identity and time assigned by the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "UncheckedOrder")]
+pub struct Order {
+    pub id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<ClientOrderId>,
+    pub src_currency: Currency,
+    pub dst_currency: Currency,
+    pub side: Side,
+    pub price: Amount,
+    pub quantity: Amount,
+    pub channel: Channel,
+    pub description: Description,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An order as read back (from the log or a store): each field already
+/// parsed by its type, the rule between fields not yet checked.
+#[derive(Deserialize)]
+struct UncheckedOrder {
+    id: Uuid,
+    #[serde(default)]
+    client_order_id: Option<ClientOrderId>,
+    src_currency: Currency,
+    dst_currency: Currency,
+    side: Side,
+    price: Amount,
+    quantity: Amount,
+    channel: Channel,
+    description: Description,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<UncheckedOrder> for Order {
+    type Error = ValidationErrors;
+    fn try_from(o: UncheckedOrder) -> Result<Order, ValidationErrors> {
+        check_pair(&o.src_currency, &o.dst_currency)?;
+        Ok(Order {
+            id: o.id,
+            client_order_id: o.client_order_id,
+            src_currency: o.src_currency,
+            dst_currency: o.dst_currency,
+            side: o.side,
+            price: o.price,
+            quantity: o.quantity,
+            channel: o.channel,
+            description: o.description,
+            created_at: o.created_at,
+        })
+    }
+}
+
+/// The JSON value of a record on the `orders` topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderRecord {
+    /// Schema version ([`RECORD_VERSION`]).
+    pub v: u32,
+    #[serde(flatten)]
+    pub order: Order,
+}
+
+/// Why a record read from the log is not a storable order.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record is not a valid order JSON document: {0}")]
+    Decode(#[source] serde_json::Error),
+    #[error("unsupported record schema version {found} (this oms reads version {RECORD_VERSION})")]
+    Version { found: u32 },
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+}
+
+impl Order {
+    /// The log key and listing key: `SRC-DST`.
+    pub fn symbol(&self) -> String {
+        Symbol::new(&self.src_currency, &self.dst_currency).to_string()
+    }
+
+    /// The record value written to the log.
+    pub fn to_record(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Record<'a> {
+            v: u32,
+            #[serde(flatten)]
+            order: &'a Order,
+        }
+        serde_json::to_vec(&Record {
+            v: RECORD_VERSION,
+            order: self,
+        })
+        .unwrap_or_else(|e| unreachable!("an Order always serialises: {e}"))
+    }
+
+    /// Decodes a record value read from the log: one parse through the
+    /// field types, so a record that decodes is a valid order.
+    pub fn from_record(bytes: &[u8]) -> Result<Order, RecordError> {
+        match serde_json::from_slice::<OrderRecord>(bytes) {
+            Ok(record) if record.v == RECORD_VERSION => Ok(record.order),
+            Ok(record) => Err(RecordError::Version { found: record.v }),
+            Err(err) => Err(Self::explain(bytes, err)),
+        }
+    }
+
+    /// Why a record did not decode, in the terms the dead-letter topic uses
+    /// (cold path): another schema version, an order breaking the rules
+    /// (every broken field named, as the API would), or not an order at all.
+    fn explain(bytes: &[u8], err: serde_json::Error) -> RecordError {
+        let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(bytes) else {
+            return RecordError::Decode(err);
+        };
+        match map.remove("v").map(|v| v.as_u64()) {
+            Some(Some(v)) if v == u64::from(RECORD_VERSION) => {}
+            Some(Some(v)) => {
+                return RecordError::Version {
+                    found: u32::try_from(v).unwrap_or(u32::MAX),
+                };
+            }
+            _ => return RecordError::Decode(err),
+        }
+        // Identity and time are the writer's, not rules of an order.
+        map.remove("id");
+        map.remove("created_at");
+        match NewOrder::from_json(map) {
+            Err(invalid)
+                if invalid
+                    .0
+                    .iter()
+                    .all(|e| !matches!(e.rule.as_str(), "required" | "type" | "unknown_field")) =>
+            {
+                RecordError::Invalid(invalid)
+            }
+            _ => RecordError::Decode(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn valid() -> Value {
+        json!({
+            "src_currency": "USD",
+            "dst_currency": "EUR",
+            "side": "buy",
+            "price": "1.25",
+            "quantity": "100",
+            "channel": 11,
+            "description": "test",
+        })
+    }
+
+    fn with(field: &str, value: Value) -> Value {
+        let mut v = valid();
+        v[field] = value;
+        v
+    }
+
+    fn errors_of(body: Value) -> Vec<String> {
+        match NewOrder::from_value(body).and_then(|o| o.accept(Utc::now())) {
+            Ok(_) => vec![],
+            Err(e) => {
+                e.0.into_iter()
+                    .map(|e| format!("{}:{}", e.field, e.rule))
+                    .collect()
+            }
+        }
+    }
+
+    #[test]
+    fn a_valid_order_is_accepted_with_a_time_ordered_id() {
+        let order = NewOrder::from_value(valid())
+            .and_then(|o| o.accept(Utc::now()))
+            .expect("valid");
+        assert_eq!(order.id.get_version_num(), 7);
+        assert_eq!(order.symbol(), "USD-EUR");
+        assert_eq!(order.price.to_string(), "1.25");
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let cases: Vec<(Value, &str)> = vec![
+            (with("src_currency", "usd".into()), "src_currency:pattern"),
+            (with("src_currency", "US".into()), "src_currency:pattern"),
+            (
+                with("dst_currency", "EURO12".into()),
+                "dst_currency:pattern",
+            ),
+            (
+                with("dst_currency", "ABCDEFGHIJK".into()),
+                "dst_currency:pattern",
+            ),
+            (with("dst_currency", "USD".into()), "dst_currency:distinct"),
+            (with("side", "hold".into()), "side:enum"),
+            (with("price", "0".into()), "price:range"),
+            (with("price", "-1.5".into()), "price:range"),
+            (with("price", "abc".into()), "price:decimal"),
+            (with("price", "1e400".into()), "price:decimal"),
+            (with("price", " 1".into()), "price:decimal"),
+            (with("price", 1.5.into()), "price:type"),
+            (
+                with("quantity", "99999999999999999999999999999999".into()),
+                "quantity:decimal",
+            ),
+            (with("quantity", "0.000".into()), "quantity:range"),
+            (with("channel", 5.into()), "channel:enum"),
+            (with("channel", (-1).into()), "channel:enum"),
+            (with("channel", 70_000.into()), "channel:enum"),
+            (with("channel", 1.5.into()), "channel:enum"),
+            (with("channel", "11".into()), "channel:type"),
+            (
+                with("description", "x".repeat(1025).into()),
+                "description:max_length",
+            ),
+            (with("description", Value::Null), "description:type"),
+            (with("client_order_id", "".into()), "client_order_id:length"),
+            (
+                with("client_order_id", "c".repeat(65).into()),
+                "client_order_id:length",
+            ),
+            (
+                with("client_order_id", "a\nb".into()),
+                "client_order_id:pattern",
+            ),
+            (with("client_order_id", Value::Null), "client_order_id:type"),
+            (
+                with("client_oder_id", "x".into()),
+                "client_oder_id:unknown_field",
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(errors_of(body.clone()), vec![want.to_string()], "{body}");
+        }
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported_at_once() {
+        let mut body = valid();
+        body["src_currency"] = "x".into();
+        body["side"] = "up".into();
+        body["price"] = "-1".into();
+        body["channel"] = 7.into();
+        body.as_object_mut().map(|m| m.remove("quantity"));
+        assert_eq!(
+            errors_of(body),
+            vec![
+                "src_currency:pattern",
+                "side:enum",
+                "price:range",
+                "quantity:required",
+                "channel:enum"
+            ]
+        );
+    }
+
+    #[test]
+    fn descriptions_count_characters_not_bytes() {
+        assert_eq!(
+            errors_of(with("description", "é".repeat(1024).into())),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn client_order_id_maps_to_a_stable_id() {
+        let body = with("client_order_id", "abc-1".into());
+        let first = NewOrder::from_value(body.clone()).and_then(|o| o.accept(Utc::now()));
+        let again = NewOrder::from_value(body).and_then(|o| o.accept(Utc::now()));
+        let (first, again) = (first.expect("valid"), again.expect("valid"));
+        assert_eq!(first.id, again.id);
+        assert_eq!(first.id.get_version_num(), 5);
+    }
+
+    #[test]
+    fn the_parser_reads_exactly_the_schema_fields() {
+        use poem_openapi::types::Type;
+        let mut registry = poem_openapi::registry::Registry::new();
+        NewOrder::register(&mut registry);
+        let schema = &registry.schemas["NewOrder"];
+        let properties: Vec<&str> = schema.properties.iter().map(|(name, _)| *name).collect();
+        assert_eq!(properties, NewOrder::FIELDS);
+        let mut body = valid();
+        body["client_order_id"] = "k".into();
+        let map = body.as_object().expect("object");
+        assert_eq!(map.len(), NewOrder::FIELDS.len());
+        assert!(NewOrder::FIELDS.iter().all(|f| map.contains_key(*f)));
+        assert!(NewOrder::from_value(body).is_ok());
+    }
+
+    #[test]
+    fn records_round_trip_and_are_checked_on_the_way_in() {
+        let order = NewOrder::from_value(valid())
+            .and_then(|o| o.accept(Utc::now()))
+            .expect("valid");
+        let back = Order::from_record(&order.to_record()).expect("decodes");
+        assert_eq!(back, order);
+
+        let mut doc: Value = serde_json::from_slice(&order.to_record()).expect("json");
+        doc["price"] = "-1".into();
+        let err = Order::from_record(doc.to_string().as_bytes()).expect_err("negative price");
+        assert!(
+            matches!(&err, RecordError::Invalid(e) if e.fields() == ["price"]),
+            "{err}"
+        );
+
+        let mut doc: Value = serde_json::from_slice(&order.to_record()).expect("json");
+        doc["dst_currency"] = "USD".into();
+        let err = Order::from_record(doc.to_string().as_bytes()).expect_err("same currency");
+        assert!(
+            matches!(&err, RecordError::Invalid(e) if e.fields() == ["dst_currency"]),
+            "{err}"
+        );
+        doc.as_object_mut().map(|m| m.remove("quantity"));
+        let err = Order::from_record(doc.to_string().as_bytes()).expect_err("no quantity");
+        assert!(matches!(err, RecordError::Decode(_)), "{err}");
+
+        let mut doc: Value = serde_json::from_slice(&order.to_record()).expect("json");
+        doc["v"] = 2.into();
+        let err = Order::from_record(doc.to_string().as_bytes()).expect_err("version");
+        assert!(matches!(err, RecordError::Version { found: 2 }));
+        doc.as_object_mut().map(|m| m.remove("price"));
+        let err = Order::from_record(doc.to_string().as_bytes()).expect_err("version");
+        assert!(matches!(err, RecordError::Version { found: 2 }));
+        let err = Order::from_record(b"{not json").expect_err("junk");
+        assert!(matches!(err, RecordError::Decode(_)), "{err}");
+    }
+}
