@@ -7,9 +7,15 @@
 # Broker hygiene for the sqlite engine: tansu 0.6 creates its `header` table
 # without an index and looks up the headers of every record it fetches with
 # `topition = ? AND offset_id = ?`, a full scan per record — fetching gets
-# slower as the log grows. The index below turns that into a lookup. tansu
-# creates its tables when it starts, so a helper adds the index (idempotent)
-# once the broker listens, on every start.
+# slower as the log grows. The index is added here, idempotently, *before*
+# tansu starts: tansu runs its DDL with `create table if not exists` on every
+# start (so a `header` table made here with its exact DDL is kept), and it
+# sets no busy timeout, so a write of ours while it serves would make one of
+# its statements fail with SQLITE_BUSY — and any storage error ends tansu
+# 0.6's storage task for good (`ChannelRequestService`: `serve(..)?` leaves
+# its loop), after which every request fails. Adding the index once the
+# broker listened did exactly that, now and then, on a fresh broker under
+# load.
 set -euo pipefail
 port="${1:?usage: tansu.sh PORT sqlite|memory DIR}"
 engine="${2:?usage: tansu.sh PORT sqlite|memory DIR}"
@@ -26,22 +32,24 @@ mkdir -p "$dir"
 cd "$dir"
 
 if [[ "$engine" == sqlite ]]; then
-  (
-    for _ in $(seq 1 300); do
-      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        python3 - "$dir/tansu.db" <<'PY' && exit 0
+  python3 - "$dir/tansu.db" <<'PY'
 import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], timeout=30)
+db = sqlite3.connect(sys.argv[1])
+# tansu-storage 0.6.0 src/ddl/040-header.sql, verbatim.
+db.execute("""create table if not exists header (
+    topition integer,
+    offset_id integer,
+    k blob,
+    v blob,
+    last_updated datetime default current_timestamp not null,
+    created_at datetime default current_timestamp not null,
+    foreign key (topition, offset_id) references record (topition, offset_id) on delete cascade
+)""")
 db.execute("CREATE INDEX IF NOT EXISTS header_topition_offset ON header (topition, offset_id)")
 db.commit()
+db.close()
 print("tansu.sh: index header_topition_offset in place", file=sys.stderr)
 PY
-        echo "tansu.sh: could not add the header index" >&2
-        exit 1
-      fi
-      sleep 0.1
-    done
-  ) &
 fi
 
 exec "$bin" broker \

@@ -25,6 +25,8 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+say "the benchmark's report code (python3 -m unittest omsbench.test_report)"
+(cd "$OMS_ROOT/scripts" && python3 -m unittest --quiet omsbench.test_report)
 
 "$OMS_ROOT/scripts/install.sh" tansu postgres
 # The debug binary: the broker supervisor's probe, and the live oms below.

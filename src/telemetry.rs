@@ -48,11 +48,11 @@ const EXPORT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why logging or tracing could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("invalid telemetry.log_filter: {0}")]
+    #[error("invalid telemetry.log_filter")]
     Filter(#[from] tracing_subscriber::filter::ParseError),
     #[error("telemetry.sample_ratio must be between 0.0 and 1.0, not {0}")]
     SampleRatio(f64),
-    #[error("cannot build the OTLP exporter for {endpoint}: {source}")]
+    #[error("cannot build the OTLP exporter for {endpoint}")]
     Exporter {
         endpoint: String,
         source: opentelemetry_otlp::ExporterBuildError,

@@ -3,7 +3,7 @@
 --
 --   wrk -t1 -c35 -d30s -s bench/wrk/orders.lua http://127.0.0.1:8080
 --
--- Prints one JSON line at the end (`wrk-json {...}`) that scripts/bench.py reads.
+-- Prints one JSON line at the end (`wrk-json {...}`) that `just bench` (scripts/omsbench) reads.
 
 local currencies = { "USD", "GBP", "JPY", "CHF", "AUD", "CAD" }
 local channels = { 0, 1, 2, 3, 4, 11, 12, 13, 14, 21, 23, 31, 32, 33, 34, 41, 42, 51, 52, 53, 54, 61 }

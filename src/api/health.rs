@@ -9,6 +9,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::{ApiTags, AppState};
 use crate::broker::consumer::ConsumerState;
+use crate::error::Chain;
 
 /// Liveness.
 #[derive(Debug, Clone, Object)]
@@ -102,7 +103,7 @@ impl HealthApi {
         // fail every produce or fetch (a wedged storage engine): the
         // producer's and the log watcher's own evidence counts too.
         let broker = match broker {
-            Err(e) => fail(format!("metadata: {e}")),
+            Err(e) => fail(format!("metadata: {}", Chain(&e))),
             Ok(()) => match (state.producer.stalled(), state.consumer.log_end_error()) {
                 (Some(stalled), _) => fail(format!("produce: {stalled}")),
                 (None, Some(err)) => fail(format!("fetch: {err}")),
@@ -117,7 +118,7 @@ impl HealthApi {
                 ok: true,
                 detail: format!("{} open", state.store.engine()),
             },
-            Err(e) => fail(e.to_string()),
+            Err(e) => fail(Chain(&e).to_string()),
         };
         let consumer = match state.consumer.get() {
             ConsumerState::Running => match state.consumer.stall(state.stall_after) {

@@ -313,13 +313,14 @@ impl OrdersApi {
                 )
             }
             Err(err) => {
-                tracing::warn!(order_id = %order.id, error = %err, "order not acknowledged");
+                let reason = crate::error::Chain(&err);
+                tracing::warn!(order_id = %order.id, error = %reason, "order not acknowledged");
                 let detail = match &err {
                     ProduceError::Timeout(_) => format!(
-                        "{err}; the order may or may not be on the log, retry with the same client_order_id"
+                        "{reason}; the order may or may not be on the log, retry with the same client_order_id"
                     ),
                     ProduceError::QueueFull | ProduceError::Refused(_) => {
-                        format!("{err}; the order is not on the log")
+                        format!("{reason}; the order is not on the log")
                     }
                 };
                 CreateOrderResponse::Unavailable(

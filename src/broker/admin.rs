@@ -14,7 +14,7 @@ use crate::config::BrokerSettings;
 /// A topic administration failure.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("cannot reach the broker at {bootstrap}: {source}")]
+    #[error("cannot reach the broker at {bootstrap}")]
     Unreachable {
         bootstrap: String,
         #[source]
@@ -29,7 +29,7 @@ pub enum AdminError {
     MissingTopic(String),
     #[error("the metadata request's worker thread failed (a bug; please report it)")]
     Task(#[source] tokio::task::JoinError),
-    #[error("the broker answers metadata but not {what}: {source}")]
+    #[error("the broker answers metadata but not {what}")]
     NotServing {
         /// What it did not serve, and where.
         what: String,

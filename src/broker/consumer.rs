@@ -26,7 +26,7 @@ use super::producer::ProduceEvidence;
 use crate::config::{BrokerSettings, ConsumerSettings};
 use crate::error::Chain;
 use crate::order::{Order, RecordError};
-use crate::store::{Batch, Offsets, Store, StoredOrder};
+use crate::store::{Applied, Batch, Offsets, Store, StoredOrder};
 use crate::telemetry::{self, TraceParent};
 use tracing::Span;
 
@@ -276,7 +276,7 @@ impl ConsumerStatus {
 /// A consumer failure that ends the loop.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
-    #[error("cannot create the Kafka consumer: {0}")]
+    #[error("cannot create the Kafka consumer")]
     Client(#[from] KafkaError),
     #[error(transparent)]
     Admin(#[from] AdminError),
@@ -411,9 +411,23 @@ impl Resume {
     }
 }
 
-/// One record of a batch that will not be stored, and why.
-struct Poison {
-    letter: DeadLetter,
+/// Shutdown was requested while the loop waited (a retry, a dead letter):
+/// nothing more of the batch in hand is stored, and it is read again on the
+/// next start. The one way the loop's steps say "stop here".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stopped;
+
+/// A batch read from the log, each record sorted: the orders to store (each
+/// knows its partition and offset, so its message can be found again) and
+/// the records to dead-letter.
+struct Decoded {
+    rows: Vec<StoredOrder>,
+    poison: Vec<DeadLetter>,
+    /// The next offset of every partition the batch covers.
+    offsets: Offsets,
+    /// One span per traced record, open until its batch is stored: each
+    /// order's trace shows its wait in the batch and the store write.
+    spans: Vec<Span>,
 }
 
 impl ConsumerLoop {
@@ -443,17 +457,17 @@ impl ConsumerLoop {
     }
 
     /// Retries `op` with capped exponential backoff until it succeeds or
-    /// shutdown is requested (`None`). Meanwhile `/readyz` reports the reason.
+    /// shutdown is requested. Meanwhile `/readyz` reports the reason.
     async fn retry<T, E: std::error::Error + 'static, F: Future<Output = Result<T, E>>>(
         &self,
         shutdown: &CancellationToken,
         what: &str,
         mut op: impl FnMut() -> F,
-    ) -> Option<T> {
+    ) -> Result<T, Stopped> {
         let mut delays = self.backoff();
         loop {
             match op().await {
-                Ok(value) => return Some(value),
+                Ok(value) => return Ok(value),
                 Err(err) => {
                     let reason = format!("{what}: {}", Chain(&err));
                     tracing::warn!(%reason, "retrying");
@@ -463,7 +477,7 @@ impl ConsumerLoop {
                         .next()
                         .unwrap_or(Duration::from_millis(self.settings.retry_max_ms));
                     tokio::select! {
-                        () = shutdown.cancelled() => return None,
+                        () = shutdown.cancelled() => return Err(Stopped),
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -504,7 +518,7 @@ impl ConsumerLoop {
         let metadata_client: Arc<BaseConsumer> =
             Arc::new(client_config(&self.broker, "oms-metadata").create()?);
         let broker = self.broker.clone();
-        let Some(partitions) = self
+        let Ok(partitions) = self
             .retry(shutdown, "reading the orders topic's partitions", || {
                 let client = metadata_client.clone();
                 let broker = broker.clone();
@@ -521,7 +535,7 @@ impl ConsumerLoop {
         else {
             return Ok(());
         };
-        let Some(stored) = self
+        let Ok(stored) = self
             .retry(shutdown, "reading offsets from the store", || {
                 self.store.offsets(&topic)
             })
@@ -573,7 +587,7 @@ impl ConsumerLoop {
                 }
                 continue;
             }
-            let Some(offsets) = self.process(&topic, messages, shutdown).await else {
+            let Ok(offsets) = self.process(&topic, &messages, shutdown).await else {
                 break;
             };
             self.status.record_stored(&offsets);
@@ -585,65 +599,91 @@ impl ConsumerLoop {
         Ok(())
     }
 
-    /// Stores one batch (dead-lettering what cannot be stored). Returns the
-    /// offsets now in the store, or `None` when shutdown interrupted a retry
-    /// (nothing of the batch was stored; it will be read again).
+    /// Stores one batch: its poison records go to the dead-letter topic, its
+    /// orders and offsets to the store in one transaction. Returns the
+    /// offsets now in the store.
     async fn process(
         &self,
         topic: &str,
-        messages: Vec<BorrowedMessage<'_>>,
+        messages: &[BorrowedMessage<'_>],
         shutdown: &CancellationToken,
-    ) -> Option<Offsets> {
+    ) -> Result<Offsets, Stopped> {
+        let Decoded {
+            rows,
+            poison,
+            offsets,
+            spans: _open_until_stored,
+        } = self.decode(messages);
+        // A poison record's offset may only advance once the DLQ holds it.
+        for letter in &poison {
+            let m = &letter.message;
+            let trace_id = super::header_str(m, "traceparent")
+                .and_then(|tp| tp.split('-').nth(1))
+                .unwrap_or_default();
+            tracing::warn!(partition = m.partition(), offset = m.offset(), kind = letter.kind.as_str(), reason = %letter.reason, trace_id, "dead-lettering a record");
+            self.dead_letter(letter, shutdown).await?;
+        }
+        let batch = Arc::new(Batch::new(topic, rows, offsets.clone()));
+        match self.store_batch(&batch, shutdown).await? {
+            Ok(applied) => {
+                let engine = self.store.engine();
+                metrics::counter!("orders_stored_total", "engine" => engine)
+                    .increment(applied.inserted as u64);
+                metrics::counter!("orders_duplicate_total", "engine" => engine)
+                    .increment(applied.duplicates as u64);
+            }
+            Err(reason) => {
+                tracing::error!(%reason, "store refused the batch; storing its rows one by one");
+                self.apply_one_by_one(&batch, messages, shutdown).await?;
+            }
+        }
+        Ok(offsets)
+    }
+
+    /// Sorts each record of a batch into an order to store or a dead letter.
+    fn decode(&self, messages: &[BorrowedMessage<'_>]) -> Decoded {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut orders = Vec::with_capacity(messages.len());
-        let mut raw = Vec::with_capacity(messages.len());
-        let mut poison = Vec::new();
-        let mut offsets = Offsets::new();
-        // One span per traced record, open until its batch is stored: each
-        // order's trace shows its wait in the batch and the store write.
-        let mut spans = Vec::new();
-        for m in &messages {
-            let next = offsets.entry(m.partition()).or_insert(0);
-            *next = (*next).max(m.offset() + 1);
+        let mut decoded = Decoded {
+            rows: Vec::with_capacity(messages.len()),
+            poison: Vec::new(),
+            offsets: Offsets::new(),
+            spans: Vec::new(),
+        };
+        for m in messages {
+            raise(&mut decoded.offsets, m.partition(), m.offset() + 1);
             if let Some(ts) = m.timestamp().to_millis() {
                 metrics::histogram!("message_delay_seconds")
                     .record((now_ms - ts).max(0) as f64 / 1000.0);
             }
             match Order::from_record(m.payload().unwrap_or_default()) {
                 Ok(order) => {
-                    if let Some(span) = record_span(m, &order, self.store.engine()) {
-                        spans.push(span);
-                    }
+                    decoded
+                        .spans
+                        .extend(record_span(m, &order, self.store.engine()));
                     if replay_count(m) > 0 {
                         metrics::counter!("orders_replayed_total").increment(1);
                     }
-                    orders.push(StoredOrder {
+                    decoded.rows.push(StoredOrder {
                         order,
                         partition: m.partition(),
                         offset: m.offset(),
                     });
-                    raw.push(m);
                 }
-                Err(err) => poison.push(Poison {
-                    letter: dead_letter(m, &err),
-                }),
+                Err(err) => decoded.poison.push(dead_letter(m, &err)),
             }
         }
         metrics::histogram!("consumer_batch_size").record(messages.len() as f64);
+        decoded
+    }
 
-        // A poison record's offset may only advance once the DLQ holds it.
-        for p in &poison {
-            let trace_id = super::header_str(&p.letter.message, "traceparent")
-                .and_then(|tp| tp.split('-').nth(1))
-                .unwrap_or_default();
-            tracing::warn!(partition = p.letter.message.partition(), offset = p.letter.message.offset(), kind = p.letter.kind.as_str(), reason = %p.letter.reason, trace_id, "dead-lettering a record");
-            self.dead_letter(&p.letter, shutdown).await?;
-        }
-
-        let batch = Arc::new(Batch::new(topic, orders, offsets.clone()));
+    /// Writes a batch, waiting out transient failures (the partitions do not
+    /// advance meanwhile); a permanent refusal comes back as `Err(reason)`.
+    async fn store_batch(
+        &self,
+        batch: &Arc<Batch>,
+        shutdown: &CancellationToken,
+    ) -> Result<Result<Applied, String>, Stopped> {
         let engine = self.store.engine();
-        // Transient errors are retried (the partition does not advance);
-        // a permanent refusal comes back as `Err(reason)`.
         let outcome = self
             .retry(shutdown, "store unavailable", || {
                 let batch = batch.clone();
@@ -663,28 +703,18 @@ impl ConsumerLoop {
             })
             .await?;
         self.status.set(ConsumerState::Running);
-        match outcome {
-            Ok(applied) => {
-                metrics::counter!("orders_stored_total", "engine" => engine)
-                    .increment(applied.inserted as u64);
-                metrics::counter!("orders_duplicate_total", "engine" => engine)
-                    .increment(applied.duplicates as u64);
-                Some(offsets)
-            }
-            Err(reason) => {
-                tracing::error!(%reason, "store refused the batch; storing its rows one by one");
-                self.apply_one_by_one(topic, &batch, &raw, shutdown)
-                    .await
-                    .then_some(offsets)
-            }
-        }
+        Ok(outcome)
     }
 
     /// Writes `letter` to the dead-letter topic, waiting as long as the
-    /// broker needs (one copy) unless shutdown comes first (`None`).
-    async fn dead_letter(&self, letter: &DeadLetter, shutdown: &CancellationToken) -> Option<()> {
+    /// broker needs (one copy) unless shutdown comes first.
+    async fn dead_letter(
+        &self,
+        letter: &DeadLetter,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stopped> {
         tokio::select! {
-            () = shutdown.cancelled() => None,
+            () = shutdown.cancelled() => Err(Stopped),
             sent = self.retry(shutdown, "writing to the dead-letter topic", || self.dlq.send(letter)) => sent,
         }
     }
@@ -694,46 +724,35 @@ impl ConsumerLoop {
     /// in between only repeats work.
     async fn apply_one_by_one(
         &self,
-        topic: &str,
         batch: &Batch,
-        raw: &[&BorrowedMessage<'_>],
+        messages: &[BorrowedMessage<'_>],
         shutdown: &CancellationToken,
-    ) -> bool {
-        for (row, message) in batch.orders.iter().zip(raw) {
-            let single = Arc::new(Batch::new(topic, vec![row.clone()], Offsets::new()));
-            let refused = self
-                .retry(shutdown, "storing a row", || {
-                    let single = single.clone();
-                    async move {
-                        match self.store.apply(single).await {
-                            Ok(_) => Ok(None),
-                            Err(e) if e.is_permanent() => Ok(Some(Chain(&e).to_string())),
-                            Err(e) => Err(e),
-                        }
-                    }
-                })
-                .await;
-            match refused {
-                None => return false,
-                Some(None) => {}
-                Some(Some(reason)) => {
-                    let letter = DeadLetter {
-                        message: message.detach(),
-                        kind: ErrorKind::Store,
-                        reason,
-                    };
-                    if self.dead_letter(&letter, shutdown).await.is_none() {
-                        return false;
-                    }
-                }
-            }
+    ) -> Result<(), Stopped> {
+        for row in &batch.orders {
+            let single = Arc::new(Batch::new(&batch.topic, vec![row.clone()], Offsets::new()));
+            let Err(reason) = self.store_batch(&single, shutdown).await? else {
+                continue;
+            };
+            // The row's log position names its record.
+            let Some(message) = messages
+                .iter()
+                .find(|m| (m.partition(), m.offset()) == (row.partition, row.offset))
+            else {
+                unreachable!("every row of a batch comes from one of its messages");
+            };
+            let letter = DeadLetter {
+                message: message.detach(),
+                kind: ErrorKind::Store,
+                reason,
+            };
+            self.dead_letter(&letter, shutdown).await?;
         }
-        let offsets_only = Arc::new(Batch::new(topic, Vec::new(), batch.offsets.clone()));
+        let offsets_only = Arc::new(Batch::new(&batch.topic, Vec::new(), batch.offsets.clone()));
         self.retry(shutdown, "storing offsets", || {
             self.store.apply(offsets_only.clone())
         })
         .await
-        .is_some()
+        .map(drop)
     }
 
     /// Commits the stored offsets broker-side, so standard Kafka tools can
@@ -819,7 +838,7 @@ fn dead_letter(message: &BorrowedMessage<'_>, err: &RecordError) -> DeadLetter {
     DeadLetter {
         message: message.detach(),
         kind: ErrorKind::from(err),
-        reason: err.to_string(),
+        reason: Chain(err).to_string(),
     }
 }
 
@@ -829,7 +848,7 @@ fn watermarks(
     broker: &BrokerSettings,
 ) -> Result<Vec<(i32, i64, i64)>, String> {
     let topic = &broker.topic;
-    let partitions = admin::partitions(client, broker, topic).map_err(|e| e.to_string())?;
+    let partitions = admin::partitions(client, broker, topic).map_err(|e| Chain(&e).to_string())?;
     partitions
         .into_iter()
         .map(|p| {

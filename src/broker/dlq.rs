@@ -227,7 +227,7 @@ const RECORD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why the dead-letter topic could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
-    #[error("cannot read {what}: {source}")]
+    #[error("cannot read {what}")]
     Broker {
         /// The topic and the broker.
         what: String,
@@ -246,7 +246,7 @@ pub enum DlqError {
     AmbiguousOffset { topic: String, partitions: usize },
     #[error("the broker stopped serving {at} (the partition ends at {end})")]
     Stalled { at: String, end: i64 },
-    #[error("the DLQ tool's blocking task failed: {0}")]
+    #[error("the DLQ tool's worker thread failed (a bug; please report it)")]
     Task(#[from] tokio::task::JoinError),
 }
 
@@ -637,8 +637,8 @@ fn replay_record<'a>(
 pub enum ReplayError {
     #[error(transparent)]
     Read(#[from] DlqError),
-    #[error("cannot create the producer for the orders topic: {0}")]
+    #[error("cannot create the producer for the orders topic")]
     Client(#[from] KafkaError),
-    #[error("re-producing to the orders topic failed: {0}")]
+    #[error("re-producing to the orders topic failed")]
     Produce(#[from] ProduceError),
 }

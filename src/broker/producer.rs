@@ -71,7 +71,7 @@ pub enum ProduceError {
     )]
     QueueFull,
     /// The broker or client refused the record.
-    #[error("the broker refused the record: {0}")]
+    #[error("the broker refused the record")]
     Refused(#[source] KafkaError),
 }
 

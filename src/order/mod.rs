@@ -316,7 +316,7 @@ pub struct OrderRecord {
 /// Why a record read from the log is not a storable order.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("record is not a valid order JSON document: {0}")]
+    #[error("record is not a valid order JSON document")]
     Decode(#[source] serde_json::Error),
     #[error("unsupported record schema version {found} (this oms reads version {RECORD_VERSION})")]
     Version { found: u32 },

@@ -1,0 +1,1 @@
+"""`just bench`: the store comparison benchmark (see __main__)."""

@@ -1,0 +1,39 @@
+"""Where things are and what the benchmark aims at: paths, ports, stores,
+the targets. Paths come from scripts/bench.sh, which installs and builds them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+STATE = Path(os.environ.get("OMS_STATE", ROOT / ".oms" / "bench"))
+OMS = os.environ.get("OMS_BIN", str(ROOT / "target" / "release" / "oms"))
+RAWLOG = os.environ.get("OMS_RAWLOG_BIN", str(ROOT / "target" / "release" / "examples" / "rawlog"))
+TANSU = os.environ.get("OMS_TANSU_BIN", str(Path.home() / ".cache/oms/tools/bin/tansu"))
+PG_BIN = Path(os.environ.get("OMS_PG_BIN", "/usr/lib/postgresql/15/bin"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+BROKER_PORT = 29092
+PG_PORTS = {"disk": 25432, "tmpfs": 25433}
+OMS_PORT = 28080
+PROM_PORT = 29090
+
+MODES = {"sqlite": "sqlite://tansu.db", "memory": "memory://tansu/"}
+STORES = ["redb", "sled", "postgres", "postgres-tmpfs"]
+STORE_TITLES = {
+    "redb": "redb (tmpfs)",
+    "sled": "sled (tmpfs)",
+    "postgres": "Postgres (disk)",
+    "postgres-tmpfs": "Postgres (tmpfs)",
+}
+
+# The original project's k6 result (redpanda101 README), the number to beat.
+TARGET_RPS = 5059.0
+TARGET_P95_MS = 5.68
+
+
+# Capacity: wrk connection counts tried, lowest first; the capacity is the
+# highest rate whose p99 stays within CAPACITY_P99_MS.
+CAPACITY_CONNECTIONS = [4, 8, 16, 35, 64]
+CAPACITY_P99_MS = 10.0

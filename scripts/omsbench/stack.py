@@ -1,0 +1,110 @@
+"""The services under test: tansu, PostgreSQL, Prometheus, oms, each store."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import BROKER_PORT, OMS, OMS_PORT, PG_BIN, PG_PORTS, ROOT, STATE, TANSU
+from .procs import Proc, http_get, port_open, start, wait_until
+
+def stack(action: str, component: str, **env: str) -> None:
+    """scripts/stack.sh for PostgreSQL and Prometheus (initdb, config, pid files)."""
+    subprocess.run([str(ROOT / "scripts" / "stack.sh"), action, component],
+                   check=True, env={**os.environ, **env})
+
+
+def start_broker(mode: str) -> Proc:
+    home = STATE / f"tansu-{mode}"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    if port_open(BROKER_PORT):
+        raise RuntimeError(f"port {BROKER_PORT} is taken: is another benchmark running?")
+    # scripts/tansu.sh: the one launcher (it also indexes the sqlite log).
+    proc = start(f"tansu-{mode}", [str(ROOT / "scripts" / "tansu.sh"), str(BROKER_PORT), mode, str(home)],
+                 STATE / "log" / f"tansu-{mode}.log", cwd=home, env={"TANSU_BIN": TANSU})
+    wait_until("tansu to listen", lambda: port_open(BROKER_PORT), 30)
+    return proc
+
+
+def pg_env(kind: str) -> dict[str, str]:
+    state = STATE / "pg-disk" if kind == "disk" else Path("/dev/shm/oms-bench/pg-tmpfs")
+    return {"OMS_STATE": str(state), "OMS_PG_PORT": str(PG_PORTS[kind])}
+
+
+def pg_url(kind: str, db: str) -> str:
+    return f"postgres://oms:oms@127.0.0.1:{PG_PORTS[kind]}/{db}"
+
+
+def psql(kind: str, sql: str) -> None:
+    subprocess.run([str(PG_BIN / "psql"), "-q", "-v", "ON_ERROR_STOP=1", pg_url(kind, "postgres"), "-c", sql],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+@dataclass
+class Store:
+    """One store to run oms against: its `--store` flags and how to clean up."""
+
+    name: str
+    args: list[str]
+    cleanup: Callable[[], None]
+
+
+def fresh_store(name: str, label: str) -> Store:
+    if name in ("redb", "sled"):
+        path = Path("/dev/shm/oms-bench") / f"{name}-{label}-{uuid.uuid4().hex[:8]}"
+        return Store(name, ["--store", f"{name}://{path}"],
+                     lambda: shutil.rmtree(path, ignore_errors=True))
+    kind = "tmpfs" if name == "postgres-tmpfs" else "disk"
+    db = f"bench_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_")
+    psql(kind, f"CREATE DATABASE {db}")
+    url = pg_url(kind, db)
+    subprocess.run([OMS, "migrate", "--store", url,
+                    "--bootstrap", f"127.0.0.1:{BROKER_PORT}"], check=True, stdout=subprocess.DEVNULL)
+    return Store(name, ["--store", url],
+                 lambda: psql(kind, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+
+
+def start_oms(store: Store, topic: str, label: str) -> Proc:
+    if port_open(OMS_PORT):
+        raise RuntimeError(f"port {OMS_PORT} is taken")
+    argv = [OMS, "serve", *store.args, "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
+            "--dlq-topic", f"{topic}.dlq", "--http-addr", f"127.0.0.1:{OMS_PORT}"]
+    proc = start("oms", argv, STATE / "log" / f"oms-{label}.log",
+                 env={"OMS__TELEMETRY__LOG_FILTER": "warn", "OMS__TELEMETRY__LOG_FORMAT": "json"})
+
+    def answers() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"oms exited (log: {proc.log})")
+        return http_get(f"http://127.0.0.1:{OMS_PORT}/healthz")[0] == 200
+
+    wait_until("oms to answer /healthz", answers, 60)
+    return proc
+
+
+METRIC = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$')
+
+
+def scrape() -> dict[str, float]:
+    """oms' /metrics, counters summed over their labels."""
+    status, text = http_get(f"http://127.0.0.1:{OMS_PORT}/metrics")
+    if status != 200:
+        return {}
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        m = METRIC.match(line)
+        if m and m.group(3) != "NaN":
+            totals[m.group(1)] = totals.get(m.group(1), 0.0) + float(m.group(3))
+    return totals
+
+
+def stored(metrics: dict[str, float]) -> float:
+    return metrics.get("orders_stored_total", 0.0) + metrics.get("orders_duplicate_total", 0.0)
+
+

@@ -1,0 +1,60 @@
+"""Tests of the report code (no broker needed): `just test` runs them with
+`python3 -m unittest omsbench.test_report` from scripts/."""
+
+from __future__ import annotations
+
+import copy
+import json
+import unittest
+from pathlib import Path
+
+from .config import ROOT
+from .report import report, targets
+from .results import Results, from_json, to_json
+
+COMMITTED = ROOT / "bench"
+
+
+def committed() -> Results:
+    return from_json(Results, json.loads((COMMITTED / "report.json").read_text()))
+
+
+class ReportTest(unittest.TestCase):
+    def test_the_committed_report_is_rendered_from_its_results(self):
+        results = committed()
+        self.assertEqual(report(results, COMMITTED, results.command), (COMMITTED / "REPORT.md").read_text())
+
+    def test_results_survive_a_round_trip_through_json(self):
+        results = committed()
+        self.assertEqual(from_json(Results, json.loads(json.dumps(to_json(results)))), results)
+
+    def test_unknown_keys_in_older_or_newer_results_are_ignored(self):
+        raw = json.loads((COMMITTED / "report.json").read_text())
+        raw["something_new"] = 1
+        raw["modes"]["sqlite"]["drain"][0]["extra"] = "x"
+        self.assertEqual(from_json(Results, raw), committed())
+
+    def test_targets_say_met_only_when_every_bound_holds(self):
+        r = copy.deepcopy(committed().modes["sqlite"])
+        assert r.seed is not None
+        r.seed.rps, r.seed.p95_ms, r.seed.failed_pct = 4_600.0, 7.9, 0.0
+        line = next(t for t in targets(r) if t.startswith("`just up` defaults"))
+        self.assertTrue(line.endswith(": met"), line)
+        r.seed.p95_ms = 8.1
+        line = next(t for t in targets(r) if t.startswith("`just up` defaults"))
+        self.assertTrue(line.endswith("**missed**"), line)
+
+    def test_a_capacity_with_no_step_within_the_p99_says_so(self):
+        results = committed()
+        cap = results.modes["sqlite"].capacity
+        assert cap is not None
+        cap.best = None
+        text = report(results, COMMITTED, results.command)
+        self.assertIn("No step kept p99 ≤ 10 ms.", text)
+        line = next(t for t in targets(results.modes["sqlite"]) if t.startswith("capacity"))
+        self.assertIn("none within the p99", line)
+        self.assertTrue(line.endswith("**missed**"), line)
+
+
+if __name__ == "__main__":
+    unittest.main()
