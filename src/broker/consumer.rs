@@ -26,7 +26,7 @@ use super::producer::ProduceEvidence;
 use crate::config::{BrokerSettings, ConsumerSettings};
 use crate::error::Chain;
 use crate::order::{Order, RecordError};
-use crate::store::{Applied, Batch, Offsets, Store, StoredOrder};
+use crate::store::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
 use crate::telemetry::{self, TraceParent};
 use tracing::Span;
 
@@ -146,6 +146,12 @@ impl ConsumerStatus {
     /// The next offset per partition that the store holds, as last applied.
     pub fn stored(&self) -> Offsets {
         self.with(|s| s.stored.clone())
+    }
+
+    /// Starts over from what the store holds (on every (re)start).
+    fn reset_stored(&self, offsets: &Offsets) {
+        self.with(|s| s.stored = offsets.clone());
+        self.record_stored(offsets);
     }
 
     fn record_stored(&self, offsets: &Offsets) {
@@ -411,11 +417,17 @@ impl Resume {
     }
 }
 
-/// Shutdown was requested while the loop waited (a retry, a dead letter):
-/// nothing more of the batch in hand is stored, and it is read again on the
-/// next start. The one way the loop's steps say "stop here".
+/// Why the loop stops working on the batch in hand. Nothing more of it is
+/// stored, and it is read again (a batch and its offsets commit together).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stopped;
+enum Halt {
+    /// Shutdown was requested while the loop waited (a retry, a dead letter).
+    Shutdown,
+    /// The store's offsets are not where this consumer believed (another
+    /// instance wrote them, or the store lost data): start over from what
+    /// the store holds.
+    Resync,
+}
 
 /// A batch read from the log, each record sorted: the orders to store (each
 /// knows its partition and offset, so its message can be found again) and
@@ -463,7 +475,7 @@ impl ConsumerLoop {
         shutdown: &CancellationToken,
         what: &str,
         mut op: impl FnMut() -> F,
-    ) -> Result<T, Stopped> {
+    ) -> Result<T, Halt> {
         let mut delays = self.backoff();
         loop {
             match op().await {
@@ -477,7 +489,7 @@ impl ConsumerLoop {
                         .next()
                         .unwrap_or(Duration::from_millis(self.settings.retry_max_ms));
                     tokio::select! {
-                        () = shutdown.cancelled() => return Err(Stopped),
+                        () = shutdown.cancelled() => return Err(Halt::Shutdown),
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -499,7 +511,19 @@ impl ConsumerLoop {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         let result = loop {
             tokio::select! {
-                result = self.consume(&shutdown) => break result,
+                result = self.consume(&shutdown) => match result {
+                    Ok(Halt::Shutdown) => break Ok(()),
+                    Ok(Halt::Resync) => {
+                        metrics::counter!("consumer_resyncs_total").increment(1);
+                        tracing::warn!("the store's offsets moved under this consumer (another instance wrote them, or the store lost data): reading them again");
+                        self.status.set(ConsumerState::Starting);
+                        tokio::select! {
+                            () = shutdown.cancelled() => break Ok(()),
+                            () = tokio::time::sleep(Duration::from_millis(self.settings.retry_min_ms)) => {}
+                        }
+                    }
+                    Err(err) => break Err(err),
+                },
                 () = self.status.restart_requested() => {
                     tracing::warn!("recreating the broker consumer and seeking to the store's offsets");
                     self.status.set(ConsumerState::Starting);
@@ -511,7 +535,7 @@ impl ConsumerLoop {
         result
     }
 
-    async fn consume(&self, shutdown: &CancellationToken) -> Result<(), ConsumerError> {
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<Halt, ConsumerError> {
         let consumer = self.create_consumer()?;
         let topic = self.broker.topic.clone();
 
@@ -533,7 +557,7 @@ impl ConsumerLoop {
             })
             .await
         else {
-            return Ok(());
+            return Ok(Halt::Shutdown);
         };
         let Ok(stored) = self
             .retry(shutdown, "reading offsets from the store", || {
@@ -541,7 +565,7 @@ impl ConsumerLoop {
             })
             .await
         else {
-            return Ok(());
+            return Ok(Halt::Shutdown);
         };
 
         let rewind = self.settings.resume_rewind;
@@ -554,7 +578,9 @@ impl ConsumerLoop {
             assignment.add_partition_offset(&topic, *partition, offset)?;
         }
         consumer.assign(&assignment)?;
-        self.status.record_stored(&stored);
+        // What the store holds now, not what this consumer stored before:
+        // every batch is written only if the store is still there.
+        self.status.reset_stored(&stored);
         tracing::info!(%topic, ?partitions, ?stored, engine = self.store.engine(), "consuming from the store's offsets");
         self.status.set(ConsumerState::Running);
 
@@ -587,8 +613,10 @@ impl ConsumerLoop {
                 }
                 continue;
             }
-            let Ok(offsets) = self.process(&topic, &messages, shutdown).await else {
-                break;
+            let offsets = match self.process(&topic, &messages, shutdown).await {
+                Ok(offsets) => offsets,
+                Err(Halt::Shutdown) => break,
+                Err(Halt::Resync) => return Ok(Halt::Resync),
             };
             self.status.record_stored(&offsets);
             if last_commit.elapsed() >= BROKER_COMMIT_EVERY {
@@ -596,7 +624,7 @@ impl ConsumerLoop {
                 last_commit = Instant::now();
             }
         }
-        Ok(())
+        Ok(Halt::Shutdown)
     }
 
     /// Stores one batch: its poison records go to the dead-letter topic, its
@@ -607,7 +635,7 @@ impl ConsumerLoop {
         topic: &str,
         messages: &[BorrowedMessage<'_>],
         shutdown: &CancellationToken,
-    ) -> Result<Offsets, Stopped> {
+    ) -> Result<Offsets, Halt> {
         let Decoded {
             rows,
             poison,
@@ -623,7 +651,8 @@ impl ConsumerLoop {
             tracing::warn!(partition = m.partition(), offset = m.offset(), kind = letter.kind.as_str(), reason = %letter.reason, trace_id, "dead-lettering a record");
             self.dead_letter(letter, shutdown).await?;
         }
-        let batch = Arc::new(Batch::new(topic, rows, offsets.clone()));
+        let batch =
+            Arc::new(Batch::new(topic, rows, offsets.clone()).expecting(self.expected(&offsets)));
         match self.store_batch(&batch, shutdown).await? {
             Ok(applied) => {
                 let engine = self.store.engine();
@@ -638,6 +667,16 @@ impl ConsumerLoop {
             }
         }
         Ok(offsets)
+    }
+
+    /// The store offsets this consumer believes current for `partitions`
+    /// (absent: nothing stored yet): a batch is written only if they are.
+    fn expected(&self, partitions: &Offsets) -> Offsets {
+        let stored = self.status.stored();
+        partitions
+            .keys()
+            .filter_map(|p| stored.get(p).map(|o| (*p, *o)))
+            .collect()
     }
 
     /// Sorts each record of a batch into an order to store or a dead letter.
@@ -677,12 +716,14 @@ impl ConsumerLoop {
     }
 
     /// Writes a batch, waiting out transient failures (the partitions do not
-    /// advance meanwhile); a permanent refusal comes back as `Err(reason)`.
+    /// advance meanwhile); a permanent refusal of its rows comes back as
+    /// `Err(reason)`, offsets that moved under this consumer as
+    /// [`Halt::Resync`].
     async fn store_batch(
         &self,
         batch: &Arc<Batch>,
         shutdown: &CancellationToken,
-    ) -> Result<Result<Applied, String>, Stopped> {
+    ) -> Result<Result<Applied, String>, Halt> {
         let engine = self.store.engine();
         let outcome = self
             .retry(shutdown, "store unavailable", || {
@@ -695,7 +736,11 @@ impl ConsumerLoop {
                     match outcome {
                         Ok(applied) => Ok(Ok(applied)),
                         Err(refused) if refused.is_permanent() => {
-                            Ok(Err(Chain(&refused).to_string()))
+                            Ok(Err(Some(Chain(&refused).to_string())))
+                        }
+                        Err(diverged @ StoreError::Diverged { .. }) => {
+                            tracing::warn!(reason = %diverged, "the store refused the batch");
+                            Ok(Err(None))
                         }
                         Err(transient) => Err(transient),
                     }
@@ -703,7 +748,11 @@ impl ConsumerLoop {
             })
             .await?;
         self.status.set(ConsumerState::Running);
-        Ok(outcome)
+        match outcome {
+            Ok(applied) => Ok(Ok(applied)),
+            Err(Some(reason)) => Ok(Err(reason)),
+            Err(None) => Err(Halt::Resync),
+        }
     }
 
     /// Writes `letter` to the dead-letter topic, waiting as long as the
@@ -712,9 +761,9 @@ impl ConsumerLoop {
         &self,
         letter: &DeadLetter,
         shutdown: &CancellationToken,
-    ) -> Result<(), Stopped> {
+    ) -> Result<(), Halt> {
         tokio::select! {
-            () = shutdown.cancelled() => Err(Stopped),
+            () = shutdown.cancelled() => Err(Halt::Shutdown),
             sent = self.retry(shutdown, "writing to the dead-letter topic", || self.dlq.send(letter)) => sent,
         }
     }
@@ -727,7 +776,7 @@ impl ConsumerLoop {
         batch: &Batch,
         messages: &[BorrowedMessage<'_>],
         shutdown: &CancellationToken,
-    ) -> Result<(), Stopped> {
+    ) -> Result<(), Halt> {
         for row in &batch.orders {
             let single = Arc::new(Batch::new(&batch.topic, vec![row.clone()], Offsets::new()));
             let Err(reason) = self.store_batch(&single, shutdown).await? else {
@@ -747,7 +796,9 @@ impl ConsumerLoop {
             };
             self.dead_letter(&letter, shutdown).await?;
         }
-        let offsets_only = Arc::new(Batch::new(&batch.topic, Vec::new(), batch.offsets.clone()));
+        let mut offsets_only = Batch::new(&batch.topic, Vec::new(), batch.offsets.clone());
+        offsets_only.expected = batch.expected.clone();
+        let offsets_only = Arc::new(offsets_only);
         self.retry(shutdown, "storing offsets", || {
             self.store.apply(offsets_only.clone())
         })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::{Applied, Batch, Offsets, Store, StoredOrder};
+use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
 use crate::order::{Description, NewOrder};
 
 /// How a contract test gets a store; `open` again must see the same data.
@@ -37,6 +37,63 @@ pub fn order(symbol: (&str, &str), n: i64) -> StoredOrder {
 
 pub fn batch(orders: Vec<StoredOrder>, offsets: &[(i32, i64)]) -> Arc<Batch> {
     Arc::new(Batch::new(TOPIC, orders, offsets.iter().copied().collect()))
+}
+
+/// `batch` written only if the store's offsets are at `expected`.
+pub fn fenced(
+    orders: Vec<StoredOrder>,
+    offsets: &[(i32, i64)],
+    expected: &[(i32, i64)],
+) -> Arc<Batch> {
+    Arc::new(
+        Batch::new(TOPIC, orders, offsets.iter().copied().collect())
+            .expecting(expected.iter().copied().collect()),
+    )
+}
+
+/// Fencing: a writer whose idea of the store's offsets is stale (it lost
+/// the partition to another instance, or the store lost data behind its
+/// back) is refused as a whole — no row, no offset — while a writer that
+/// knows where the store is goes on, and repeating its batch is harmless.
+pub async fn a_writer_whose_offsets_are_stale_is_refused(engine: impl Engine) {
+    let store = engine.open().await;
+    let first: Vec<_> = (0..5).map(|n| order(("USD", "EUR"), n)).collect();
+    store
+        .apply(fenced(first, &[(0, 5)], &[]))
+        .await
+        .expect("the first writer");
+
+    let zombie: Vec<_> = (5..8).map(|n| order(("GBP", "JPY"), n)).collect();
+    let err = store
+        .apply(fenced(zombie.clone(), &[(0, 8)], &[]))
+        .await
+        .expect_err("a writer that believes nothing was stored");
+    assert!(matches!(err, StoreError::Diverged { .. }), "{err}");
+    assert!(!err.is_permanent(), "its rows must not be dead-lettered");
+    assert_eq!(
+        store.count().await.expect("count"),
+        5,
+        "no row of the refused batch"
+    );
+    for row in &zombie {
+        assert!(store.get(row.order.id).await.expect("get").is_none());
+    }
+    assert_eq!(store.offsets(TOPIC).await.expect("offsets")[&0], 5);
+    let err = store
+        .apply(fenced(zombie.clone(), &[(0, 9)], &[(0, 3)]))
+        .await
+        .expect_err("a writer that is behind");
+    assert!(matches!(err, StoreError::Diverged { .. }), "{err}");
+
+    let next = fenced(zombie.clone(), &[(0, 8)], &[(0, 5)]);
+    store.apply(next.clone()).await.expect("the owner goes on");
+    let again = store
+        .apply(next)
+        .await
+        .expect("the same batch again (answer lost)");
+    assert_eq!(again.inserted, 0);
+    assert_eq!(store.count().await.expect("count"), 8);
+    assert_eq!(store.offsets(TOPIC).await.expect("offsets")[&0], 8);
 }
 
 pub async fn applies_rows_and_offsets_together(engine: impl Engine) {
@@ -246,6 +303,10 @@ macro_rules! store_contract_tests {
             #[tokio::test]
             async fn lists_by_symbol_with_a_cursor() {
                 c::lists_by_symbol_with_a_cursor($engine().await).await;
+            }
+            #[tokio::test]
+            async fn a_writer_whose_offsets_are_stale_is_refused() {
+                c::a_writer_whose_offsets_are_stale_is_refused($engine().await).await;
             }
             #[tokio::test]
             async fn reopening_keeps_everything() {

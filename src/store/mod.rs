@@ -48,6 +48,15 @@ pub struct Batch {
     pub orders: Vec<StoredOrder>,
     /// For every partition the batch covers, the offset to resume from.
     pub offsets: Offsets,
+    /// For every partition in `offsets`, the next offset the writer believes
+    /// the store holds now (absent: none stored yet). When set, the store
+    /// refuses the whole batch with [`StoreError::Diverged`] unless each
+    /// partition is at that offset — or already at the batch's own target (a
+    /// retry after an answer was lost). That check runs inside the same
+    /// transaction as the write: an instance that lost a partition (a zombie)
+    /// can never write after its new owner, and a store that lost data behind
+    /// oms' back is noticed instead of being written on top of.
+    pub expected: Option<Offsets>,
     /// Fault injection for the contract tests: the engine writes everything,
     /// then fails instead of committing, so atomicity can be observed.
     #[cfg(test)]
@@ -61,10 +70,44 @@ impl Batch {
             topic: topic.into(),
             orders,
             offsets,
+            expected: None,
             #[cfg(test)]
             fail_before_commit: false,
         }
     }
+
+    /// The same batch, written only if the store is where `expected` says.
+    pub fn expecting(mut self, expected: Offsets) -> Self {
+        self.expected = Some(expected);
+        self
+    }
+
+    /// Checks the store's current offsets of the batch's partitions
+    /// (`current`, read inside the write transaction) against `expected`.
+    pub fn check(&self, current: &Offsets) -> Result<(), StoreError> {
+        let Some(expected) = &self.expected else {
+            return Ok(());
+        };
+        let off = self.offsets.iter().find(|(p, target)| {
+            let now = current.get(p);
+            now != expected.get(p) && now != Some(target)
+        });
+        match off {
+            None => Ok(()),
+            Some((p, target)) => Err(StoreError::Diverged {
+                what: format!(
+                    "{} partition {p} is at {} in the store; this writer expected {} (or {target} if this batch was applied)",
+                    self.topic,
+                    show(current.get(p)),
+                    show(expected.get(p)),
+                ),
+            }),
+        }
+    }
+}
+
+fn show(offset: Option<&i64>) -> String {
+    offset.map_or_else(|| "nothing stored".to_owned(), i64::to_string)
 }
 
 /// What [`Store::apply`] did.
@@ -96,6 +139,12 @@ pub enum StoreError {
         #[source]
         source: Option<Cause>,
     },
+    /// The store's offsets are not where this writer expected them (see
+    /// [`Batch::expected`]): nothing of the batch was written. Another
+    /// instance took the partition over, or the store lost data; the
+    /// consumer reads the store's offsets again.
+    #[error("the store's offsets moved under this consumer: {what}")]
+    Diverged { what: String },
     /// The engine's worker thread panicked: a bug (in oms or the engine).
     /// The consumer treats the batch as refused, so its records are
     /// dead-lettered one by one instead of crashing the loop forever.
@@ -138,9 +187,10 @@ impl StoreError {
         }
     }
 
-    /// Retrying the same write cannot succeed.
+    /// Retrying the same write cannot succeed: the rows themselves are
+    /// refused (they go to the dead-letter topic).
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, Self::Transient { .. })
+        matches!(self, Self::Permanent { .. } | Self::Crashed { .. })
     }
 }
 

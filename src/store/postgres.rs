@@ -33,6 +33,8 @@ WITH inserted AS (
     INSERT INTO log_offsets (topic, partition, next_offset)
     SELECT $14, p, o FROM UNNEST($15::int4[], $16::int8[]) AS t(p, o)
     ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset
+        -- Offsets only move forward, whoever writes.
+        WHERE log_offsets.next_offset <= EXCLUDED.next_offset
     RETURNING 1
 )
 SELECT count(*) FROM inserted
@@ -219,20 +221,41 @@ impl Store for PostgresStore {
     }
 
     async fn apply(&self, batch: Arc<Batch>) -> Result<Applied, StoreError> {
+        let checked = batch.expected.is_some();
         #[cfg(test)]
-        if batch.fail_before_commit {
+        let checked = checked || batch.fail_before_commit;
+        let inserted = if checked {
+            // One transaction: lock the batch's offset rows (a concurrent
+            // writer of the same partitions waits, then sees the new value),
+            // check them, write. Dropping `tx` early rolls everything back.
             let mut tx = self.pool.begin().await.map_err(classify)?;
-            Self::apply_query(&batch)
+            let partitions: Vec<i32> = batch.offsets.keys().copied().collect();
+            let current: Vec<(i32, i64)> = sqlx::query_as(
+                "SELECT partition, next_offset FROM log_offsets \
+                 WHERE topic = $1 AND partition = ANY($2) FOR UPDATE",
+            )
+            .bind(&batch.topic)
+            .bind(&partitions)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
+            batch.check(&current.into_iter().collect())?;
+            let inserted = Self::apply_query(&batch)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(classify)?;
-            drop(tx); // rolled back
-            return Err(StoreError::unavailable("injected failure before commit"));
-        }
-        let inserted = Self::apply_query(&batch)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(classify)?;
+            #[cfg(test)]
+            if batch.fail_before_commit {
+                return Err(StoreError::unavailable("injected failure before commit"));
+            }
+            tx.commit().await.map_err(classify)?;
+            inserted
+        } else {
+            Self::apply_query(&batch)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(classify)?
+        };
         let inserted = usize::try_from(inserted).unwrap_or_default();
         Ok(Applied {
             inserted,

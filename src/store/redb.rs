@@ -124,6 +124,16 @@ fn apply_in(db: &Database, batch: &Batch) -> Result<Applied, StoreError> {
         let mut orders = tx.open_table(ORDERS).map_err(classify)?;
         let mut by_symbol = tx.open_table(BY_SYMBOL).map_err(classify)?;
         let mut offsets = tx.open_table(OFFSETS).map_err(classify)?;
+        let mut current = Offsets::new();
+        for partition in batch.offsets.keys() {
+            if let Some(next) = offsets
+                .get((batch.topic.as_str(), *partition))
+                .map_err(classify)?
+            {
+                current.insert(*partition, next.value());
+            }
+        }
+        batch.check(&current)?;
         for stored in &batch.orders {
             let key = stored.order.id.as_u128();
             if orders.get(key).map_err(classify)?.is_some() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sled::Transactional;
-use sled::transaction::TransactionError;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use uuid::Uuid;
 
 use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
@@ -146,9 +146,23 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
             value,
         ));
     }
-    let outcome: Result<Applied, TransactionError<&'static str>> =
+    let outcome: Result<Applied, TransactionError<StoreError>> =
         (&store.orders, &store.by_symbol, &store.offsets).transaction(
             |(orders, by_symbol, offsets)| {
+                let mut current = Offsets::new();
+                for partition in batch.offsets.keys() {
+                    if let Some(next) = offsets.get(offset_key(&batch.topic, *partition))? {
+                        let next = <[u8; 8]>::try_from(next.as_ref()).map_err(|_| {
+                            ConflictableTransactionError::Abort(StoreError::refused(
+                                "corrupt offset entry",
+                            ))
+                        })?;
+                        current.insert(*partition, i64::from_be_bytes(next));
+                    }
+                }
+                batch
+                    .check(&current)
+                    .map_err(ConflictableTransactionError::Abort)?;
                 let mut applied = Applied::default();
                 for (id, index_key, value) in &rows {
                     let key = id.to_be_bytes();
@@ -168,8 +182,8 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
                 }
                 #[cfg(test)]
                 if batch.fail_before_commit {
-                    return Err(sled::transaction::ConflictableTransactionError::Abort(
-                        "injected failure before commit",
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::unavailable("injected failure before commit"),
                     ));
                 }
                 Ok(applied)
@@ -177,9 +191,7 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
         );
     let applied = match outcome {
         Ok(applied) => applied,
-        Err(TransactionError::Abort(reason)) => {
-            return Err(StoreError::unavailable(reason.to_owned()));
-        }
+        Err(TransactionError::Abort(err)) => return Err(err),
         Err(TransactionError::Storage(err)) => return Err(classify(err)),
     };
     // No flush per batch: a transaction is atomic in sled's log, so a kill -9
