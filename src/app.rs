@@ -69,6 +69,7 @@ impl Application {
             retry_after_secs: settings.broker.retry_after_secs,
             stall_after: Duration::from_millis(settings.consumer.stall_after_ms),
             read_wait: Duration::from_millis(settings.http.read_wait_ms),
+            topic: settings.broker.topic.clone(),
         });
         Ok(Self {
             settings,

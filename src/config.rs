@@ -184,8 +184,12 @@ impl std::fmt::Display for StoreUrl {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsumerMode {
-    /// Assign every partition to this daemon at the store's offsets (no group join).
+    /// Assign every partition to this daemon at the store's offsets (no
+    /// group join): every instance is a full replica. For embedded stores.
     Assign,
+    /// Join the consumer group (`cooperative-sticky`, static membership):
+    /// the instances share the partitions. For shared stores (Postgres).
+    Group,
 }
 
 /// Log line format.
@@ -293,8 +297,15 @@ impl Default for BrokerSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerSettings {
     pub mode: ConsumerMode,
-    /// Group id used to report committed offsets (lag); never used to seek.
+    /// The consumer group: in `group` mode the instances that share the
+    /// partitions; in both modes where committed offsets (lag tooling) go.
+    /// The store, not the group, says where to resume.
     pub group_id: String,
+    /// Static membership in `group` mode (`group.instance.id`): an instance
+    /// restarted under the same id within the session timeout gets its
+    /// partitions back without a rebalance. Empty: `oms-<host>-<pid>` (set
+    /// it per replica to keep its partitions across restarts).
+    pub instance_id: String,
     /// Most records written in one store transaction.
     pub batch_max: usize,
     /// Longest a batch waits to fill after its first record (0: a batch is
@@ -333,6 +344,7 @@ impl Default for ConsumerSettings {
         Self {
             mode: ConsumerMode::Assign,
             group_id: "oms".into(),
+            instance_id: String::new(),
             batch_max: 1_000,
             batch_wait_ms: 0,
             fetch_min_bytes: 1,
@@ -569,7 +581,25 @@ impl Settings {
             .store
             .fold_deprecated()
             .map_err(ConfigError::Invalid)?;
+        settings.check_mode()?;
         Ok(settings)
+    }
+
+    /// Refuses a consumer mode that does not fit the store: `group` splits
+    /// the partitions between instances, so with an embedded store each
+    /// instance would hold only part of the orders.
+    fn check_mode(&self) -> Result<(), ConfigError> {
+        let engine = self.store.engine();
+        if self.consumer.mode == ConsumerMode::Group && engine.is_embedded() {
+            return Err(ConfigError::Invalid(format!(
+                "consumer.mode = \"group\" shares the partitions between instances, but {} keeps \
+                 each instance's orders in its own files: every instance would hold only part of \
+                 them. Use consumer.mode = \"assign\" (every instance a full replica) or a shared \
+                 store (postgres)",
+                engine.as_str()
+            )));
+        }
+        Ok(())
     }
 }
 

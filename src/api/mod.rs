@@ -33,6 +33,8 @@ pub struct AppState {
     pub stall_after: std::time::Duration,
     /// How long a read that misses waits for the consumer (`http.read_wait_ms`).
     pub read_wait: std::time::Duration,
+    /// The orders topic (whose offsets the store keeps).
+    pub topic: String,
 }
 
 #[derive(Tags)]

@@ -274,6 +274,31 @@ fn store_unavailable(err: &crate::store::StoreError) -> Problem {
     )
 }
 
+/// Group mode: other instances store the other partitions, so whether the
+/// log is stored is the store's to say — asked until it is, or `deadline`.
+/// `Err`: records still missing.
+async fn store_up_to(
+    state: &AppState,
+    log_end: &crate::store::Offsets,
+    deadline: tokio::time::Instant,
+) -> Result<(), i64> {
+    loop {
+        let stored = state.store.offsets(&state.topic).await.unwrap_or_default();
+        let missing: i64 = log_end
+            .iter()
+            .map(|(p, end)| (end - stored.get(p).copied().unwrap_or(0)).max(0))
+            .sum();
+        if missing == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(missing);
+        }
+        // A store round trip per poll; a few ms apart keeps it cheap.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// The order resource.
 pub struct OrdersApi;
 
@@ -358,7 +383,12 @@ impl OrdersApi {
             .consumer
             .known_log_end(&state.producer.evidence().acked_ends());
         let deadline = tokio::time::Instant::now() + state.read_wait;
-        if let Err(missing) = state.consumer.stored_up_to(&log_end, deadline).await {
+        let caught_up = if state.consumer.grouped() {
+            store_up_to(&state, &log_end, deadline).await
+        } else {
+            state.consumer.stored_up_to(&log_end, deadline).await
+        };
+        if let Err(missing) = caught_up {
             return GetOrderResponse::Unavailable(
                 Json(Problem::new(
                     poem::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message};
@@ -23,7 +25,7 @@ use super::admin::{self, AdminError};
 use super::client_config;
 use super::dlq::{DeadLetter, DeadLetterWriter, ErrorKind, replay_count};
 use super::producer::ProduceEvidence;
-use crate::config::{BrokerSettings, ConsumerSettings};
+use crate::config::{BrokerSettings, ConsumerMode, ConsumerSettings};
 use crate::error::Chain;
 use crate::order::{Order, RecordError};
 use crate::store::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
@@ -66,6 +68,10 @@ struct Shared {
 struct Inner {
     state: ConsumerState,
     stored: Offsets,
+    /// Group mode: the partitions are shared with other instances.
+    grouped: bool,
+    /// Partitions assigned through the group (group mode only).
+    owned: std::collections::BTreeSet<i32>,
     /// When a batch was last stored (or the consumer last (re)started).
     progress: Instant,
     progress_unix: f64,
@@ -91,6 +97,8 @@ impl Default for Inner {
         Self {
             state: ConsumerState::default(),
             stored: Offsets::new(),
+            grouped: false,
+            owned: std::collections::BTreeSet::new(),
             progress: Instant::now(),
             progress_unix: unix_now(),
             heartbeat: Instant::now(),
@@ -148,9 +156,48 @@ impl ConsumerStatus {
         self.with(|s| s.stored.clone())
     }
 
+    /// Takes over `partitions` at the offsets the store holds for them
+    /// (`stored`; absent: nothing stored yet).
+    fn adopt(&self, partitions: &[i32], stored: &Offsets) {
+        self.with(|s| {
+            for p in partitions {
+                match stored.get(p) {
+                    Some(o) => s.stored.insert(*p, *o),
+                    None => s.stored.remove(p),
+                };
+                s.owned.insert(*p);
+            }
+        });
+    }
+
+    /// Gives up `partitions` (group mode).
+    fn forget(&self, partitions: &[i32]) {
+        self.with(|s| {
+            for p in partitions {
+                s.stored.remove(p);
+                s.owned.remove(p);
+            }
+        });
+    }
+
+    /// Whether this instance shares the partitions with others (group mode):
+    /// then only the store, not this instance, knows whether the log is
+    /// stored.
+    pub fn grouped(&self) -> bool {
+        self.with(|s| s.grouped)
+    }
+
+    /// How many partitions this instance consumes through the group.
+    fn owned(&self) -> usize {
+        self.with(|s| s.owned.len())
+    }
+
     /// Starts over from what the store holds (on every (re)start).
     fn reset_stored(&self, offsets: &Offsets) {
-        self.with(|s| s.stored = offsets.clone());
+        self.with(|s| {
+            s.stored = offsets.clone();
+            s.owned.clear();
+        });
         self.record_stored(offsets);
     }
 
@@ -216,7 +263,9 @@ impl ConsumerStatus {
     /// Records before `ends` that the store does not hold, per partition (a
     /// partition the store holds nothing of starts where the log starts).
     fn behind<'a>(s: &'a Inner, ends: &'a Offsets) -> impl Iterator<Item = (i32, i64)> + 'a {
-        ends.iter().map(|(p, end)| {
+        // In group mode the other partitions are other instances' to store.
+        let mine = move |p: &i32| !s.grouped || s.owned.contains(p);
+        ends.iter().filter(move |(p, _)| mine(p)).map(|(p, end)| {
             let stored = s
                 .stored
                 .get(p)
@@ -372,11 +421,25 @@ impl Resume {
         }
     }
 
+    /// Starts guarding newly assigned partitions (group mode).
+    fn watch(&mut self, stored: &Offsets) {
+        for (p, o) in stored.iter().filter(|(_, o)| **o > 0) {
+            self.pending.insert(*p, (*o, self.first_step));
+        }
+    }
+
+    /// Stops guarding partitions this instance no longer owns.
+    fn forget(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.pending.remove(p);
+        }
+    }
+
     /// Drops what must not be stored from `messages`, rewinding partitions
     /// whose broker skipped the resume offset.
     fn admit(
         &mut self,
-        consumer: &StreamConsumer,
+        consumer: &LogConsumer,
         topic: &str,
         messages: &mut Vec<BorrowedMessage<'_>>,
     ) {
@@ -414,6 +477,87 @@ impl Resume {
             rewound.push(p);
             false
         });
+    }
+}
+
+/// The broker consumer, with oms' rebalance handling.
+type LogConsumer = StreamConsumer<Rebalances>;
+
+/// A change of the partitions this instance owns (group mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Hands the group's rebalances to the consume loop. It runs inside
+/// librdkafka's poll (a `recv` of the loop, between two batches), so it
+/// does nothing slow: before partitions are revoked it commits what the
+/// store holds for them (so their next owner starts close to it), and it
+/// queues the change for the loop, which reads the store's offsets of newly
+/// assigned partitions itself. In assign mode it never runs.
+pub struct Rebalances {
+    topic: String,
+    status: ConsumerStatus,
+    changes: Mutex<Vec<Change>>,
+    changed: Notify,
+}
+
+impl Rebalances {
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect()
+    }
+
+    fn push(&self, change: Change) {
+        if let Ok(mut changes) = self.changes.lock() {
+            changes.push(change);
+        }
+        self.changed.notify_one();
+    }
+
+    /// Resolves once a change was queued (at once if one is waiting).
+    async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    fn take(&self) -> Vec<Change> {
+        self.changes
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+    }
+}
+
+impl rdkafka::ClientContext for Rebalances {}
+
+impl ConsumerContext for Rebalances {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let stored = self.status.stored();
+        let mut list = TopicPartitionList::new();
+        for p in self.partitions(tpl) {
+            if let Some(next) = stored.get(&p) {
+                let _ = list.add_partition_offset(&self.topic, p, Offset::Offset(*next));
+            }
+        }
+        if list.count() > 0 {
+            if let Err(err) = consumer.commit(&list, CommitMode::Sync) {
+                tracing::warn!(error = %err, "committing the stored offsets of revoked partitions failed (the next owner reads a little more, and drops what is stored)");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => self.push(Change::Assigned(self.partitions(tpl))),
+            Rebalance::Revoke(tpl) => self.push(Change::Revoked(self.partitions(tpl))),
+            Rebalance::Error(err) => tracing::warn!(error = %err, "rebalance failed"),
+        }
     }
 }
 
@@ -497,8 +641,13 @@ impl ConsumerLoop {
         }
     }
 
-    fn create_consumer(&self) -> Result<StreamConsumer, KafkaError> {
-        consumer_config(&self.broker, &self.settings).create()
+    fn create_consumer(&self) -> Result<LogConsumer, KafkaError> {
+        consumer_config(&self.broker, &self.settings).create_with_context(Rebalances {
+            topic: self.broker.topic.clone(),
+            status: self.status.clone(),
+            changes: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+        })
     }
 
     /// Runs until `shutdown` is cancelled; the batch in hand is written first.
@@ -539,67 +688,59 @@ impl ConsumerLoop {
         let consumer = self.create_consumer()?;
         let topic = self.broker.topic.clone();
 
-        let metadata_client: Arc<BaseConsumer> =
-            Arc::new(client_config(&self.broker, "oms-metadata").create()?);
-        let broker = self.broker.clone();
-        let Ok(partitions) = self
-            .retry(shutdown, "reading the orders topic's partitions", || {
-                let client = metadata_client.clone();
-                let broker = broker.clone();
-                let topic = topic.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || {
-                        admin::partitions(client.as_ref(), &broker, &topic)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(AdminError::Task(e)))
-                }
-            })
-            .await
-        else {
-            return Ok(Halt::Shutdown);
+        let stored = match self.settings.mode {
+            ConsumerMode::Assign => match self.assign_all(&consumer, &topic, shutdown).await? {
+                Some(stored) => stored,
+                None => return Ok(Halt::Shutdown),
+            },
+            ConsumerMode::Group => {
+                // Partitions arrive through `Rebalances`; each resumes from
+                // the store's offset when it is assigned.
+                consumer.subscribe(&[topic.as_str()])?;
+                tracing::info!(%topic, group = %self.settings.group_id, "joining the consumer group");
+                Offsets::new()
+            }
         };
-        let Ok(stored) = self
-            .retry(shutdown, "reading offsets from the store", || {
-                self.store.offsets(&topic)
-            })
-            .await
-        else {
-            return Ok(Halt::Shutdown);
-        };
-
-        let rewind = self.settings.resume_rewind;
-        let mut assignment = TopicPartitionList::new();
-        for partition in &partitions {
-            // A little before the stored offset: see [`Resume`].
-            let offset = stored
-                .get(partition)
-                .map_or(Offset::Beginning, |o| Offset::Offset((o - rewind).max(0)));
-            assignment.add_partition_offset(&topic, *partition, offset)?;
-        }
-        consumer.assign(&assignment)?;
         // What the store holds now, not what this consumer stored before:
         // every batch is written only if the store is still there.
         self.status.reset_stored(&stored);
-        tracing::info!(%topic, ?partitions, ?stored, engine = self.store.engine(), "consuming from the store's offsets");
+        let grouped = self.settings.mode == ConsumerMode::Group;
+        self.status.with(|s| s.grouped = grouped);
         self.status.set(ConsumerState::Running);
+        let rewind = self.settings.resume_rewind;
 
         let batch_wait = Duration::from_millis(self.settings.batch_wait_ms);
         let mut errors = ErrorLog::default();
         let mut resume = Resume::new(&stored, rewind);
         let mut last_commit = Instant::now();
         loop {
+            // A rebalance (which librdkafka runs inside `recv`) wakes the
+            // loop too, so partitions are taken over with no record waiting.
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
-                message = consumer.recv() => message,
+                () = consumer.context().changed() => None,
+                message = consumer.recv() => Some(message),
             };
             let mut messages = Vec::with_capacity(self.settings.batch_max);
-            let mut failed = errors.take(first, &mut messages);
+            let rebalanced = first.is_none();
+            let mut failed = false;
+            if let Some(first) = first {
+                failed = errors.take(first, &mut messages);
+            }
             let deadline = tokio::time::Instant::now() + batch_wait;
-            while !failed && messages.len() < self.settings.batch_max {
+            while !rebalanced && !failed && messages.len() < self.settings.batch_max {
                 match tokio::time::timeout_at(deadline, consumer.recv()).await {
                     Ok(message) => failed = errors.take(message, &mut messages),
                     Err(_) => break,
+                }
+            }
+            for change in consumer.context().take() {
+                match self
+                    .apply_change(change, &topic, &mut resume, &mut messages, shutdown)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(halt) => return Ok(halt),
                 }
             }
             resume.admit(&consumer, &topic, &mut messages);
@@ -625,6 +766,97 @@ impl ConsumerLoop {
             }
         }
         Ok(Halt::Shutdown)
+    }
+
+    /// Assign mode: every partition of the topic, each from a little before
+    /// the offset the store holds (see [`Resume`]). `None`: shutdown.
+    async fn assign_all(
+        &self,
+        consumer: &LogConsumer,
+        topic: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Offsets>, ConsumerError> {
+        let metadata_client: Arc<BaseConsumer> =
+            Arc::new(client_config(&self.broker, "oms-metadata").create()?);
+        let broker = self.broker.clone();
+        let Ok(partitions) = self
+            .retry(shutdown, "reading the orders topic's partitions", || {
+                let client = metadata_client.clone();
+                let broker = broker.clone();
+                let topic = topic.to_owned();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        admin::partitions(client.as_ref(), &broker, &topic)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(AdminError::Task(e)))
+                }
+            })
+            .await
+        else {
+            return Ok(None);
+        };
+        let Ok(stored) = self
+            .retry(shutdown, "reading offsets from the store", || {
+                self.store.offsets(topic)
+            })
+            .await
+        else {
+            return Ok(None);
+        };
+        let rewind = self.settings.resume_rewind;
+        let mut assignment = TopicPartitionList::new();
+        for partition in &partitions {
+            // A little before the stored offset: see [`Resume`].
+            let offset = stored
+                .get(partition)
+                .map_or(Offset::Beginning, |o| Offset::Offset((o - rewind).max(0)));
+            assignment.add_partition_offset(topic, *partition, offset)?;
+        }
+        consumer.assign(&assignment)?;
+        tracing::info!(%topic, ?partitions, ?stored, engine = self.store.engine(), "consuming from the store's offsets");
+        metrics::gauge!("consumer_assigned_partitions").set(partitions.len() as f64);
+        Ok(Some(stored))
+    }
+
+    /// Group mode: a partition revoked is given up with what is in hand
+    /// (its records in the batch are dropped: the next owner reads them
+    /// from the store's offset); a partition assigned resumes from the
+    /// offset the store holds, read now.
+    async fn apply_change(
+        &self,
+        change: Change,
+        topic: &str,
+        resume: &mut Resume,
+        messages: &mut Vec<BorrowedMessage<'_>>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Halt> {
+        let started = Instant::now();
+        match change {
+            Change::Revoked(partitions) => {
+                messages.retain(|m| !partitions.contains(&m.partition()));
+                self.status.forget(&partitions);
+                resume.forget(&partitions);
+                tracing::info!(?partitions, "partitions revoked");
+            }
+            Change::Assigned(partitions) => {
+                let now = self
+                    .retry(shutdown, "reading offsets from the store", || {
+                        self.store.offsets(topic)
+                    })
+                    .await?;
+                let owned: Offsets = partitions
+                    .iter()
+                    .filter_map(|p| now.get(p).map(|o| (*p, *o)))
+                    .collect();
+                self.status.adopt(&partitions, &owned);
+                resume.watch(&owned);
+                tracing::info!(?partitions, stored = ?owned, "partitions assigned; resuming from the store's offsets");
+            }
+        }
+        metrics::gauge!("consumer_assigned_partitions").set(self.status.owned() as f64);
+        metrics::histogram!("consumer_rebalance_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// Stores one batch: its poison records go to the dead-letter topic, its
@@ -810,7 +1042,7 @@ impl ConsumerLoop {
     /// show lag too (`consumer_lag` comes from [`watch_log`]). At most every
     /// [`BROKER_COMMIT_EVERY`]: each commit is a write in the broker's
     /// database, and nothing depends on it being fresh.
-    fn report_lag(&self, consumer: &StreamConsumer, topic: &str, offsets: &Offsets) {
+    fn report_lag(&self, consumer: &LogConsumer, topic: &str, offsets: &Offsets) {
         let mut list = TopicPartitionList::new();
         for (partition, next) in offsets {
             if list
@@ -863,6 +1095,14 @@ fn record_span(message: &BorrowedMessage<'_>, order: &Order, engine: &str) -> Op
 /// benchmark's raw consumer). Offsets are oms' business, not the group's.
 pub fn consumer_config(broker: &BrokerSettings, consumer: &ConsumerSettings) -> ClientConfig {
     let mut config = client_config(broker, "oms-consumer");
+    if consumer.mode == ConsumerMode::Group {
+        config
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("group.instance.id", instance_id(consumer))
+            // A member restarted (or kill -9ed) under the same id within this
+            // gets its partitions back without a rebalance.
+            .set("session.timeout.ms", "10000");
+    }
     config
         .set("group.id", &consumer.group_id)
         .set("enable.auto.commit", "false")
@@ -883,6 +1123,18 @@ pub fn consumer_config(broker: &BrokerSettings, consumer: &ConsumerSettings) -> 
             consumer.fetch_wait_ms.max(1).to_string(),
         );
     config
+}
+
+/// `consumer.instance_id`, or one derived from the host and the process
+/// (unique per running instance; set it to keep it across restarts).
+fn instance_id(consumer: &ConsumerSettings) -> String {
+    if !consumer.instance_id.is_empty() {
+        return consumer.instance_id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    format!("oms-{host}-{}", std::process::id())
 }
 
 fn dead_letter(message: &BorrowedMessage<'_>, err: &RecordError) -> DeadLetter {
