@@ -301,10 +301,13 @@ pub struct ConsumerSettings {
     /// partitions; in both modes where committed offsets (lag tooling) go.
     /// The store, not the group, says where to resume.
     pub group_id: String,
-    /// Static membership in `group` mode (`group.instance.id`): an instance
-    /// restarted under the same id within the session timeout gets its
-    /// partitions back without a rebalance. Empty: `oms-<host>-<pid>` (set
-    /// it per replica to keep its partitions across restarts).
+    /// Static membership in `group` mode (`group.instance.id`), one per
+    /// replica: an instance restarted under the same id within the session
+    /// timeout gets its partitions back without a rebalance. Empty: dynamic
+    /// membership. (tansu 0.6 evicts a member that stopped heartbeating
+    /// only when a *dynamic* member heartbeats or joins: in a group of
+    /// static members only, a dead one keeps its partitions until it
+    /// returns. Redpanda and Kafka evict it after the session timeout.)
     pub instance_id: String,
     /// Most records written in one store transaction.
     pub batch_max: usize,

@@ -146,3 +146,96 @@ async fn instances_share_the_partitions_through_kill_add_and_remove() {
     app.stop().await.expect("clean stop");
     drop(instances);
 }
+
+/// `consumer_resyncs_total` of one instance: batches the store refused
+/// because the offsets had moved under it.
+async fn refusals(base: &str) -> f64 {
+    let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else {
+        return 0.0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("consumer_resyncs_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A zombie made on purpose: an instance frozen (SIGSTOP) is replaced by a
+/// new one under the same instance id (as an orchestrator restarting a
+/// stuck replica does), which takes its partitions over and stores on;
+/// thawed (SIGCONT), the zombie's batch in hand carries the offsets it last
+/// saw, and the store refuses it — it never writes after the new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_instance_replaced_under_its_id_is_refused_when_it_thaws() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tansu = Tansu::start(&dir.path().join("broker"));
+    let mut cfg = settings(&tansu.bootstrap(), &dir.path().join("store"));
+    use_engine(&mut cfg, Engine::Postgres, "oms_zombie").await;
+    admin::create_topics(&cfg.broker).await.expect("topics");
+    let partitions = u32::try_from(cfg.broker.partitions).expect("partitions");
+    let args = serve_args(&cfg);
+    let group = format!("{}-group", cfg.broker.topic);
+    let start = |id: &'static str, port: u16, log: std::path::PathBuf| {
+        let (args, group) = (args.clone(), group.clone());
+        async move {
+            let env = [
+                ("OMS__CONSUMER__MODE", "group"),
+                ("OMS__CONSUMER__GROUP_ID", group.as_str()),
+                ("OMS__CONSUMER__INSTANCE_ID", id),
+            ];
+            OmsProcess::start_with_env(port, &args, &env, &log).await
+        }
+    };
+    let awake_port = free_port();
+    let awake_base = format!("http://127.0.0.1:{awake_port}");
+    let awake = start("awake", awake_port, dir.path().join("awake.log")).await;
+    let mut zombie_port = free_port();
+    let mut zombie = start("replica", zombie_port, dir.path().join("replica-0.log")).await;
+    let base = |port: u16| format!("http://127.0.0.1:{port}");
+    settled(&[awake_base.clone(), base(zombie_port)], partitions).await;
+    let load = Load::start(&awake_base, CLIENTS, started + Duration::from_secs(400));
+    load.wait_submitted(500, Duration::from_secs(60)).await;
+
+    // Whether the frozen instance holds records depends on timing: repeat
+    // until one thaw shows a refusal.
+    let mut refused = false;
+    let mut frozen = Vec::new();
+    for round in 1..=4 {
+        let before = refusals(&base(zombie_port)).await;
+        zombie.signal("STOP");
+        let port = free_port();
+        let replacement = start(
+            "replica",
+            port,
+            dir.path().join(format!("replica-{round}.log")),
+        )
+        .await;
+        settled(&[awake_base.clone(), base(port)], partitions).await;
+        load.wait_submitted(load.submitted() + 300, Duration::from_secs(60))
+            .await;
+        zombie.signal("CONT");
+        refused = eventually(Duration::from_secs(15), || async {
+            (refusals(&base(zombie_port)).await > before).then_some(())
+        })
+        .await
+        .is_some();
+        frozen.push(std::mem::replace(&mut zombie, replacement));
+        zombie_port = port;
+        if refused {
+            break;
+        }
+    }
+    let result = load.finish().await;
+    drop(frozen);
+    let mut reader = cfg.clone();
+    reader.consumer.mode = ConsumerMode::Assign;
+    let app = TestApp::spawn(reader).await;
+    let counted = tally(&app, &result.acked).await;
+    eprintln!("zombie: refused {refused}; {counted}");
+    assert!(refused, "the thawed zombie never had a batch refused");
+    assert_eq!(counted.lost, 0, "{counted}");
+    assert_eq!(counted.duplicated, 0, "{counted}");
+    app.stop().await.expect("clean stop");
+    drop((zombie, awake));
+}

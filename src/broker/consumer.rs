@@ -1098,10 +1098,13 @@ pub fn consumer_config(broker: &BrokerSettings, consumer: &ConsumerSettings) -> 
     if consumer.mode == ConsumerMode::Group {
         config
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("group.instance.id", instance_id(consumer))
-            // A member restarted (or kill -9ed) under the same id within this
-            // gets its partitions back without a rebalance.
+            // A member that stops heartbeating loses its partitions after
+            // this; a static member restarted under its id within it gets
+            // them back without a rebalance.
             .set("session.timeout.ms", "10000");
+        if !consumer.instance_id.is_empty() {
+            config.set("group.instance.id", &consumer.instance_id);
+        }
     }
     config
         .set("group.id", &consumer.group_id)
@@ -1123,18 +1126,6 @@ pub fn consumer_config(broker: &BrokerSettings, consumer: &ConsumerSettings) -> 
             consumer.fetch_wait_ms.max(1).to_string(),
         );
     config
-}
-
-/// `consumer.instance_id`, or one derived from the host and the process
-/// (unique per running instance; set it to keep it across restarts).
-fn instance_id(consumer: &ConsumerSettings) -> String {
-    if !consumer.instance_id.is_empty() {
-        return consumer.instance_id.clone();
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into());
-    format!("oms-{host}-{}", std::process::id())
 }
 
 fn dead_letter(message: &BorrowedMessage<'_>, err: &RecordError) -> DeadLetter {
