@@ -6,9 +6,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list --unsorted
 
-# Install what is missing, start tansu, PostgreSQL and oms, print the URLs (store: redb, sled or postgres)
-up store="redb":
-    OMS_STORE={{store}} scripts/stack.sh up
+# Install what is missing, start tansu, PostgreSQL and oms, print the URLs (store: redb, sled or postgres; instances > 1: behind nginx on :8080)
+up store="redb" instances="1":
+    OMS_STORE={{store}} OMS_INSTANCES={{instances}} scripts/stack.sh up
 
 # Stop exactly what `just up` started (by pid)
 down:

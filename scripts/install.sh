@@ -81,6 +81,13 @@ install_flamegraph() {
   cargo install --quiet --locked inferno --version "$INFERNO_VERSION" --root "$OMS_TOOLS"
 }
 
+install_nginx() {
+  command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || {
+    say "installing nginx (Debian package; the load balancer of \`just up postgres N\`)"
+    apt_install nginx-light
+  }
+}
+
 install_chromium() {
   [[ -x /usr/bin/chromium ]] || apt_install chromium
 }
@@ -97,6 +104,7 @@ for target in "${targets[@]}"; do
     wrk) install_wrk ;;
     flamegraph) install_flamegraph ;;
     prometheus) install_prometheus ;;
+    nginx) install_nginx ;;
     charts) install_charts ;;
     *) die "unknown install target: $target" ;;
   esac

@@ -83,8 +83,16 @@ start_prometheus() {
   "$OMS_ROOT/scripts/install.sh" prometheus
   local config="$OMS_STATE/prometheus.yml" log
   log="$(log_file prometheus)"
-  # deployment/prometheus.yml, pointed at this stack's oms port.
-  sed -e "s/127.0.0.1:8080/127.0.0.1:$OMS_HTTP_PORT/" \
+  # deployment/prometheus.yml, pointed at this stack's oms instance(s)
+  # (each one scraped on its own port, not through the load balancer).
+  local targets="\"127.0.0.1:$OMS_HTTP_PORT\"" n
+  if (( ${OMS_INSTANCES:-1} > 1 )); then
+    targets=""
+    for ((n = 1; n <= OMS_INSTANCES; n++)); do
+      targets+="${targets:+, }\"127.0.0.1:$((OMS_HTTP_PORT + n))\""
+    done
+  fi
+  sed -e "s/\"127.0.0.1:8080\"/$targets/" \
     -e "s/scrape_interval: 5s/scrape_interval: ${OMS_SCRAPE_INTERVAL:-5s}/" \
     "$OMS_ROOT/deployment/prometheus.yml" >"$config"
   say "starting Prometheus on 127.0.0.1:$OMS_PROM_PORT (scraping oms on :$OMS_HTTP_PORT)"
@@ -97,28 +105,110 @@ start_prometheus() {
   }
 }
 
-start_oms() {
-  not_running_yet oms "$OMS_HTTP_PORT" || return 0
-  ensure_oms_bin
-  local store="${OMS_STORE:-redb}" url
-  case "$store" in
-    postgres) url="postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms" ;;
-    *) url="$store://$OMS_STORE_PATH" ;;
+# How many oms instances `up` starts: one on $OMS_HTTP_PORT, or N on the
+# ports after it behind nginx on $OMS_HTTP_PORT.
+OMS_INSTANCES="${OMS_INSTANCES:-1}"
+
+store_url() {
+  case "${OMS_STORE:-redb}" in
+    postgres) echo "postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms" ;;
+    *) echo "${OMS_STORE:-redb}://$OMS_STORE_PATH${1:+/$1}" ;;
   esac
-  say "creating topics$([[ $store == postgres ]] && echo ' and the Postgres schema')"
-  "$OMS_BIN" migrate --bootstrap "127.0.0.1:$OMS_BROKER_PORT" --store "$url"
-  local log
-  log="$(log_file oms)"
-  say "starting oms serve --store $url$([[ $store == postgres ]] || echo ' (tmpfs)')"
-  nohup "$OMS_BIN" serve \
+}
+
+# One `oms serve` as component NAME on PORT; extra OMS__… settings after.
+launch_oms() {
+  local name="$1" port="$2" url="$3" log
+  shift 3
+  not_running_yet "$name" "$port" || return 0
+  log="$(log_file "$name")"
+  say "starting $name: oms serve --store $url on :$port${*:+ ($*)}"
+  env "$@" nohup "$OMS_BIN" serve \
     --store "$url" \
-    --http-addr "127.0.0.1:$OMS_HTTP_PORT" \
+    --http-addr "127.0.0.1:$port" \
     --bootstrap "127.0.0.1:$OMS_BROKER_PORT" \
     >>"$log" 2>&1 </dev/null &
-  echo $! >"$(pid_file oms)"
-  wait_for_component oms 60 curl -sf "http://127.0.0.1:$OMS_HTTP_PORT/readyz" || {
+  echo $! >"$(pid_file "$name")"
+  wait_for_component "$name" 60 curl -sf "http://127.0.0.1:$port/readyz" || {
     tail -n 20 "$log" >&2
-    die "oms did not become ready within 60 s (log: $log; try: curl -s http://127.0.0.1:$OMS_HTTP_PORT/readyz)"
+    die "$name did not become ready within 60 s (log: $log; try: curl -s http://127.0.0.1:$port/readyz)"
+  }
+}
+
+start_oms() {
+  ensure_oms_bin
+  local store="${OMS_STORE:-redb}"
+  say "creating topics$([[ $store == postgres ]] && echo ' and the Postgres schema')"
+  "$OMS_BIN" migrate --bootstrap "127.0.0.1:$OMS_BROKER_PORT" --store "$(store_url)"
+  if (( OMS_INSTANCES == 1 )); then
+    launch_oms oms "$OMS_HTTP_PORT" "$(store_url)"
+    return
+  fi
+  # Several instances: on a shared store they share the partitions (group
+  # mode, one static member id each); embedded stores are full replicas
+  # (assign mode), each with its own folder.
+  local n
+  for ((n = 1; n <= OMS_INSTANCES; n++)); do
+    if [[ $store == postgres ]]; then
+      launch_oms "oms-$n" "$((OMS_HTTP_PORT + n))" "$(store_url)" \
+        OMS__CONSUMER__MODE=group OMS__CONSUMER__INSTANCE_ID="oms-$n"
+    else
+      launch_oms "oms-$n" "$((OMS_HTTP_PORT + n))" "$(store_url "oms-$n")"
+    fi
+  done
+  start_lb
+}
+
+# nginx on $OMS_HTTP_PORT, round robin over the instances, retrying a
+# request on the next instance when one is down (an instance killed or
+# restarting does not fail the client).
+start_lb() {
+  not_running_yet lb "$OMS_HTTP_PORT" || return 0
+  "$OMS_ROOT/scripts/install.sh" nginx
+  local conf="$OMS_STATE/nginx.conf" log n servers=""
+  log="$(log_file lb)"
+  for ((n = 1; n <= OMS_INSTANCES; n++)); do
+    servers+="    server 127.0.0.1:$((OMS_HTTP_PORT + n)) max_fails=1 fail_timeout=2s;"$'\n'
+  done
+  mkdir -p "$OMS_STATE/nginx"
+  cat >"$conf" <<NGINX
+daemon off;
+worker_processes 1;
+error_log $log warn;
+pid $OMS_STATE/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $OMS_STATE/nginx/body;
+  proxy_temp_path $OMS_STATE/nginx/proxy;
+  fastcgi_temp_path $OMS_STATE/nginx/fastcgi;
+  uwsgi_temp_path $OMS_STATE/nginx/uwsgi;
+  scgi_temp_path $OMS_STATE/nginx/scgi;
+  upstream oms {
+$servers    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$OMS_HTTP_PORT;
+    location / {
+      proxy_pass http://oms;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      # A POST is retried on the next instance only when it never reached
+      # one (connection refused); the client's client_order_id makes any
+      # retry of its own safe.
+      proxy_next_upstream error timeout;
+      proxy_connect_timeout 1s;
+    }
+  }
+}
+NGINX
+  say "starting nginx on 127.0.0.1:$OMS_HTTP_PORT in front of $OMS_INSTANCES oms instances"
+  nohup "$(command -v nginx || echo /usr/sbin/nginx)" -c "$conf" -p "$OMS_STATE/nginx" >>"$log" 2>&1 </dev/null &
+  echo $! >"$(pid_file lb)"
+  wait_for_component lb 30 curl -sf "http://127.0.0.1:$OMS_HTTP_PORT/healthz" || {
+    tail -n 20 "$log" >&2
+    die "nginx did not start (log: $log)"
   }
 }
 
@@ -136,16 +226,34 @@ stop() {
   case "$1" in
     # Postgres: SIGINT is its "fast" shutdown (SIGTERM waits for clients).
     postgres) STOP_SIGNAL=INT stop_component postgres 30 ;;
-    broker | oms | prometheus) stop_component "$1" 20 ;;
-    *) die "unknown component: $1 (broker, postgres, oms, prometheus)" ;;
+    broker | prometheus | lb) stop_component "$1" 20 ;;
+    # Every instance `up` started: one, or oms-1…oms-N.
+    oms)
+      local f
+      stop_component oms 20
+      for f in "$(run_dir)"/oms-*.pid; do
+        [[ -e "$f" ]] && stop_component "$(basename "$f" .pid)" 20
+      done
+      ;;
+    *) die "unknown component: $1 (broker, postgres, oms, prometheus, lb)" ;;
   esac
 }
 
 status() {
-  local name pid
-  for name in broker postgres oms prometheus; do
+  local name pid f instances=()
+  for f in "$(run_dir)"/oms-*.pid; do
+    [[ -e "$f" ]] && instances+=("$(basename "$f" .pid)")
+  done
+  for name in broker postgres oms "${instances[@]}" lb prometheus; do
+    [[ $name == lb && ! -e "$(pid_file lb)" ]] && continue
+    [[ $name == oms && ${#instances[@]} -gt 0 && ! -e "$(pid_file oms)" ]] && continue
     if pid="$(live_pid "$name")"; then
-      printf '  %-10s running  pid %s' "$name" "$pid"
+      printf '  %-10s running  pid %-7s' "$name" "$pid"
+      case "$name" in
+        oms) printf '  port %s' "$OMS_HTTP_PORT" ;;
+        oms-*) printf '  port %s' "$((OMS_HTTP_PORT + ${name#oms-}))" ;;
+        lb) printf '  port %s (nginx)' "$OMS_HTTP_PORT" ;;
+      esac
       if [[ $name == broker && -f "$(run_dir)/tansu.pid" ]]; then
         printf '  (supervisor; tansu pid %s, restarts %s)' "$(cat "$(run_dir)/tansu.pid")" \
           "$(cat "$(run_dir)/broker-restarts" 2>/dev/null || echo 0)"
@@ -155,7 +263,7 @@ status() {
       printf '  %-10s stopped\n' "$name"
     fi
   done
-  if live_pid oms >/dev/null; then
+  if live_pid oms >/dev/null || live_pid lb >/dev/null; then
     printf '  readiness: %s\n' "$(curl -s "http://127.0.0.1:$OMS_HTTP_PORT/readyz" || echo unreachable)"
   fi
 }
@@ -170,7 +278,7 @@ up() {
   local base="http://127.0.0.1:$OMS_HTTP_PORT"
   cat <<MSG
 
-oms is up ($(( SECONDS - started )) s), store ${OMS_STORE:-redb}:
+oms is up ($(( SECONDS - started )) s), store ${OMS_STORE:-redb}$( (( OMS_INSTANCES > 1 )) && echo ", $OMS_INSTANCES instances on ports $((OMS_HTTP_PORT + 1))–$((OMS_HTTP_PORT + OMS_INSTANCES)) behind nginx"):
   API          $base/orders
   Swagger UI   $base/docs
   OpenAPI      $base/openapi.yaml
@@ -179,7 +287,7 @@ oms is up ($(( SECONDS - started )) s), store ${OMS_STORE:-redb}:
   broker       127.0.0.1:$OMS_BROKER_PORT (tansu, log in $OMS_STATE/tansu/tansu.db)
   postgres     postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms
   prometheus   http://127.0.0.1:$OMS_PROM_PORT  (try: rate(http_requests_total[1m]))
-  logs         $OMS_STATE/log/{oms,broker,postgres,prometheus}.log
+  logs         $OMS_STATE/log/ ($( (( OMS_INSTANCES > 1 )) && echo "oms-1…oms-$OMS_INSTANCES, lb" || echo oms), broker, postgres, prometheus)
 Try:  curl -si $base/orders -H 'content-type: application/json' \\
         -d '{"src_currency":"USD","dst_currency":"EUR","side":"buy","price":"1.085","quantity":"100","channel":11}'
 Stop: just down
@@ -188,6 +296,7 @@ MSG
 
 down() {
   stop prometheus
+  [[ -e "$(pid_file lb)" ]] && stop lb
   stop oms
   stop postgres
   stop broker
