@@ -36,6 +36,7 @@ pub struct Application {
 impl Application {
     /// Opens the store, creates the Kafka clients and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.check_mode()?;
         let metrics = crate::telemetry::metrics().map_err(anyhow::Error::msg)?;
         let store = store::open(&settings.store).await.with_context(|| {
             format!(

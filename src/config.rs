@@ -584,14 +584,14 @@ impl Settings {
             .store
             .fold_deprecated()
             .map_err(ConfigError::Invalid)?;
-        settings.check_mode()?;
         Ok(settings)
     }
 
     /// Refuses a consumer mode that does not fit the store: `group` splits
     /// the partitions between instances, so with an embedded store each
-    /// instance would hold only part of the orders.
-    fn check_mode(&self) -> Result<(), ConfigError> {
+    /// instance would hold only part of the orders. Checked by `oms serve`
+    /// (the other commands do not consume).
+    pub fn check_mode(&self) -> Result<(), ConfigError> {
         let engine = self.store.engine();
         if self.consumer.mode == ConsumerMode::Group && engine.is_embedded() {
             return Err(ConfigError::Invalid(format!(
@@ -711,6 +711,21 @@ mod tests {
             .expect("loads");
         assert_eq!(s.store.engine(), Engine::Sled);
         assert_eq!(s.store.url.path(), Some(Path::new("/tmp/o")));
+    }
+
+    #[test]
+    fn group_mode_needs_a_shared_store() {
+        let group = [("OMS__CONSUMER__MODE", "group")];
+        let s = Settings::load_from(None, &[], env(&group)).expect("loads");
+        let err = s.check_mode().expect_err("group with redb");
+        assert!(err.to_string().contains("assign"), "{err}");
+        let s = Settings::load_from(
+            None,
+            &[("store.url", "postgres://h/db".into())],
+            env(&group),
+        )
+        .expect("loads");
+        s.check_mode().expect("group with postgres");
     }
 
     #[test]
