@@ -232,7 +232,7 @@ stop() {
       local f
       stop_component oms 20
       for f in "$(run_dir)"/oms-*.pid; do
-        [[ -e "$f" ]] && stop_component "$(basename "$f" .pid)" 20
+        if [[ -e "$f" ]]; then stop_component "$(basename "$f" .pid)" 20; fi
       done
       ;;
     *) die "unknown component: $1 (broker, postgres, oms, prometheus, lb)" ;;
@@ -242,7 +242,7 @@ stop() {
 status() {
   local name pid f instances=()
   for f in "$(run_dir)"/oms-*.pid; do
-    [[ -e "$f" ]] && instances+=("$(basename "$f" .pid)")
+    if [[ -e "$f" ]]; then instances+=("$(basename "$f" .pid)"); fi
   done
   for name in broker postgres oms "${instances[@]}" lb prometheus; do
     [[ $name == lb && ! -e "$(pid_file lb)" ]] && continue
@@ -296,7 +296,7 @@ MSG
 
 down() {
   stop prometheus
-  [[ -e "$(pid_file lb)" ]] && stop lb
+  if [[ -e "$(pid_file lb)" ]]; then stop lb; fi
   stop oms
   stop postgres
   stop broker
