@@ -492,8 +492,9 @@ enum Change {
 
 /// Hands the group's rebalances to the consume loop. It runs inside
 /// librdkafka's poll (a `recv` of the loop, between two batches), so it
-/// does nothing slow: before partitions are revoked it commits what the
-/// store holds for them (so their next owner starts close to it), and it
+/// does nothing slow: before partitions are revoked it sends a commit of
+/// what the store holds for them (so their next owner starts close to it;
+/// without waiting for the answer), and it
 /// queues the change for the loop, which reads the store's offsets of newly
 /// assigned partitions itself. In assign mode it never runs.
 pub struct Rebalances {
@@ -545,8 +546,11 @@ impl ConsumerContext for Rebalances {
                 let _ = list.add_partition_offset(&self.topic, p, Offset::Offset(*next));
             }
         }
+        // Async: the callback runs on a runtime worker (inside `recv`) and
+        // must not wait for the broker; the request still goes out before
+        // the partitions are handed over.
         if list.count() > 0 {
-            if let Err(err) = consumer.commit(&list, CommitMode::Sync) {
+            if let Err(err) = consumer.commit(&list, CommitMode::Async) {
                 tracing::warn!(error = %err, "committing the stored offsets of revoked partitions failed (the next owner reads a little more, and drops what is stored)");
             }
         }
