@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -19,6 +20,16 @@ use oms::broker::admin;
 use oms::config::{ConsumerMode, Engine};
 
 const CLIENTS: usize = 8;
+
+/// One `oms serve` process in group mode, a static member under `id`.
+async fn member(args: &[String], group: &str, id: &str, port: u16, log: &Path) -> OmsProcess {
+    let env = [
+        ("OMS__CONSUMER__MODE", "group"),
+        ("OMS__CONSUMER__GROUP_ID", group),
+        ("OMS__CONSUMER__INSTANCE_ID", id),
+    ];
+    OmsProcess::start_with_env(port, args, &env, log).await
+}
 
 /// `consumer_assigned_partitions` of one instance.
 async fn owned(base: &str) -> Option<u32> {
@@ -70,15 +81,7 @@ async fn instances_share_the_partitions_through_kill_add_and_remove() {
             group.clone(),
             dir.path().join(format!("oms-{n}.log")),
         );
-        async move {
-            let id = format!("instance-{n}");
-            let env = [
-                ("OMS__CONSUMER__MODE", "group"),
-                ("OMS__CONSUMER__GROUP_ID", group.as_str()),
-                ("OMS__CONSUMER__INSTANCE_ID", id.as_str()),
-            ];
-            OmsProcess::start_with_env(port, &args, &env, &log).await
-        }
+        async move { member(&args, &group, &format!("instance-{n}"), port, &log).await }
     };
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let bases: Vec<String> = ports
@@ -178,14 +181,7 @@ async fn a_frozen_instance_replaced_under_its_id_is_refused_when_it_thaws() {
     let group = format!("{}-group", cfg.broker.topic);
     let start = |id: &'static str, port: u16, log: std::path::PathBuf| {
         let (args, group) = (args.clone(), group.clone());
-        async move {
-            let env = [
-                ("OMS__CONSUMER__MODE", "group"),
-                ("OMS__CONSUMER__GROUP_ID", group.as_str()),
-                ("OMS__CONSUMER__INSTANCE_ID", id),
-            ];
-            OmsProcess::start_with_env(port, &args, &env, &log).await
-        }
+        async move { member(&args, &group, id, port, &log).await }
     };
     let awake_port = free_port();
     let awake_base = format!("http://127.0.0.1:{awake_port}");

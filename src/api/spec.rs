@@ -43,31 +43,35 @@ pub fn yaml() -> String {
     serde_yaml::to_string(&*DOCUMENT).unwrap_or_else(|e| unreachable!("a JSON value is YAML: {e}"))
 }
 
-/// `GET /openapi.json`.
-pub fn json_endpoint() -> impl Endpoint {
-    let body = json();
+/// Serves a fixed `body` as `content_type`.
+fn fixed(body: String, content_type: &'static str) -> impl Endpoint {
     make_sync(move |_| {
         Response::builder()
-            .content_type("application/json")
+            .content_type(content_type)
             .body(body.clone())
     })
+}
+
+/// `GET /openapi.json`.
+pub fn json_endpoint() -> impl Endpoint {
+    fixed(json(), "application/json")
 }
 
 /// `GET /openapi.yaml`.
 pub fn yaml_endpoint() -> impl Endpoint {
-    let body = yaml();
-    make_sync(move |_| {
-        Response::builder()
-            .content_type("application/x-yaml")
-            .body(body.clone())
-    })
+    fixed(yaml(), "application/x-yaml")
 }
 
-/// Swagger UI showing this document. poem-openapi's page embeds its own
-/// derived document once (`let spec = …;`); it is swapped for this one.
-pub fn swagger_ui() -> impl Endpoint {
+/// poem-openapi's Swagger UI page, which embeds its own derived document
+/// once (`let spec = …;`), with this document swapped in.
+fn swagger_ui_html() -> String {
     let api = openapi();
-    let html = api.swagger_ui_html().replacen(&api.spec(), &json(), 1);
+    api.swagger_ui_html().replacen(&api.spec(), &json(), 1)
+}
+
+/// Swagger UI showing this document.
+pub fn swagger_ui() -> impl Endpoint {
+    let html = swagger_ui_html();
     poem::Route::new().at("/", make_sync(move |_| Html(html.clone())))
 }
 
@@ -91,10 +95,8 @@ mod tests {
 
     #[test]
     fn swagger_ui_shows_this_document() {
-        let api = openapi();
-        let html = api.swagger_ui_html().replacen(&api.spec(), &json(), 1);
         assert!(
-            html.contains("GetOrderById"),
+            swagger_ui_html().contains("GetOrderById"),
             "the derived document was not swapped"
         );
     }

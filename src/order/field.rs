@@ -169,6 +169,12 @@ impl FromStr for Symbol {
     }
 }
 
+impl From<Symbol> for String {
+    fn from(symbol: Symbol) -> String {
+        symbol.0
+    }
+}
+
 impl fmt::Display for Symbol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -327,7 +327,7 @@ pub enum RecordError {
 impl Order {
     /// The log key and listing key: `SRC-DST`.
     pub fn symbol(&self) -> String {
-        Symbol::new(&self.src_currency, &self.dst_currency).to_string()
+        Symbol::new(&self.src_currency, &self.dst_currency).into()
     }
 
     /// The record value written to the log.
