@@ -161,50 +161,17 @@ start_oms() {
 
 # nginx on $OMS_HTTP_PORT, round robin over the instances, retrying a
 # request on the next instance when one is down (an instance killed or
-# restarting does not fail the client).
+# restarting does not fail the client); scripts/nginx.sh holds the config.
 start_lb() {
   not_running_yet lb "$OMS_HTTP_PORT" || return 0
   "$OMS_ROOT/scripts/install.sh" nginx
-  local conf="$OMS_STATE/nginx.conf" log n servers=""
+  local log n upstreams=()
   log="$(log_file lb)"
   for ((n = 1; n <= OMS_INSTANCES; n++)); do
-    servers+="    server 127.0.0.1:$((OMS_HTTP_PORT + n)) max_fails=1 fail_timeout=2s;"$'\n'
+    upstreams+=("$((OMS_HTTP_PORT + n))")
   done
-  mkdir -p "$OMS_STATE/nginx"
-  cat >"$conf" <<NGINX
-daemon off;
-worker_processes 1;
-error_log $log warn;
-pid $OMS_STATE/nginx/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $OMS_STATE/nginx/body;
-  proxy_temp_path $OMS_STATE/nginx/proxy;
-  fastcgi_temp_path $OMS_STATE/nginx/fastcgi;
-  uwsgi_temp_path $OMS_STATE/nginx/uwsgi;
-  scgi_temp_path $OMS_STATE/nginx/scgi;
-  upstream oms {
-$servers    keepalive 64;
-  }
-  server {
-    listen 127.0.0.1:$OMS_HTTP_PORT;
-    location / {
-      proxy_pass http://oms;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      # A POST is retried on the next instance only when it never reached
-      # one (connection refused); the client's client_order_id makes any
-      # retry of its own safe.
-      proxy_next_upstream error timeout;
-      proxy_connect_timeout 1s;
-    }
-  }
-}
-NGINX
   say "starting nginx on 127.0.0.1:$OMS_HTTP_PORT in front of $OMS_INSTANCES oms instances"
-  nohup "$(command -v nginx || echo /usr/sbin/nginx)" -c "$conf" -p "$OMS_STATE/nginx" >>"$log" 2>&1 </dev/null &
+  nohup "$OMS_ROOT/scripts/nginx.sh" "$OMS_HTTP_PORT" "$OMS_STATE/nginx" "${upstreams[@]}" >>"$log" 2>&1 </dev/null &
   echo $! >"$(pid_file lb)"
   wait_for_component lb 30 curl -sf "http://127.0.0.1:$OMS_HTTP_PORT/healthz" || {
     tail -n 20 "$log" >&2

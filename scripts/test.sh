@@ -28,7 +28,7 @@ cargo clippy --all-targets --quiet -- -D warnings
 say "the benchmark's report code (python3 -m unittest omsbench.test_report)"
 (cd "$OMS_ROOT/scripts" && python3 -m unittest --quiet omsbench.test_report)
 
-"$OMS_ROOT/scripts/install.sh" tansu postgres
+"$OMS_ROOT/scripts/install.sh" tansu postgres nginx
 # The debug binary: the broker supervisor's probe, and the live oms below.
 cargo build --quiet --bin oms
 export OMS_BIN="$OMS_TARGET_DIR/debug/oms"

@@ -5,7 +5,8 @@
 //! one instance is killed with SIGKILL and started again under the same
 //! instance id, a fourth joins and one leaves gracefully: every
 //! acknowledged order is stored exactly once, the lag returns to 0, and the
-//! time each rebalance took is reported.
+//! time each rebalance took is reported. The clients reach the instances
+//! through nginx, as `just up postgres 3` serves them.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    Load, OmsProcess, Tansu, TestApp, eventually, free_port, serve_args, settings, tally,
+    Load, Nginx, OmsProcess, Tansu, TestApp, eventually, free_port, serve_args, settings, tally,
     use_engine,
 };
 use oms::broker::admin;
@@ -97,7 +98,10 @@ async fn instances_share_the_partitions_through_kill_add_and_remove() {
         settled(&bases[..3], partitions).await
     )];
 
-    let load = Load::start(&bases[0], CLIENTS, started + Duration::from_secs(400));
+    // The clients go through nginx, as in `just up postgres 3`: the killed
+    // and the leaving instance cost them a retried connection, not an error.
+    let lb = Nginx::start(&ports);
+    let load = Load::start(&lb.base(), CLIENTS, started + Duration::from_secs(400));
     load.wait_submitted(1_000, Duration::from_secs(120)).await;
 
     // kill -9 one, start it again under the same instance id.
@@ -141,13 +145,14 @@ async fn instances_share_the_partitions_through_kill_add_and_remove() {
     let app = TestApp::spawn(reader).await;
     let counted = tally(&app, &result.acked).await;
     eprintln!(
-        "group of oms instances: {counted}; rebalances: {}",
+        "group of oms instances behind nginx: {counted}; {} client retries; rebalances: {}",
+        result.retries,
         report.join(", ")
     );
     assert_eq!(counted.lost, 0, "{counted}");
     assert_eq!(counted.duplicated, 0, "{counted}");
     app.stop().await.expect("clean stop");
-    drop(instances);
+    drop((lb, instances));
 }
 
 /// `consumer_resyncs_total` of one instance: batches the store refused

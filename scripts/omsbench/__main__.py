@@ -11,7 +11,9 @@ memory) it measures, in one run:
      the read-your-writes delay;
   4. the seed's own k6 profile and the HTTP ceiling (GET /healthz);
   5. the ingest path: k6 POST /orders against oms with each store, with the
-     consumer's lag sampled throughout and the catch-up time after the load.
+     consumer's lag sampled throughout and the catch-up time after the load;
+  6. scale: 1, 2 and 3 instances in group mode on one Postgres behind nginx,
+     draining a backlog and taking wrk load, with CPU per order per process.
 It writes bench/REPORT.md, bench/report.json and the charts (or, with --smoke,
 all of that to a scratch folder with tiny sizes, and checks it is complete).
 """
@@ -36,7 +38,7 @@ from .procs import STARTED, say, stop
 from .report import report
 from .results import ModeResult, Profile, Results, from_json, to_json
 from .stack import pg_env, stack, start_broker
-from .steps import capacity, ceiling, drain, ingest, machine, raw_broker, seed_profile
+from .steps import capacity, ceiling, drain, ingest, machine, raw_broker, scale, seed_profile
 
 
 def rewrite_report(args) -> int:
@@ -110,9 +112,12 @@ def run(args) -> int:
         seed = seed_profile(mode, smoke)
         top = ceiling(profile, mode)
         runs = [ingest(s, profile, mode) for s in stores]
+        # Several instances: on the first broker mode (the durable one in a
+        # default run), when Postgres is among the stores.
+        grown = scale(mode, smoke) if mode == modes[0] and "postgres" in stores else []
         window[1] = time.time()
         results.modes[mode] = ModeResult(raw_produce=raw_produce, raw_consume=raw_consume, drain=drains,
-                                         ceiling=top, ingest=runs, capacity=cap, seed=seed)
+                                         ceiling=top, ingest=runs, capacity=cap, seed=seed, scale=grown)
 
     say("writing the report and charts")
     results.analysis = args.analysis.read_text() if args.analysis else ""
@@ -123,11 +128,11 @@ def run(args) -> int:
     (out / "REPORT.md").write_text(report(results, out, command))
     say(f"wrote {out / 'REPORT.md'}, report.json and the charts")
     if smoke:
-        check_smoke(results, out)
+        check_smoke(results, out, scaled="postgres" in stores)
     return 0
 
 
-def check_smoke(results: Results, out: Path) -> None:
+def check_smoke(results: Results, out: Path, scaled: bool) -> None:
     """The smoke run proves the benchmark works end to end, not how fast."""
     problems = []
     for mode, r in results.modes.items():
@@ -140,6 +145,11 @@ def check_smoke(results: Results, out: Path) -> None:
             if i.requests == 0 or i.failed_pct > 0 or i.checks_pct < 100:
                 problems.append(f"{mode}: a k6 run had no requests or failures: {i}")
         cap = r.capacity
+        for x in r.scale:
+            if x.ingest_requests == 0 or x.ingest_rejected or x.stored < x.drain_orders + x.ingest_requests:
+                problems.append(f"{mode}: scale step with {x.instances} instance(s): {x}")
+        if scaled and mode == next(iter(results.modes)) and not r.scale:
+            problems.append(f"{mode}: no scale step")
         if cap is None or not cap.steps or any(x.requests == 0 for x in cap.steps):
             problems.append(f"{mode}: a capacity step had no requests")
         elif cap.ryw_idle.failures or cap.ryw_load.failures:

@@ -37,3 +37,9 @@ TARGET_P95_MS = 5.68
 # highest rate whose p99 stays within CAPACITY_P99_MS.
 CAPACITY_CONNECTIONS = [4, 8, 16, 35, 64]
 CAPACITY_P99_MS = 10.0
+
+# Scale: how many oms instances share the partitions (group mode, Postgres,
+# nginx in front), the backlog they drain and the wrk connections they serve.
+SCALE_INSTANCES = [1, 2, 3]
+SCALE_BACKLOG = 300_000
+SCALE_CONNECTIONS = 35

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import CAPACITY_P99_MS, STORE_TITLES, TARGET_P95_MS, TARGET_RPS
-from .results import ModeResult, Results
+from .results import ModeResult, Results, ScaleRun
 
 def fmt(x: float, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
@@ -91,6 +91,7 @@ def report(results: Results, out: Path, command: str) -> str:
                       f"({raw_c.records:,} read), but its watermarks report {raw_p.on_log:,} "
                       "(a tansu 0.6 memory-engine quirk): every step here counts acknowledged and stored "
                       "orders, never watermarks."]
+        lines += scale_section(r)
         lines += ["", "### Targets", ""] + [f"- {t}" for t in targets(r)] + [""]
     lines += ["## Charts", "", "![throughput](throughput.png)", "", "![latency](latency.png)", "",
               "![drain](drain.png)", ""]
@@ -101,6 +102,43 @@ def report(results: Results, out: Path, command: str) -> str:
         lines += ["## Where the time goes", "", results.analysis, ""]
     text = "\n".join(lines)
     return text
+
+
+def after_join(x: ScaleRun) -> float:
+    """Drain rate once the group owned every partition (nothing is stored before)."""
+    return x.drain_orders / max(x.drain_seconds - x.join_s, 1e-9)
+
+
+def scale_section(r: ModeResult) -> list[str]:
+    """Several instances in group mode: what coordination costs per order."""
+    if not r.scale:
+        return []
+    lines = ["", "### Scale: 1, 2, 3 oms instances in group mode on one Postgres (disk), behind nginx", "",
+             "Each count on a fresh broker and database: the instances drain a backlog from the log (the "
+             "clock starts at launch, so joining the group is included), then wrk posts through nginx "
+             f"({r.scale[0].ingest_connections} connections). CPU µs per order is summed over every "
+             "instance, the whole Postgres cluster and nginx.", "",
+             "| instances | join s | drain s | drain orders/s (after the join) | drain CPU µs oms / Postgres / tansu "
+             "| ingest req/s | p99 ms | not 202 | ingest CPU µs oms / tansu / Postgres / nginx | stored |",
+             "|---:|---:|---:|---:|---|---:|---:|---:|---|---:|"]
+    for x in r.scale:
+        d, i = x.drain_cpu_us, x.ingest_cpu_us
+        lines.append(f"| {x.instances} | {x.join_s:.1f} | {x.drain_seconds:.1f} | {fmt(x.drain_per_second)} "
+                     f"({fmt(after_join(x))}) | "
+                     f"{d.oms:.0f} / {d.postgres:.0f} / {d.tansu:.0f} | {fmt(x.ingest_rps)} | "
+                     f"{x.ingest_p99_ms:.1f} | {x.ingest_rejected} | "
+                     f"{i.oms:.0f} / {i.tansu:.0f} / {i.postgres:.0f} / {i.nginx:.0f} | {x.stored:,} |")
+    one, top = r.scale[0], r.scale[-1]
+    lines += ["", f"From {one.instances} to {top.instances} instances: ingest "
+              f"{top.ingest_rps / max(one.ingest_rps, 1e-9):.2f} × the rate at "
+              f"{top.ingest_cpu_us.oms / max(one.ingest_cpu_us.oms, 1e-9):.2f} × oms' CPU per order; drain "
+              f"{top.drain_per_second / max(one.drain_per_second, 1e-9):.2f} × the rate "
+              f"({after_join(top) / max(after_join(one), 1e-9):.2f} × after the join). Broker, Postgres, nginx, "
+              "the load generator and every instance share this one machine's cores, so more instances cannot "
+              "raise the absolute rate much: what this row shows is the cost of coordination (group "
+              "membership, fenced writes, one more HTTP hop), which a machine with spare cores per "
+              "instance would pay for the same orders."]
+    return lines
 
 
 def targets(r: ModeResult) -> list[str]:

@@ -117,6 +117,35 @@ class Capacity:
 
 
 @dataclass
+class ScaleCpu:
+    """CPU microseconds per order of each process kind over a scale step
+    (oms: all instances together; postgres: the whole cluster)."""
+    oms: float
+    tansu: float
+    postgres: float
+    nginx: float = 0.0
+
+
+@dataclass
+class ScaleRun:
+    """N oms instances in group mode on one Postgres (disk), behind nginx:
+    draining a backlog from the log, then taking wrk load through nginx."""
+    instances: int
+    join_s: float
+    drain_orders: int
+    drain_seconds: float
+    drain_per_second: float
+    drain_cpu_us: ScaleCpu
+    ingest_connections: int
+    ingest_requests: int
+    ingest_rejected: int
+    ingest_rps: float
+    ingest_p99_ms: float
+    ingest_cpu_us: ScaleCpu
+    stored: int
+
+
+@dataclass
 class ModeResult:
     """Everything measured on one broker mode (tansu sqlite or memory)."""
     raw_produce: RawProduce
@@ -126,6 +155,7 @@ class ModeResult:
     ingest: list[LoadRun]
     capacity: Optional[Capacity] = None
     seed: Optional[LoadRun] = None
+    scale: list[ScaleRun] = field(default_factory=list)
 
 
 @dataclass

@@ -71,18 +71,19 @@ def fresh_store(name: str, label: str) -> Store:
                  lambda: psql(kind, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
 
 
-def start_oms(store: Store, topic: str, label: str) -> Proc:
-    if port_open(OMS_PORT):
-        raise RuntimeError(f"port {OMS_PORT} is taken")
+def start_oms(store: Store, topic: str, label: str, port: int = OMS_PORT,
+              env: dict[str, str] | None = None) -> Proc:
+    if port_open(port):
+        raise RuntimeError(f"port {port} is taken")
     argv = [OMS, "serve", *store.args, "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
-            "--dlq-topic", f"{topic}.dlq", "--http-addr", f"127.0.0.1:{OMS_PORT}"]
+            "--dlq-topic", f"{topic}.dlq", "--http-addr", f"127.0.0.1:{port}"]
     proc = start("oms", argv, STATE / "log" / f"oms-{label}.log",
-                 env={"OMS__TELEMETRY__LOG_FILTER": "warn", "OMS__TELEMETRY__LOG_FORMAT": "json"})
+                 env={"OMS__TELEMETRY__LOG_FILTER": "warn", "OMS__TELEMETRY__LOG_FORMAT": "json", **(env or {})})
 
     def answers() -> bool:
         if not proc.alive():
             raise RuntimeError(f"oms exited (log: {proc.log})")
-        return http_get(f"http://127.0.0.1:{OMS_PORT}/healthz")[0] == 200
+        return http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
 
     wait_until("oms to answer /healthz", answers, 60)
     return proc
@@ -91,9 +92,27 @@ def start_oms(store: Store, topic: str, label: str) -> Proc:
 METRIC = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$')
 
 
-def scrape() -> dict[str, float]:
+def start_lb(upstreams: list[int], label: str) -> Proc:
+    """nginx on OMS_PORT in front of the instances (scripts/nginx.sh, the
+    launcher `just up postgres N` uses)."""
+    if port_open(OMS_PORT):
+        raise RuntimeError(f"port {OMS_PORT} is taken")
+    proc = start("nginx", [str(ROOT / "scripts" / "nginx.sh"), str(OMS_PORT), str(STATE / "nginx"),
+                           *map(str, upstreams)], STATE / "log" / f"nginx-{label}.log")
+    wait_until("nginx to listen", lambda: port_open(OMS_PORT), 30)
+    return proc
+
+
+def postgres_pid(kind: str) -> int:
+    """The postmaster of the benchmark's `kind` cluster (its backends are
+    its children: procs.tree_cpu_seconds counts them)."""
+    data = Path(pg_env(kind)["OMS_STATE"]) / "postgres" / "postmaster.pid"
+    return int(data.read_text().splitlines()[0])
+
+
+def scrape(port: int = OMS_PORT) -> dict[str, float]:
     """oms' /metrics, counters summed over their labels."""
-    status, text = http_get(f"http://127.0.0.1:{OMS_PORT}/metrics")
+    status, text = http_get(f"http://127.0.0.1:{port}/metrics")
     if status != 200:
         return {}
     totals: dict[str, float] = {}

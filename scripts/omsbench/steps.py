@@ -12,11 +12,12 @@ import uuid
 from pathlib import Path
 
 from .config import (BROKER_PORT, CAPACITY_CONNECTIONS, CAPACITY_P99_MS, OMS, OMS_PORT, RAWLOG, ROOT,
-                     STATE, STORE_TITLES)
-from .procs import Proc, cpu_seconds, reaped_children_cpu, reset_child_cpu, rss_peak_mib, start, step, stop, wait_until
+                     SCALE_BACKLOG, SCALE_CONNECTIONS, SCALE_INSTANCES, STATE, STORE_TITLES)
+from .procs import (Proc, cpu_seconds, reaped_children_cpu, reset_child_cpu, rss_peak_mib, start, step, stop,
+                    tree_cpu_seconds, wait_until)
 from .results import (Capacity, CapacityStep, CpuCores, CpuPerOrder, Drain, LoadRun, Machine, Profile,
-                      RawConsume, RawProduce, ReadAfterWrite, from_json)
-from .stack import fresh_store, scrape, start_broker, start_oms, stored
+                      RawConsume, RawProduce, ReadAfterWrite, ScaleCpu, ScaleRun, from_json)
+from .stack import fresh_store, postgres_pid, scrape, start_broker, start_lb, start_oms, stored
 
 def rawlog(*args: str) -> dict:
     out = subprocess.run([RAWLOG, *args], capture_output=True, text=True)
@@ -153,6 +154,88 @@ def ingest(store_name: str, profile: Profile, mode: str) -> LoadRun:
     step(f"  {result.rps:,.0f} req/s, p95 {result.p95_ms:.2f} ms, {result.failed_pct:.2f} % failed, "
          f"lag max {result.lag_max:,.0f}, caught up {result.catch_up_s:.1f} s after the load")
     return result
+
+
+def scale(mode: str, smoke: bool) -> list[ScaleRun]:
+    """1, 2 and 3 oms instances in group mode on one Postgres (disk), each
+    count on a fresh broker and database: the instances drain a backlog
+    from the log (the clock starts when they are launched, so joining the
+    group is part of it), then wrk posts through nginx. CPU per order is
+    summed over every instance, the Postgres cluster and nginx, so what
+    coordinating more instances costs shows next to what it buys."""
+    backlog = 3_000 if smoke else SCALE_BACKLOG
+    seconds = 2 if smoke else 15
+    runs = []
+    for n in SCALE_INSTANCES:
+        step(f"scale: {n} instance(s) in group mode on Postgres (disk) behind nginx: "
+             f"drain {backlog:,}, then wrk {SCALE_CONNECTIONS} connections")
+        broker = start_broker(mode)
+        topic = f"scale{n}-{uuid.uuid4().hex[:6]}"
+        instances: list[Proc] = []
+        lb = None
+        try:
+            rawlog("produce", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic, "--count", str(backlog))
+            store = fresh_store("postgres", f"scale{n}_{mode}")
+            try:
+                ports = [OMS_PORT + i for i in range(1, n + 1)]
+
+                def stored_all() -> float:
+                    return sum(stored(scrape(p)) for p in ports)
+
+                def owned_all() -> float:
+                    return sum(scrape(p).get("consumer_assigned_partitions", 0.0) for p in ports)
+
+                def cpu() -> dict[str, float]:
+                    return {"oms": sum(cpu_seconds(i.pid) for i in instances), "tansu": cpu_seconds(broker.pid),
+                            "postgres": tree_cpu_seconds(postgres_pid("disk")),
+                            "nginx": tree_cpu_seconds(lb.pid) if lb else 0.0}
+
+                def per_order(before: dict[str, float], orders: float) -> ScaleCpu:
+                    after = cpu()
+                    return ScaleCpu(**{k: (after[k] - before[k]) / max(orders, 1) * 1e6 for k in before})
+
+                before = cpu()
+                started = time.monotonic()
+                for i, port in enumerate(ports, 1):
+                    instances.append(start_oms(store, topic, f"scale{n}-{i}-{mode}", port, env={
+                        "OMS__CONSUMER__MODE": "group", "OMS__CONSUMER__INSTANCE_ID": f"bench-{i}"}))
+                # Group join: every partition owned (its time is part of the drain).
+                wait_until("the group to own every partition", lambda: owned_all() >= 3, 120, every=0.05)
+                join = time.monotonic() - started
+                wait_until("the drain", lambda: stored_all() >= backlog, 1800, every=0.05)
+                drain_s = time.monotonic() - started
+                drain_cpu = per_order(before, backlog)
+
+                lb = start_lb(ports, f"scale{n}-{mode}")
+                wrk_run(8, 1 if smoke else 3)  # warm-up (through nginx)
+                before = cpu()
+                w = wrk_run(SCALE_CONNECTIONS, seconds)
+                accepted = w["requests"] - w["rejected"]
+                ingest_cpu = per_order(before, accepted)
+                # Every accepted order stored, by whichever instance owns it.
+                produced = sum(scrape(p).get("messages_produced_total", 0.0) for p in ports)
+                wait_until("the instances to store what they accepted",
+                           lambda: stored_all() >= backlog + produced, 600, every=0.05)
+                run = ScaleRun(instances=n, join_s=join, drain_orders=backlog, drain_seconds=drain_s,
+                               drain_per_second=backlog / drain_s, drain_cpu_us=drain_cpu,
+                               ingest_connections=SCALE_CONNECTIONS, ingest_requests=w["requests"],
+                               ingest_rejected=w["rejected"], ingest_rps=w["requests"] / w["seconds"],
+                               ingest_p99_ms=w["p99_ms"], ingest_cpu_us=ingest_cpu, stored=int(stored_all()))
+            finally:
+                if lb:
+                    stop(lb)
+                for i in instances:
+                    stop(i)
+                store.cleanup()
+        finally:
+            stop(broker)
+        runs.append(run)
+        step(f"  join {run.join_s:.1f} s; drain {run.drain_per_second:,.0f} orders/s (oms "
+             f"{run.drain_cpu_us.oms:.0f} µs, Postgres {run.drain_cpu_us.postgres:.0f} µs per order); "
+             f"ingest {run.ingest_rps:,.0f} req/s p99 {run.ingest_p99_ms:.1f} ms, {run.ingest_rejected} not 202 "
+             f"(oms {run.ingest_cpu_us.oms:.0f}, tansu {run.ingest_cpu_us.tansu:.0f}, "
+             f"Postgres {run.ingest_cpu_us.postgres:.0f}, nginx {run.ingest_cpu_us.nginx:.0f} µs per order)")
+    return runs
 
 
 def wrk_run(conns: int, seconds: int) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import ROOT
 from .report import report, targets
-from .results import Results, from_json, to_json
+from .results import Results, ScaleCpu, ScaleRun, from_json, to_json
 
 COMMITTED = ROOT / "bench"
 
@@ -54,6 +54,21 @@ class ReportTest(unittest.TestCase):
         line = next(t for t in targets(results.modes["sqlite"]) if t.startswith("capacity"))
         self.assertIn("none within the p99", line)
         self.assertTrue(line.endswith("**missed**"), line)
+
+    def test_the_scale_row_compares_every_instance_count_with_one(self):
+        results = committed()
+        cpu = ScaleCpu(oms=100.0, tansu=120.0, postgres=40.0, nginx=0.0)
+        results.modes["sqlite"].scale = [
+            ScaleRun(instances=n, join_s=3.0, drain_orders=1_000, drain_seconds=4.0, drain_per_second=250.0 * n,
+                     drain_cpu_us=cpu, ingest_connections=35, ingest_requests=100, ingest_rejected=0,
+                     ingest_rps=4_000.0 / n, ingest_p99_ms=20.0,
+                     ingest_cpu_us=ScaleCpu(oms=100.0 * n, tansu=120.0, postgres=40.0, nginx=30.0), stored=1_100)
+            for n in (1, 2, 3)]
+        text = report(results, COMMITTED, results.command)
+        self.assertIn("| 3 | 3.0 | 4.0 | 750 (1,000) | 100 / 40 / 120 | 1,333 | 20.0 | 0 | 300 / 120 / 40 / 30 | 1,100 |", text)
+        self.assertIn("From 1 to 3 instances: ingest 0.33 × the rate at 3.00 × oms' CPU per order; drain 3.00 × the rate (1.00 × after the join)", text)
+        again = from_json(Results, json.loads(json.dumps(to_json(results))))
+        self.assertEqual(again.modes["sqlite"].scale, results.modes["sqlite"].scale)
 
 
 if __name__ == "__main__":
