@@ -4,13 +4,14 @@
 # shrunk to seconds, written to a scratch folder, so it never rots.
 #
 # It starts everything it measures itself (tansu twice: durable sqlite and in
-# memory; PostgreSQL twice: data on disk and on tmpfs; Prometheus; oms), on
+# memory; PostgreSQL twice: data on disk and on tmpfs; Redis per step; Prometheus;
+# oms, and nginx for the scale row), on
 # ports of its own, and stops all of it again whatever the outcome.
 export OMS_STATE="${OMS_BENCH_STATE:-$(cd "$(dirname "$0")/.." && pwd)/.oms/bench}"
 source "$(dirname "$0")/lib.sh"
 
 cd "$OMS_ROOT"
-"$OMS_ROOT/scripts/install.sh" tansu postgres prometheus k6 wrk charts
+"$OMS_ROOT/scripts/install.sh" tansu postgres redis prometheus k6 wrk charts nginx
 # The smoke run proves the steps work, not how fast they are: the debug build
 # `just test` already has will do, and spares CI a release build.
 profile=release

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the oms stack needs, pinned and idempotently:
-#   tansu (Kafka-API broker, built with cargo), PostgreSQL (Debian package).
-# Usage: scripts/install.sh [tansu] [postgres]   (no argument: everything)
+#   tansu (Kafka-API broker, built with cargo), PostgreSQL and Redis (Debian
+#   packages), and the tools of the tests and the benchmark.
+# Usage: scripts/install.sh [tansu] [postgres] [redis] …   (no argument: the stack's)
 source "$(dirname "$0")/lib.sh"
 
 install_tansu() {
@@ -36,6 +37,16 @@ install_postgres() {
     return 0
   fi
   apt_install "postgresql-$PG_MAJOR"
+}
+
+install_redis() {
+  if command -v redis-server >/dev/null 2>&1 && redis-server --version | grep -q "v=$REDIS_SERIES\."; then
+    return 0
+  fi
+  say "installing Redis $REDIS_SERIES (Debian package redis-server; the redis store)"
+  apt_install redis-server
+  redis-server --version | grep -q "v=$REDIS_SERIES\." ||
+    die "this Debian release ships $(redis-server --version | cut -d' ' -f3); oms is tested with Redis $REDIS_SERIES"
 }
 
 install_k6() {
@@ -105,6 +116,7 @@ for target in "${targets[@]}"; do
     flamegraph) install_flamegraph ;;
     prometheus) install_prometheus ;;
     nginx) install_nginx ;;
+    redis) install_redis ;;
     charts) install_charts ;;
     *) die "unknown install target: $target" ;;
   esac

@@ -13,6 +13,8 @@ OMS_TOOLS="${OMS_TOOLS:-$HOME/.cache/oms/tools}"
 TANSU_VERSION="0.6.0"
 TANSU_FEATURES="libsql,dynostore"
 PG_MAJOR="15"
+# Debian bookworm's redis-server (BSD-licensed 7.0).
+REDIS_SERIES="7.0"
 K6_VERSION="1.1.0"
 # Flamegraphs of the benchmark (bench/flamegraph.sh).
 INFERNO_VERSION="0.12.3"
@@ -23,6 +25,7 @@ MATPLOTLIB_VERSION="3.10.8"
 # Ports of the stack (the test stack uses its own, see scripts/test.sh).
 OMS_BROKER_PORT="${OMS_BROKER_PORT:-9092}"
 OMS_PG_PORT="${OMS_PG_PORT:-5432}"
+OMS_REDIS_PORT="${OMS_REDIS_PORT:-6379}"
 OMS_HTTP_PORT="${OMS_HTTP_PORT:-8080}"
 OMS_PROM_PORT="${OMS_PROM_PORT:-9090}"
 OMS_STORE_PATH="${OMS_STORE_PATH:-/dev/shm/oms/dev}"

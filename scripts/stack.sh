@@ -3,7 +3,7 @@
 #   scripts/stack.sh up                 install what is missing, start everything, print the URLs
 #   scripts/stack.sh down               stop what `up` started (by pid)
 #   scripts/stack.sh status             show what runs
-#   scripts/stack.sh start|stop NAME... one component: broker, postgres, oms
+#   scripts/stack.sh start|stop NAME... one component: broker, postgres, redis, oms, prometheus
 # State, logs and pids live in $OMS_STATE (default .oms/dev, git-ignored).
 source "$(dirname "$0")/lib.sh"
 
@@ -78,6 +78,17 @@ start_postgres() {
   fi
 }
 
+start_redis() {
+  not_running_yet redis "$OMS_REDIS_PORT" || return 0
+  "$OMS_ROOT/scripts/install.sh" redis
+  local log
+  log="$(log_file redis)"
+  say "starting Redis on 127.0.0.1:$OMS_REDIS_PORT (files in $OMS_STATE/redis; oms sets its persistence)"
+  nohup "$OMS_ROOT/scripts/redis.sh" "$OMS_REDIS_PORT" "$OMS_STATE/redis" >>"$log" 2>&1 </dev/null &
+  echo $! >"$(pid_file redis)"
+  wait_for_component redis 30 port_open "$OMS_REDIS_PORT" || { tail -n 20 "$log" >&2; die "Redis did not start (log: $log)"; }
+}
+
 start_prometheus() {
   not_running_yet prometheus "$OMS_PROM_PORT" || return 0
   "$OMS_ROOT/scripts/install.sh" prometheus
@@ -112,6 +123,7 @@ OMS_INSTANCES="${OMS_INSTANCES:-1}"
 store_url() {
   case "${OMS_STORE:-redb}" in
     postgres) echo "postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms" ;;
+    redis) echo "redis://127.0.0.1:$OMS_REDIS_PORT/0" ;;
     *) echo "${OMS_STORE:-redb}://$OMS_STORE_PATH${1:+/$1}" ;;
   esac
 }
@@ -149,7 +161,7 @@ start_oms() {
   # (assign mode), each with its own folder.
   local n
   for ((n = 1; n <= OMS_INSTANCES; n++)); do
-    if [[ $store == postgres ]]; then
+    if [[ $store == postgres || $store == redis ]]; then
       launch_oms "oms-$n" "$((OMS_HTTP_PORT + n))" "$(store_url)" \
         OMS__CONSUMER__MODE=group OMS__CONSUMER__INSTANCE_ID="oms-$n"
     else
@@ -183,9 +195,10 @@ start() {
   case "$1" in
     broker) start_broker ;;
     postgres) start_postgres ;;
+    redis) start_redis ;;
     oms) start_oms ;;
     prometheus) start_prometheus ;;
-    *) die "unknown component: $1 (broker, postgres, oms, prometheus)" ;;
+    *) die "unknown component: $1 (broker, postgres, redis, oms, prometheus)" ;;
   esac
 }
 
@@ -193,7 +206,7 @@ stop() {
   case "$1" in
     # Postgres: SIGINT is its "fast" shutdown (SIGTERM waits for clients).
     postgres) STOP_SIGNAL=INT stop_component postgres 30 ;;
-    broker | prometheus | lb) stop_component "$1" 20 ;;
+    broker | prometheus | lb | redis) stop_component "$1" 20 ;;
     # Every instance `up` started: one, or oms-1…oms-N.
     oms)
       local f
@@ -202,7 +215,7 @@ stop() {
         if [[ -e "$f" ]]; then stop_component "$(basename "$f" .pid)" 20; fi
       done
       ;;
-    *) die "unknown component: $1 (broker, postgres, oms, prometheus, lb)" ;;
+    *) die "unknown component: $1 (broker, postgres, redis, oms, prometheus, lb)" ;;
   esac
 }
 
@@ -211,8 +224,8 @@ status() {
   for f in "$(run_dir)"/oms-*.pid; do
     if [[ -e "$f" ]]; then instances+=("$(basename "$f" .pid)"); fi
   done
-  for name in broker postgres oms "${instances[@]}" lb prometheus; do
-    [[ $name == lb && ! -e "$(pid_file lb)" ]] && continue
+  for name in broker postgres redis oms "${instances[@]}" lb prometheus; do
+    [[ $name == lb || $name == redis ]] && [[ ! -e "$(pid_file "$name")" ]] && continue
     [[ $name == oms && ${#instances[@]} -gt 0 && ! -e "$(pid_file oms)" ]] && continue
     if pid="$(live_pid "$name")"; then
       printf '  %-10s running  pid %-7s' "$name" "$pid"
@@ -240,6 +253,7 @@ up() {
   "$OMS_ROOT/scripts/install.sh"
   start_broker
   start_postgres
+  if [[ ${OMS_STORE:-redb} == redis ]]; then start_redis; fi
   start_oms
   start_prometheus
   local base="http://127.0.0.1:$OMS_HTTP_PORT"
@@ -253,6 +267,7 @@ oms is up ($(( SECONDS - started )) s), store ${OMS_STORE:-redb}$( (( OMS_INSTAN
   readiness    $base/readyz
   broker       127.0.0.1:$OMS_BROKER_PORT (tansu, log in $OMS_STATE/tansu/tansu.db)
   postgres     postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms
+$( [[ ${OMS_STORE:-redb} == redis ]] && echo "  redis        redis://127.0.0.1:$OMS_REDIS_PORT/0 (keys oms:*)" )
   prometheus   http://127.0.0.1:$OMS_PROM_PORT  (try: rate(http_requests_total[1m]))
   logs         $OMS_STATE/log/ ($( (( OMS_INSTANCES > 1 )) && echo "oms-1…oms-$OMS_INSTANCES, lb" || echo oms), broker, postgres, prometheus)
 Try:  curl -si $base/orders -H 'content-type: application/json' \\
@@ -265,6 +280,7 @@ down() {
   stop prometheus
   if [[ -e "$(pid_file lb)" ]]; then stop lb; fi
   stop oms
+  if [[ -e "$(pid_file redis)" ]]; then stop redis; fi
   stop postgres
   stop broker
   say "stack stopped"

@@ -6,6 +6,7 @@
 export OMS_STATE="${OMS_TEST_STATE:-$(cd "$(dirname "$0")/.." && pwd)/.oms/test}"
 export OMS_BROKER_PORT="${OMS_TEST_BROKER_PORT:-19092}"
 export OMS_PG_PORT="${OMS_TEST_PG_PORT:-15432}"
+export OMS_REDIS_PORT="${OMS_TEST_REDIS_PORT:-16379}"
 source "$(dirname "$0")/lib.sh"
 
 started=()
@@ -28,7 +29,7 @@ cargo clippy --all-targets --quiet -- -D warnings
 say "the benchmark's report code (python3 -m unittest omsbench.test_report)"
 (cd "$OMS_ROOT/scripts" && python3 -m unittest --quiet omsbench.test_report)
 
-"$OMS_ROOT/scripts/install.sh" tansu postgres nginx
+"$OMS_ROOT/scripts/install.sh" tansu postgres redis nginx
 # The debug binary: the broker supervisor's probe, and the live oms below.
 cargo build --quiet --bin oms
 export OMS_BIN="$OMS_TARGET_DIR/debug/oms"
@@ -42,12 +43,19 @@ if ! live_pid postgres >/dev/null; then
   "$OMS_ROOT/scripts/stack.sh" start postgres
   started+=(postgres)
 fi
+if ! live_pid redis >/dev/null; then
+  rm -rf "$OMS_STATE/redis"
+  "$OMS_ROOT/scripts/stack.sh" start redis
+  started+=(redis)
+fi
 
 export OMS_TEST_BOOTSTRAP="127.0.0.1:$OMS_BROKER_PORT"
 # Tests create a database of their own on this cluster.
 export OMS_TEST_DATABASE_URL="postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/postgres"
 export OMS_TEST_TANSU="$TANSU_BIN"
 export OMS_TEST_PG_BIN="$PG_BIN"
+# Tests use a key prefix of their own on this Redis, or start a private one.
+export OMS_TEST_REDIS_URL="redis://127.0.0.1:$OMS_REDIS_PORT/0"
 say "tests (broker $OMS_TEST_BOOTSTRAP)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

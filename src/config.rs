@@ -18,6 +18,8 @@ pub enum Engine {
     Sled,
     /// PostgreSQL: durable and queryable.
     Postgres,
+    /// Redis: an in-memory database server, persistence a setting.
+    Redis,
 }
 
 /// What [`StoreUrl`] needs to know about an engine.
@@ -32,7 +34,7 @@ struct EngineInfo {
 
 impl Engine {
     /// Every engine, for error messages and parsing.
-    pub const ALL: [Engine; 3] = [Engine::Redb, Engine::Sled, Engine::Postgres];
+    pub const ALL: [Engine; 4] = [Engine::Redb, Engine::Sled, Engine::Postgres, Engine::Redis];
 
     fn info(self) -> EngineInfo {
         match self {
@@ -50,6 +52,11 @@ impl Engine {
                 name: "postgres",
                 default_url: "postgres://oms:oms@127.0.0.1:5432/oms",
                 aliases: &["postgresql"],
+            },
+            Engine::Redis => EngineInfo {
+                name: "redis",
+                default_url: "redis://127.0.0.1:6379/0",
+                aliases: &[],
             },
         }
     }
@@ -82,8 +89,9 @@ impl Engine {
 }
 
 /// `store.url`: which engine keeps the orders and where, as one URL —
-/// `redb:///dev/shm/oms`, `sled:///dev/shm/oms` (a folder), or a PostgreSQL
-/// connection URL `postgres://user:password@host:5432/database`.
+/// `redb:///dev/shm/oms`, `sled:///dev/shm/oms` (a folder), a PostgreSQL
+/// connection URL `postgres://user:password@host:5432/database`, or a Redis
+/// one `redis://[:password@]host:6379/db`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct StoreUrl {
@@ -373,6 +381,8 @@ pub struct StoreSettings {
     pub sled: EmbeddedStoreSettings,
     /// `[store.postgres]`
     pub postgres: PostgresSettings,
+    /// `[store.redis]`
+    pub redis: RedisSettings,
     // The flat keys of oms 0.1, read for one more release (with a warning)
     // and folded into the ones above on load: none is set after `load`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -423,6 +433,64 @@ impl Default for PostgresSettings {
     }
 }
 
+/// `[store.redis]`: the Redis engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Prefix of every key oms writes, so several deployments (or test
+    /// runs) can share one Redis database.
+    pub key_prefix: String,
+    /// Longest a command or a connection attempt may take.
+    pub timeout_ms: u64,
+    /// How Redis keeps the orders across its own restarts; oms applies it
+    /// (with `maxmemory-policy noeviction`) to every Redis run it meets.
+    pub persistence: RedisPersistence,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            key_prefix: "oms".into(),
+            timeout_ms: 5_000,
+            persistence: RedisPersistence::AofEverysec,
+        }
+    }
+}
+
+/// `store.redis.persistence`. What each loses is in docs/configuration.md;
+/// whatever Redis loses, oms notices (the offsets it expects are gone) and
+/// rebuilds from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisPersistence {
+    /// Memory only: a Redis restart starts empty.
+    None,
+    /// Append-only file, fsynced once a second.
+    AofEverysec,
+    /// Append-only file, fsynced before every write is answered.
+    AofAlways,
+}
+
+impl RedisPersistence {
+    /// The Redis settings (`CONFIG SET name value`) that give this mode.
+    pub fn server_config(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            // No snapshots either: "none" means none.
+            Self::None => &[("appendonly", "no"), ("save", "")],
+            Self::AofEverysec => &[("appendonly", "yes"), ("appendfsync", "everysec")],
+            Self::AofAlways => &[("appendonly", "yes"), ("appendfsync", "always")],
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::AofEverysec => "aof-everysec",
+            Self::AofAlways => "aof-always",
+        }
+    }
+}
+
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
@@ -430,6 +498,7 @@ impl Default for StoreSettings {
             redb: EmbeddedStoreSettings::default(),
             sled: EmbeddedStoreSettings::default(),
             postgres: PostgresSettings::default(),
+            redis: RedisSettings::default(),
             engine: None,
             path: None,
             postgres_url: None,
@@ -598,7 +667,7 @@ impl Settings {
                 "consumer.mode = \"group\" shares the partitions between instances, but {} keeps \
                  each instance's orders in its own files: every instance would hold only part of \
                  them. Use consumer.mode = \"assign\" (every instance a full replica) or a shared \
-                 store (postgres)",
+                 store (postgres, redis)",
                 engine.as_str()
             )));
         }

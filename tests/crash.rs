@@ -113,6 +113,16 @@ async fn postgres_is_exactly_once_under_kill_9_on_the_durable_broker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_is_exactly_once_under_kill_9_on_the_durable_broker() {
+    crash_and_count(Engine::Redis, BrokerEngine::Sqlite, ORDERS, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_is_exactly_once_under_kill_9_on_the_memory_broker() {
+    crash_and_count(Engine::Redis, BrokerEngine::Memory, ORDERS, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redb_is_exactly_once_under_kill_9_on_the_memory_broker() {
     crash_and_count(Engine::Redb, BrokerEngine::Memory, ORDERS, &[]).await;
 }

@@ -141,6 +141,8 @@ def check_smoke(results: Results, out: Path, scaled: bool) -> None:
         for d in r.drain:
             if d.per_second <= 0:
                 problems.append(f"{mode}: drain into {d.store} measured nothing")
+            if d.store.startswith("redis") and not d.store_rss_mib:
+                problems.append(f"{mode}: drain into {d.store} has no Redis RSS")
         for i in r.ingest + [r.ceiling]:
             if i.requests == 0 or i.failed_pct > 0 or i.checks_pct < 100:
                 problems.append(f"{mode}: a k6 run had no requests or failures: {i}")

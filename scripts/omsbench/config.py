@@ -16,17 +16,22 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 BROKER_PORT = 29092
 PG_PORTS = {"disk": 25432, "tmpfs": 25433}
+REDIS_PORT = 26379
 OMS_PORT = 28080
 PROM_PORT = 29090
 
 MODES = {"sqlite": "sqlite://tansu.db", "memory": "memory://tansu/"}
-STORES = ["redb", "sled", "postgres", "postgres-tmpfs"]
+STORES = ["redb", "sled", "redis", "redis-aof", "postgres", "postgres-tmpfs"]
 STORE_TITLES = {
     "redb": "redb (tmpfs)",
     "sled": "sled (tmpfs)",
+    "redis": "Redis (no persistence)",
+    "redis-aof": "Redis (AOF every second, disk)",
     "postgres": "Postgres (disk)",
     "postgres-tmpfs": "Postgres (tmpfs)",
 }
+# store.redis.persistence of each Redis row.
+REDIS_PERSISTENCE = {"redis": "none", "redis-aof": "aof-everysec"}
 
 # The original project's k6 result (redpanda101 README), the number to beat.
 TARGET_RPS = 5059.0

@@ -11,6 +11,11 @@ def fmt(x: float, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+def mib(x: float | None) -> str:
+    """A store server's RSS; embedded stores live in oms' own (–)."""
+    return "–" if x is None else f"{x:.0f}"
+
+
 def report(results: Results, out: Path, command: str) -> str:
     m = results.machine
     lines = [
@@ -34,7 +39,8 @@ def report(results: Results, out: Path, command: str) -> str:
         "the consumer needed after the load stopped. **Consumer alone** drains a backlog into an "
         "empty store (oms restarted on a pre-filled topic). **Raw broker** is rdkafka with oms' "
         "settings and nothing else, the ceiling both paths are compared to. *CPU* is in cores "
-        "(1.00 = one core busy) over the step.",
+        "(1.00 = one core busy) over the step. *Store RSS* is the peak RSS of the store's own server "
+        "when it runs one per step (Redis); redb and sled live inside oms' RSS.",
         "",
     ]
     for mode, r in results.modes.items():
@@ -43,8 +49,8 @@ def report(results: Results, out: Path, command: str) -> str:
         lines += [f"## Broker {mode} ({title})", "",
                   "### Ingest: k6 POST /orders", "",
                   "| path | req/s | p50 ms | p95 ms | p99 ms | failed % | lag max | lag mean | catch-up s "
-                  "| oms RSS MiB | CPU oms / tansu / k6 | CPU µs per order oms / tansu |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+                  "| oms RSS MiB | store RSS MiB | CPU oms / tansu / k6 | CPU µs per order oms / tansu |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
         rows = ([("**seed profile: 0 → 35 VUs over 2 min**, POST /orders → redb (`just up` defaults)", r.seed)]
                 if r.seed else []) + [("GET /healthz (HTTP ceiling)", r.ceiling)] + \
                [(f"POST /orders → {STORE_TITLES[i.store]}", i) for i in r.ingest]
@@ -54,7 +60,7 @@ def report(results: Results, out: Path, command: str) -> str:
                    else ("–",) * 3)
             lines.append(f"| {name} | {fmt(x.rps)} | {x.p50_ms:.2f} | {x.p95_ms:.2f} | "
                          f"{x.p99_ms:.2f} | {x.failed_pct:.2f} | {lag[0]} | {lag[1]} | {lag[2]} | "
-                         f"{x.oms_rss_mib:.0f} | {c.oms:.2f} / {c.tansu:.2f} / {c.k6:.2f} | "
+                         f"{x.oms_rss_mib:.0f} | {mib(x.store_rss_mib)} | {c.oms:.2f} / {c.tansu:.2f} / {c.k6:.2f} | "
                          f"{x.cpu_us_per_order('oms'):.0f} / {x.cpu_us_per_order('tansu'):.0f} |")
         cap = r.capacity
         if cap:
@@ -78,14 +84,14 @@ def report(results: Results, out: Path, command: str) -> str:
                   f"(asynchronously, {raw_p.seconds:.1f} s for {raw_p.produced:,}). Best ingest "
                   f"rate = {max(i.rps for i in r.ingest) / raw_p.per_second:.2f} × that.", "",
                   "### Consumer alone: draining the backlog into an empty store", "",
-                  "| store | orders | seconds | orders/s | vs. raw consume | oms CPU | oms RSS MiB |",
-                  "|---|---:|---:|---:|---:|---:|---:|",
+                  "| store | orders | seconds | orders/s | vs. raw consume | oms CPU | oms RSS MiB | store RSS MiB |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|",
                   f"| raw consume, no store | {raw_c.records:,} | {raw_c.seconds:.1f} | "
-                  f"{fmt(raw_c.per_second)} | 1.00 | – | – |"]
+                  f"{fmt(raw_c.per_second)} | 1.00 | – | – | – |"]
         for d in r.drain:
             lines.append(f"| {STORE_TITLES[d.store]} | {d.orders:,} | {d.seconds:.1f} | "
                          f"{fmt(d.per_second)} | {d.per_second / raw_c.per_second:.2f} | "
-                         f"{d.oms_cpu_cores:.2f} | {d.oms_rss_mib:.0f} |")
+                         f"{d.oms_cpu_cores:.2f} | {d.oms_rss_mib:.0f} | {mib(d.store_rss_mib)} |")
         if raw_p.on_log != raw_p.produced:
             lines += ["", f"Note: tansu acknowledged {raw_p.produced:,} records, served all of them "
                       f"({raw_c.records:,} read), but its watermarks report {raw_p.on_log:,} "

@@ -40,6 +40,8 @@ class LoadRun:
     cpu_cores: CpuCores = field(default_factory=lambda: CpuCores(0.0, 0.0))
     oms_rss_mib: float = 0.0
     store: Optional[str] = None
+    # Peak RSS of the store's own server process (Redis), when it has one.
+    store_rss_mib: Optional[float] = None
     # Only for POST /orders runs: acknowledged − stored while loaded.
     lag_max: Optional[float] = None
     lag_mean: Optional[float] = None
@@ -74,6 +76,7 @@ class Drain:
     per_second: float
     oms_cpu_cores: float
     oms_rss_mib: float
+    store_rss_mib: Optional[float] = None
 
 
 @dataclass

@@ -7,12 +7,12 @@ import re
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
-from .config import BROKER_PORT, OMS, OMS_PORT, PG_BIN, PG_PORTS, ROOT, STATE, TANSU
-from .procs import Proc, http_get, port_open, start, wait_until
+from .config import BROKER_PORT, OMS, OMS_PORT, PG_BIN, PG_PORTS, REDIS_PERSISTENCE, REDIS_PORT, ROOT, STATE, TANSU
+from .procs import Proc, http_get, port_open, start, stop, wait_until
 
 def stack(action: str, component: str, **env: str) -> None:
     """scripts/stack.sh for PostgreSQL and Prometheus (initdb, config, pid files)."""
@@ -49,14 +49,37 @@ def psql(kind: str, sql: str) -> None:
 
 @dataclass
 class Store:
-    """One store to run oms against: its `--store` flags and how to clean up."""
+    """One store to run oms against: its `--store` flags, its settings, its
+    own server process (Redis), and how to clean up."""
 
     name: str
     args: list[str]
     cleanup: Callable[[], None]
+    env: dict[str, str] = field(default_factory=dict)
+    server: Optional[Proc] = None
+
+
+def fresh_redis(name: str, label: str) -> Store:
+    """A fresh redis-server per step (scripts/redis.sh), so its peak RSS is
+    the step's; the AOF row keeps its files on disk, like Postgres (disk)."""
+    if port_open(REDIS_PORT):
+        raise RuntimeError(f"port {REDIS_PORT} is taken")
+    home = STATE / f"redis-{label}-{uuid.uuid4().hex[:6]}"
+    server = start(f"redis-{label}", [str(ROOT / "scripts" / "redis.sh"), str(REDIS_PORT), str(home)],
+                   STATE / "log" / f"redis-{label}.log")
+    wait_until("Redis to listen", lambda: port_open(REDIS_PORT), 30)
+
+    def cleanup() -> None:
+        stop(server)
+        shutil.rmtree(home, ignore_errors=True)
+
+    return Store(name, ["--store", f"redis://127.0.0.1:{REDIS_PORT}/0"], cleanup,
+                 env={"OMS__STORE__REDIS__PERSISTENCE": REDIS_PERSISTENCE[name]}, server=server)
 
 
 def fresh_store(name: str, label: str) -> Store:
+    if name in REDIS_PERSISTENCE:
+        return fresh_redis(name, label)
     if name in ("redb", "sled"):
         path = Path("/dev/shm/oms-bench") / f"{name}-{label}-{uuid.uuid4().hex[:8]}"
         return Store(name, ["--store", f"{name}://{path}"],
@@ -78,7 +101,8 @@ def start_oms(store: Store, topic: str, label: str, port: int = OMS_PORT,
     argv = [OMS, "serve", *store.args, "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
             "--dlq-topic", f"{topic}.dlq", "--http-addr", f"127.0.0.1:{port}"]
     proc = start("oms", argv, STATE / "log" / f"oms-{label}.log",
-                 env={"OMS__TELEMETRY__LOG_FILTER": "warn", "OMS__TELEMETRY__LOG_FORMAT": "json", **(env or {})})
+                 env={"OMS__TELEMETRY__LOG_FILTER": "warn", "OMS__TELEMETRY__LOG_FORMAT": "json", **store.env,
+                      **(env or {})})
 
     def answers() -> bool:
         if not proc.alive():

@@ -50,13 +50,14 @@ def drain(store_name: str, topic: str, backlog: int, mode: str) -> Drain:
         wait_until("the drain", lambda: stored(scrape()) >= backlog, 1800, every=0.05)
         seconds = time.monotonic() - started
         cpu, rss = cpu_seconds(oms.pid), rss_peak_mib(oms.pid)
+        server_rss = rss_peak_mib(store.server.pid) if store.server else None
         stop(oms)
     finally:
         store.cleanup()
     result = Drain(store=store_name, orders=backlog, seconds=seconds, per_second=backlog / seconds,
-                   oms_cpu_cores=cpu / seconds, oms_rss_mib=rss)
+                   oms_cpu_cores=cpu / seconds, oms_rss_mib=rss, store_rss_mib=server_rss)
     step(f"  {result.per_second:,.0f} orders/s, oms {result.oms_cpu_cores:.2f} cores, "
-         f"peak RSS {rss:.0f} MiB")
+         f"peak RSS {rss:.0f} MiB" + (f", Redis {server_rss:.0f} MiB" if server_rss else ""))
     return result
 
 
@@ -138,6 +139,8 @@ def k6_against_fresh_oms(script: str, store_name: str, profile: Profile, mode: s
             oms = start_oms(store, topic, f"{label}-{mode}")
             reset_child_cpu()
             result = load(script, profile, f"{label}-{mode}", broker, oms, track_lag=script == "orders")
+            if store.server:
+                result.store_rss_mib = rss_peak_mib(store.server.pid)
             stop(oms)
         finally:
             store.cleanup()

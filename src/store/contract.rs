@@ -164,6 +164,47 @@ pub async fn reapplying_a_batch_is_harmless(engine: impl Engine) {
     assert_eq!(store.offsets(TOPIC).await.expect("offsets")[&0], 7);
 }
 
+/// First write wins for the symbol index too: an id written again with
+/// other fields (another currency pair) is not listed under the second pair.
+pub async fn a_repeated_id_stays_out_of_a_second_symbols_index(engine: impl Engine) {
+    let store = engine.open().await;
+    let first = order(("USD", "EUR"), 1);
+    store
+        .apply(batch(vec![first.clone()], &[(1, 2)]))
+        .await
+        .expect("first write");
+    let mut again = order(("GBP", "JPY"), 1);
+    again.order.id = first.order.id;
+    let applied = store
+        .apply(batch(vec![again], &[(1, 3)]))
+        .await
+        .expect("the same id, another pair");
+    assert_eq!(
+        applied,
+        Applied {
+            inserted: 0,
+            duplicates: 1
+        }
+    );
+    assert!(
+        store
+            .list_by_symbol("GBP-JPY", None, 10)
+            .await
+            .expect("list")
+            .is_empty(),
+        "the repeated id entered the second pair's index"
+    );
+    assert_eq!(
+        store
+            .list_by_symbol("USD-EUR", None, 10)
+            .await
+            .expect("list"),
+        vec![first.clone()]
+    );
+    assert_eq!(store.get(first.order.id).await.expect("get"), Some(first));
+    assert_eq!(store.count().await.expect("count"), 1);
+}
+
 pub async fn a_failed_batch_leaves_nothing(engine: impl Engine) {
     let store = engine.open().await;
     let good = order(("USD", "EUR"), 1);
@@ -299,6 +340,10 @@ macro_rules! store_contract_tests {
             #[tokio::test]
             async fn a_failed_batch_leaves_nothing() {
                 c::a_failed_batch_leaves_nothing($engine().await).await;
+            }
+            #[tokio::test]
+            async fn a_repeated_id_stays_out_of_a_second_symbols_index() {
+                c::a_repeated_id_stays_out_of_a_second_symbols_index($engine().await).await;
             }
             #[tokio::test]
             async fn lists_by_symbol_with_a_cursor() {

@@ -11,6 +11,7 @@
 
 pub mod postgres;
 pub mod redb;
+pub mod redis;
 pub mod sled;
 
 #[cfg(test)]
@@ -238,6 +239,9 @@ pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError
         )),
         Engine::Postgres => Ok(Arc::new(
             postgres::PostgresStore::connect(url.as_str(), &settings.postgres).await?,
+        )),
+        Engine::Redis => Ok(Arc::new(
+            redis::RedisStore::open(url.as_str(), &settings.redis).await?,
         )),
     }
 }

@@ -72,7 +72,7 @@ pub fn order_body(n: u64) -> Value {
 
 /// `oms serve` flags for the store, broker and topics of `cfg`.
 pub fn serve_args(cfg: &Settings) -> Vec<String> {
-    [
+    let mut args: Vec<String> = [
         "--store",
         cfg.store.url.as_str(),
         "--bootstrap",
@@ -83,7 +83,24 @@ pub fn serve_args(cfg: &Settings) -> Vec<String> {
         &cfg.broker.dlq_topic,
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    if cfg.store.engine() == Engine::Redis {
+        // `[store.redis]` has no flags: a config file of the test's own.
+        let r = &cfg.store.redis;
+        let file = std::env::temp_dir().join(format!("{}.toml", r.key_prefix));
+        std::fs::write(
+            &file,
+            format!(
+                "[store.redis]\nkey_prefix = {:?}\ntimeout_ms = {}\npersistence = {:?}\n",
+                r.key_prefix,
+                r.timeout_ms,
+                r.persistence.as_str()
+            ),
+        )
+        .expect("write the test's config file");
+        args.extend(["--config".to_owned(), file.display().to_string()]);
+    }
+    args
 }
 
 /// A running oms.
@@ -371,14 +388,22 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM: the master stops its workers. SIGKILL would orphan them,
+        // still holding the port.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
 
 /// Points `cfg` at `engine`: the same folder for an embedded engine, a
-/// fresh, migrated database of its own (named `prefix_…`) for Postgres.
+/// fresh, migrated database of its own (named `prefix_…`) for Postgres, a
+/// key prefix of its own on the test Redis.
 pub async fn use_engine(cfg: &mut Settings, engine: Engine, prefix: &str) {
+    if engine == Engine::Redis {
+        return use_redis(cfg, &redis_url(), prefix);
+    }
     cfg.store.url = if engine.is_embedded() {
         let folder = cfg
             .store
@@ -396,6 +421,18 @@ pub async fn use_engine(cfg: &mut Settings, engine: Engine, prefix: &str) {
     if engine == Engine::Postgres {
         migrate_postgres(cfg).await;
     }
+}
+
+/// The test Redis `just test` starts.
+pub fn redis_url() -> String {
+    std::env::var("OMS_TEST_REDIS_URL")
+        .expect("OMS_TEST_REDIS_URL is not set: run the tests with `just test`, which starts Redis")
+}
+
+/// Points `cfg` at the Redis at `url`, under a key prefix of its own.
+pub fn use_redis(cfg: &mut Settings, url: &str, prefix: &str) {
+    cfg.store.url = url.parse().expect("a redis URL");
+    cfg.store.redis.key_prefix = format!("{prefix}-{}", Uuid::now_v7().simple());
 }
 
 /// Applies the schema to the Postgres `cfg` points at.
@@ -657,6 +694,80 @@ impl Drop for PrivatePostgres {
             .arg(self.data())
             .args(["-m", "immediate", "-w", "stop"]);
         let _ = ctl.output();
+    }
+}
+
+/// A Redis of the test's own (scripts/redis.sh on a free port, files in a
+/// temp folder), so a test can stop it, restart it, or restart it empty.
+pub struct PrivateRedis {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    child: std::sync::Mutex<Option<Child>>,
+}
+
+impl PrivateRedis {
+    pub fn start_new() -> PrivateRedis {
+        let redis = PrivateRedis {
+            dir: tempfile::tempdir().expect("tempdir"),
+            port: free_port(),
+            child: std::sync::Mutex::new(None),
+        };
+        redis.start();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts Redis on its port and folder (it loads its AOF, if any).
+    pub fn start(&self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis.sh");
+        let child = Command::new(script)
+            .arg(self.port.to_string())
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (scripts/install.sh redis)");
+        *self.child.lock().unwrap() = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops like a crash (SIGKILL): connections are cut.
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again with nothing: its files are gone (a restart without
+    /// persistence, or a failover to an empty replica).
+    pub fn restart_empty(&self) {
+        self.stop();
+        for entry in std::fs::read_dir(self.dir.path()).expect("redis folder") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("remove");
+            } else {
+                std::fs::remove_file(&path).expect("remove");
+            }
+        }
+        self.start();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

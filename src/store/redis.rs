@@ -1,0 +1,415 @@
+//! The Redis engine: an in-memory database server, the opposite trade to
+//! redb and sled inside the process. One Lua script per batch writes the
+//! orders, their symbol index and the offsets atomically (a script runs
+//! alone on the server, and its effects reach the AOF and replicas as one
+//! transaction).
+//!
+//! Redis has no rollback, so the script checks everything before its first
+//! write — the offsets it expects (fencing, and how a Redis that lost data
+//! behind oms' back is noticed), the type of every key it will touch — and
+//! declares itself a writing script (`#!lua`), which Redis refuses up front
+//! while it is over `maxmemory` instead of failing half-way. oms sets
+//! `maxmemory-policy noeviction` and the persistence setting on every Redis
+//! run it meets (see [`RedisStore::open`]): evicting an order would lose it.
+//!
+//! Keys (`{p}` = `store.redis.key_prefix`): `{p}:order:{id}` the order as
+//! JSON; `{p}:symbol:{symbol}` a sorted set of ids, all at score 0, so
+//! `ZRANGEBYLEX` pages it in id order (a hyphenated lower-case UUID sorts as
+//! its bytes do, like the other engines' keys); `{p}:offsets:{topic}` a hash
+//! partition → next offset; `{p}:count` the number of orders. oms talks to
+//! one Redis (a primary), not to Redis Cluster.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisError};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use uuid::Uuid;
+
+use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
+use crate::config::{RedisPersistence, RedisSettings};
+
+/// One batch: KEYS = offsets hash, count, then per order its key and its
+/// symbol's index; ARGV = fenced (1/0), number of partitions, a (partition,
+/// target, expected or "") triple per partition, fail-before-write (tests),
+/// then per order its id and JSON.
+const APPLY: &str = r#"#!lua
+local fenced, partitions = ARGV[1] == '1', tonumber(ARGV[2])
+local offsets_key = KEYS[1]
+local kind = redis.call('TYPE', offsets_key).ok
+if kind ~= 'none' and kind ~= 'hash' then
+  return redis.error_reply('WRONGTYPE ' .. offsets_key .. ' is a ' .. kind .. ', not a hash')
+end
+local moves = {}
+local a = 3
+for _ = 1, partitions do
+  local p, target, expected = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local current = redis.call('HGET', offsets_key, p)
+  if fenced and (current or '') ~= expected and current ~= target then
+    return redis.error_reply('DIVERGED partition ' .. p .. ' is at ' .. (current or 'nothing stored')
+      .. ' in the store; this writer expected ' .. (expected == '' and 'nothing stored' or expected)
+      .. ' (or ' .. target .. ' if this batch was applied)')
+  end
+  if not current or tonumber(current) <= tonumber(target) then
+    moves[#moves + 1] = {p, target}
+  end
+  a = a + 3
+end
+local fail = ARGV[a] == '1'
+local first = a + 1
+local seen = {}
+for k = 3, #KEYS, 2 do
+  local index = KEYS[k + 1]
+  if not seen[index] then
+    seen[index] = true
+    local t = redis.call('TYPE', index).ok
+    if t ~= 'none' and t ~= 'zset' then
+      return redis.error_reply('WRONGTYPE ' .. index .. ' is a ' .. t .. ', not a sorted set')
+    end
+  end
+end
+if fail then
+  return redis.error_reply('INJECTED failure before the first write')
+end
+-- Nothing is written above this line.
+local inserted = 0
+for k = 3, #KEYS, 2 do
+  local i = first + (k - 3)
+  if redis.call('SET', KEYS[k], ARGV[i + 1], 'NX') then
+    redis.call('ZADD', KEYS[k + 1], 0, ARGV[i])
+    inserted = inserted + 1
+  end
+end
+for _, m in ipairs(moves) do
+  redis.call('HSET', offsets_key, m[1], m[2])
+end
+if inserted > 0 then
+  redis.call('INCRBY', KEYS[2], inserted)
+end
+return inserted
+"#;
+
+/// A connection to one Redis, reconnecting by itself.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    apply: redis::Script,
+    /// Why the server is not fit to hold orders (an eviction policy oms
+    /// could not change), as last seen by the configuring task.
+    unfit: Arc<Mutex<Option<String>>>,
+    _configuring: DropGuard,
+}
+
+/// Sorts Redis errors: everything is an outage the consumer waits out —
+/// Redis refuses no order for what it holds — except a diverged offset.
+fn classify(err: RedisError) -> StoreError {
+    match err.code() {
+        Some("DIVERGED") => StoreError::Diverged {
+            what: err.detail().unwrap_or_default().to_owned(),
+        },
+        Some("OOM") => StoreError::transient(
+            "Redis is out of memory (maxmemory, noeviction): the batch was refused before its \
+             first write; free memory or raise maxmemory",
+            err,
+        ),
+        Some("WRONGTYPE") => StoreError::transient(
+            "a Redis key oms uses holds another type: another application shares the key prefix \
+             (store.redis.key_prefix)",
+            err,
+        ),
+        Some("LOADING") => StoreError::transient("Redis is loading its data", err),
+        Some("READONLY") => StoreError::transient("Redis is a read-only replica", err),
+        _ => StoreError::transient("Redis did not answer", err),
+    }
+}
+
+impl RedisStore {
+    /// Connects lazily (oms starts, and reports not ready, while Redis is
+    /// down) and starts a task that applies `maxmemory-policy noeviction`
+    /// and the persistence setting to every Redis run it meets: a restarted
+    /// Redis comes back with its own configuration, not with what an
+    /// earlier `CONFIG SET` said.
+    pub async fn open(url: &str, settings: &RedisSettings) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::permanent("invalid Redis store.url", e))?;
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::permanent("the Redis client could not be created", e))?;
+        let unfit = Arc::new(Mutex::new(None));
+        let stop = CancellationToken::new();
+        tokio::spawn(configure(
+            conn.clone(),
+            settings.persistence,
+            unfit.clone(),
+            stop.clone(),
+        ));
+        Ok(Self {
+            conn,
+            prefix: settings.key_prefix.clone(),
+            apply: redis::Script::new(APPLY),
+            unfit,
+            _configuring: stop.drop_guard(),
+        })
+    }
+
+    fn order_key(&self, id: Uuid) -> String {
+        format!("{}:order:{}", self.prefix, id.hyphenated())
+    }
+
+    fn symbol_key(&self, symbol: &str) -> String {
+        format!("{}:symbol:{symbol}", self.prefix)
+    }
+
+    fn offsets_key(&self, topic: &str) -> String {
+        format!("{}:offsets:{topic}", self.prefix)
+    }
+
+    fn count_key(&self) -> String {
+        format!("{}:count", self.prefix)
+    }
+
+    fn decode(json: &str) -> Result<StoredOrder, StoreError> {
+        serde_json::from_str(json)
+            .map_err(|e| StoreError::permanent("an order in Redis does not decode", e))
+    }
+}
+
+/// The settings oms needs on every Redis run: its run id tells a restarted
+/// (or failed-over) server from the one already configured.
+async fn configure(
+    mut conn: ConnectionManager,
+    persistence: RedisPersistence,
+    unfit: Arc<Mutex<Option<String>>>,
+    stop: CancellationToken,
+) {
+    let mut configured: Option<String> = None;
+    loop {
+        if let Ok(info) = redis::cmd("INFO")
+            .arg("server")
+            .query_async::<String>(&mut conn)
+            .await
+        {
+            let run = info
+                .lines()
+                .find_map(|l| l.strip_prefix("run_id:"))
+                .map(str::to_owned);
+            if run.is_some() && run != configured {
+                let problem = apply_config(&mut conn, persistence).await;
+                if let Some(p) = &problem {
+                    tracing::warn!(problem = %p, "Redis is not configured as oms needs");
+                } else {
+                    tracing::info!(
+                        persistence = persistence.as_str(),
+                        "Redis configured: maxmemory-policy noeviction"
+                    );
+                }
+                *unfit.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+                configured = run;
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Applies the settings; what could not be applied and still does not hold
+/// (a managed Redis may refuse `CONFIG`) is the problem returned. Only the
+/// eviction policy makes the server unfit: persistence is a trade the
+/// operator may have made in the server's own configuration.
+async fn apply_config(
+    conn: &mut ConnectionManager,
+    persistence: RedisPersistence,
+) -> Option<String> {
+    let set = |name: &'static str, value: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(value)
+                .query_async::<()>(&mut conn)
+                .await
+        }
+    };
+    for (name, value) in persistence.server_config() {
+        if let Err(e) = set(name, value).await {
+            tracing::warn!(error = %e, setting = name, value, "could not set a Redis persistence setting; the server's own applies");
+        }
+    }
+    if set("maxmemory-policy", "noeviction").await.is_ok() {
+        return None;
+    }
+    let policy: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    match policy {
+        Ok(v) if v.get(1).is_some_and(|p| p == "noeviction") => None,
+        Ok(v) => Some(format!(
+            "maxmemory-policy is {}, not noeviction: Redis may evict orders",
+            v.get(1).map_or("unknown", String::as_str)
+        )),
+        Err(e) => Some(format!(
+            "maxmemory-policy could be neither set nor read ({e}): set noeviction on the server"
+        )),
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn engine(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn apply(&self, batch: Arc<Batch>) -> Result<Applied, StoreError> {
+        let mut call = self.apply.prepare_invoke();
+        call.key(self.offsets_key(&batch.topic))
+            .key(self.count_key());
+        call.arg(if batch.expected.is_some() { "1" } else { "0" })
+            .arg(batch.offsets.len());
+        for (partition, target) in &batch.offsets {
+            let expected = batch
+                .expected
+                .as_ref()
+                .and_then(|e| e.get(partition))
+                .map_or_else(String::new, i64::to_string);
+            call.arg(partition).arg(target).arg(expected);
+        }
+        #[cfg(test)]
+        let fail = batch.fail_before_commit;
+        #[cfg(not(test))]
+        let fail = false;
+        call.arg(if fail { "1" } else { "0" });
+        for stored in &batch.orders {
+            let json = serde_json::to_string(stored)
+                .map_err(|e| StoreError::permanent("an order did not encode", e))?;
+            call.key(self.order_key(stored.order.id))
+                .key(self.symbol_key(&stored.order.symbol()))
+                .arg(stored.order.id.hyphenated().to_string())
+                .arg(json);
+        }
+        let mut conn = self.conn.clone();
+        let inserted: usize = call.invoke_async(&mut conn).await.map_err(|e| {
+            if e.code() == Some("INJECTED") {
+                StoreError::unavailable("injected failure before the first write")
+            } else {
+                classify(e)
+            }
+        })?;
+        Ok(Applied {
+            inserted,
+            duplicates: batch.orders.len().saturating_sub(inserted),
+        })
+    }
+
+    async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Vec<(i32, i64)> = conn
+            .hgetall(self.offsets_key(topic))
+            .await
+            .map_err(classify)?;
+        Ok(raw.into_iter().collect())
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.get(self.order_key(id)).await.map_err(classify)?;
+        json.as_deref().map(Self::decode).transpose()
+    }
+
+    async fn list_by_symbol(
+        &self,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        // `(id` is exclusive: strictly after the cursor. O(log n + limit).
+        let from = after.map_or_else(|| "-".to_owned(), |id| format!("({}", id.hyphenated()));
+        let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(self.symbol_key(symbol))
+            .arg(from)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(classify)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| format!("{}:order:{id}", self.prefix))
+            .collect();
+        let bodies: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(classify)?;
+        bodies
+            .iter()
+            .flatten()
+            .map(|json| Self::decode(json))
+            .collect()
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let n: Option<u64> = conn.get(self.count_key()).await.map_err(classify)?;
+        Ok(n.unwrap_or_default())
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(classify)?;
+        match self.unfit.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            Some(problem) => Err(StoreError::unavailable(problem)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key prefix of its own on the test Redis (`just test` exports the URL).
+    struct Redis(String);
+
+    impl super::super::contract::Engine for Redis {
+        async fn open(&self) -> Arc<dyn Store> {
+            let url = std::env::var("OMS_TEST_REDIS_URL").unwrap_or_else(|_| {
+                panic!("OMS_TEST_REDIS_URL is not set: run the tests with `just test`, which starts Redis")
+            });
+            let settings = RedisSettings {
+                key_prefix: self.0.clone(),
+                ..RedisSettings::default()
+            };
+            Arc::new(RedisStore::open(&url, &settings).await.expect("client"))
+        }
+    }
+
+    async fn engine() -> Redis {
+        Redis(format!("oms-contract-{}", Uuid::now_v7().simple()))
+    }
+
+    crate::store_contract_tests!(engine);
+}

@@ -1,0 +1,122 @@
+//! What Redis does that the other engines do not: run out of memory. With
+//! `maxmemory-policy noeviction` (oms sets it), a Redis over `maxmemory`
+//! refuses writes; the batch script declares itself a writing script, so
+//! Redis refuses it before it starts — never half-way — and oms treats it
+//! as an outage (retry, nothing dead-lettered). Once memory is there again,
+//! the same batch applies.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{PrivateRedis, eventually};
+use oms::config::{RedisPersistence, RedisSettings};
+use oms::order::NewOrder;
+use oms::store::redis::RedisStore;
+use oms::store::{Batch, Store, StoreError, StoredOrder};
+
+fn order(n: i64) -> StoredOrder {
+    let order = NewOrder::from_value(serde_json::json!({
+        "src_currency": "USD",
+        "dst_currency": "EUR",
+        "side": "buy",
+        "price": "1.5",
+        "quantity": format!("{}", n + 1),
+        "channel": 1,
+    }))
+    .and_then(|o| o.accept(chrono::Utc::now()))
+    .expect("valid order");
+    StoredOrder {
+        order,
+        partition: 0,
+        offset: n,
+    }
+}
+
+async fn config_set(url: &str, name: &str, value: &str) {
+    let client = redis::Client::open(url).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("CONFIG SET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_memory_redis_refuses_a_batch_before_its_first_write() {
+    let redis = PrivateRedis::start_new();
+    let settings = RedisSettings {
+        persistence: RedisPersistence::None,
+        timeout_ms: 2_000,
+        ..RedisSettings::default()
+    };
+    let store = RedisStore::open(&redis.url(), &settings)
+        .await
+        .expect("client");
+    let first: Vec<_> = (0..10).map(order).collect();
+    let topic = "orders";
+    store
+        .apply(Arc::new(
+            Batch::new(topic, first, [(0, 10)].into_iter().collect()).expecting(Default::default()),
+        ))
+        .await
+        .expect("the first batch");
+    // oms applies noeviction on its own; wait until it has, so the limit
+    // below refuses writes instead of evicting keys.
+    let applied = eventually(Duration::from_secs(10), || async {
+        let client = redis::Client::open(redis.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let policy: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        (policy.get(1).map(String::as_str) == Some("noeviction")).then_some(())
+    })
+    .await;
+    assert!(
+        applied.is_some(),
+        "oms did not set maxmemory-policy noeviction"
+    );
+
+    config_set(&redis.url(), "maxmemory", "1").await;
+    let second: Vec<_> = (10..20).map(order).collect();
+    let batch = Arc::new(
+        Batch::new(topic, second.clone(), [(0, 20)].into_iter().collect())
+            .expecting([(0, 10)].into_iter().collect()),
+    );
+    let err = store
+        .apply(batch.clone())
+        .await
+        .expect_err("Redis is over maxmemory");
+    assert!(
+        matches!(err, StoreError::Transient { .. }),
+        "an outage, not a refusal of the orders: {err}"
+    );
+    assert!(
+        oms::error::Chain(&err)
+            .to_string()
+            .contains("out of memory"),
+        "the error says why: {}",
+        oms::error::Chain(&err)
+    );
+    assert_eq!(store.count().await.expect("count"), 10, "nothing written");
+    for row in &second {
+        assert!(store.get(row.order.id).await.expect("get").is_none());
+    }
+    assert_eq!(store.offsets(topic).await.expect("offsets")[&0], 10);
+
+    config_set(&redis.url(), "maxmemory", "0").await;
+    let applied = store.apply(batch).await.expect("memory is back");
+    assert_eq!(applied.inserted, 10);
+    assert_eq!(store.count().await.expect("count"), 20);
+    assert_eq!(store.offsets(topic).await.expect("offsets")[&0], 20);
+}
