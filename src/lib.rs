@@ -16,6 +16,8 @@
 //! - [`app`]: builds the pieces from settings and runs them until shutdown.
 //! - [`cli`]: what the `oms dlq` commands print.
 //! - [`error`]: an error with its causes, for logs and dead letters.
+//! - [`matching`]: the price-time order book of one symbol (not wired into the
+//!   consumer yet).
 
 pub mod api;
 pub mod app;
@@ -23,6 +25,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod matching;
 pub mod order;
 pub mod store;
 pub mod telemetry;

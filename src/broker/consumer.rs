@@ -1182,6 +1182,7 @@ pub async fn watch_log(
 ) -> Result<(), ConsumerError> {
     let client: Arc<BaseConsumer> = Arc::new(client_config(&broker, "oms-lag").create()?);
     let mut tick = tokio::time::interval(every);
+    let mut published = std::collections::BTreeSet::<i32>::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -1215,6 +1216,12 @@ pub async fn watch_log(
         if starting {
             continue; // nothing known about the store yet
         }
+        // A partition given up (group mode) shows 0 here, not the last lag
+        // this instance saw: its new owner reports it.
+        for gone in published.iter().filter(|p| !lag.contains_key(p)) {
+            metrics::gauge!("consumer_lag", "partition" => gone.to_string()).set(0.0);
+        }
+        published = lag.keys().copied().collect();
         for (partition, behind) in lag {
             metrics::gauge!("consumer_lag", "partition" => partition.to_string())
                 .set(behind as f64);
