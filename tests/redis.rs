@@ -1,9 +1,11 @@
-//! What Redis does that the other engines do not: run out of memory. With
-//! `maxmemory-policy noeviction` (oms sets it), a Redis over `maxmemory`
-//! refuses writes; the batch script declares itself a writing script, so
-//! Redis refuses it before it starts — never half-way — and oms treats it
-//! as an outage (retry, nothing dead-lettered). Once memory is there again,
-//! the same batch applies.
+//! What Redis does that the other engines do not. It runs out of memory:
+//! with `maxmemory-policy noeviction` (oms sets it), a Redis over
+//! `maxmemory` refuses writes; the batch script declares itself a writing
+//! script, so Redis refuses it before it starts — never half-way — and oms
+//! treats it as an outage (retry, nothing dead-lettered); once memory is
+//! there again, the same batch applies. And its persistence is a setting
+//! oms applies: with an AOF, a Redis killed with SIGKILL comes back with
+//! every acknowledged write.
 
 mod common;
 
@@ -119,4 +121,70 @@ async fn an_out_of_memory_redis_refuses_a_batch_before_its_first_write() {
     assert_eq!(applied.inserted, 10);
     assert_eq!(store.count().await.expect("count"), 20);
     assert_eq!(store.offsets(topic).await.expect("offsets")[&0], 20);
+}
+
+/// `persistence = "aof-everysec"` survives a kill -9 of Redis: oms saves
+/// the setting into the server's config file, so the restarted Redis starts
+/// with its AOF and loads it — every acknowledged write is back, and the
+/// next batch, expecting the offsets from before the crash, goes on without
+/// a rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_killed_with_an_aof_comes_back_with_every_order() {
+    let redis = PrivateRedis::start_new();
+    let settings = RedisSettings {
+        persistence: RedisPersistence::AofEverysec,
+        timeout_ms: 2_000,
+        ..RedisSettings::default()
+    };
+    let store = RedisStore::open(&redis.url(), &settings)
+        .await
+        .expect("client");
+    // The AOF is on, and its first rewrite (the base file) done.
+    let on = eventually(Duration::from_secs(20), || async {
+        let client = redis::Client::open(redis.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        let has = |line: &str| info.lines().any(|l| l.trim() == line);
+        (has("aof_enabled:1") && has("aof_rewrite_in_progress:0") && has("aof_rewrite_scheduled:0"))
+            .then_some(())
+    })
+    .await;
+    assert!(on.is_some(), "oms did not turn the AOF on");
+
+    let topic = "orders";
+    let rows: Vec<_> = (0..10).map(order).collect();
+    store
+        .apply(Arc::new(
+            Batch::new(topic, rows.clone(), [(0, 10)].into_iter().collect())
+                .expecting(Default::default()),
+        ))
+        .await
+        .expect("a batch before the crash");
+
+    redis.stop();
+    redis.start();
+    let back = eventually(Duration::from_secs(30), || async {
+        (store.count().await.ok()? == 10).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "the orders did not come back from the AOF");
+    for row in &rows {
+        assert_eq!(
+            store.get(row.order.id).await.expect("get").as_ref(),
+            Some(row)
+        );
+    }
+    let next: Vec<_> = (10..15).map(order).collect();
+    store
+        .apply(Arc::new(
+            Batch::new(topic, next, [(0, 15)].into_iter().collect())
+                .expecting([(0, 10)].into_iter().collect()),
+        ))
+        .await
+        .expect("the offsets from before the crash are there: no rebuild");
+    assert_eq!(store.count().await.expect("count"), 15);
 }

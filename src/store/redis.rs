@@ -221,8 +221,9 @@ async fn configure(
     }
 }
 
-/// Applies the settings; what could not be applied and still does not hold
-/// (a managed Redis may refuse `CONFIG`) is the problem returned. Only the
+/// Applies the settings and saves them in the server's config file; what
+/// could not be applied and still does not hold (a managed Redis may refuse
+/// `CONFIG`) is the problem returned. Only the
 /// eviction policy makes the server unfit: persistence is a trade the
 /// operator may have made in the server's own configuration.
 async fn apply_config(
@@ -245,7 +246,22 @@ async fn apply_config(
             tracing::warn!(error = %e, setting = name, value, "could not set a Redis persistence setting; the server's own applies");
         }
     }
-    if set("maxmemory-policy", "noeviction").await.is_ok() {
+    let evicting = set("maxmemory-policy", "noeviction").await.is_err();
+    // Into the server's config file, so a restarted Redis starts with it —
+    // and, with an AOF, loads it (a Redis started with `appendonly no`
+    // ignores the AOF on disk).
+    if let Err(e) = redis::cmd("CONFIG")
+        .arg("REWRITE")
+        .query_async::<()>(conn)
+        .await
+    {
+        tracing::warn!(
+            error = %e,
+            "could not save the settings into Redis' config file: they hold until Redis restarts; \
+             put them in the server's own configuration"
+        );
+    }
+    if !evicting {
         return None;
     }
     let policy: Result<Vec<String>, _> = redis::cmd("CONFIG")
