@@ -107,58 +107,28 @@ impl Book {
         }
         // One key per price, whatever its written scale ("1.50" = "1.5").
         let price = price.normalize();
-        let mut left = quantity;
         let mut trades = Vec::new();
-        match side {
-            Side::Buy => {
-                while left > Decimal::ZERO {
-                    let Some(mut level) = self.asks.first_entry() else {
-                        break;
-                    };
-                    let level_price = *level.key();
-                    if level_price > price {
-                        break;
-                    }
-                    left = fill(
-                        level.get_mut(),
-                        left,
-                        level_price,
-                        id,
-                        side,
-                        at,
-                        &mut trades,
-                        &mut self.resting,
-                    );
-                    if level.get().is_empty() {
-                        level.remove();
-                    }
-                }
-            }
-            Side::Sell => {
-                while left > Decimal::ZERO {
-                    let Some(mut level) = self.bids.first_entry() else {
-                        break;
-                    };
-                    let Reverse(level_price) = *level.key();
-                    if level_price < price {
-                        break;
-                    }
-                    left = fill(
-                        level.get_mut(),
-                        left,
-                        level_price,
-                        id,
-                        side,
-                        at,
-                        &mut trades,
-                        &mut self.resting,
-                    );
-                    if level.get().is_empty() {
-                        level.remove();
-                    }
-                }
-            }
-        }
+        let taker = Taker { id, side, at };
+        let left = match side {
+            Side::Buy => sweep(
+                &mut self.asks,
+                |p| *p,
+                |p| p <= price,
+                quantity,
+                taker,
+                &mut trades,
+                &mut self.resting,
+            ),
+            Side::Sell => sweep(
+                &mut self.bids,
+                |Reverse(p)| *p,
+                |p| p >= price,
+                quantity,
+                taker,
+                &mut trades,
+                &mut self.resting,
+            ),
+        };
         if left > Decimal::ZERO {
             let resting = Resting {
                 id,
@@ -235,42 +205,61 @@ impl Book {
     }
 }
 
-/// Fills `left` against one price level, oldest first; returns what is
-/// still unfilled.
-#[allow(clippy::too_many_arguments)]
-fn fill(
-    level: &mut VecDeque<Resting>,
-    mut left: Decimal,
-    price: Decimal,
-    taker: Uuid,
+/// The incoming order, as the trades it makes name it.
+#[derive(Debug, Clone, Copy)]
+struct Taker {
+    id: Uuid,
     side: Side,
     at: DateTime<Utc>,
+}
+
+/// Fills `left` against the opposite side, best level first while its price
+/// `crosses`, oldest order first within a level; returns what is unfilled.
+fn sweep<K: Ord + Copy>(
+    levels: &mut BTreeMap<K, VecDeque<Resting>>,
+    price_of: impl Fn(&K) -> Decimal,
+    crosses: impl Fn(Decimal) -> bool,
+    mut left: Decimal,
+    taker: Taker,
     trades: &mut Vec<Trade>,
     resting: &mut HashMap<Uuid, Place>,
 ) -> Decimal {
     while left > Decimal::ZERO {
-        let Some(maker) = level.front_mut() else {
+        let Some(mut level) = levels.first_entry() else {
             break;
         };
-        let quantity = left.min(maker.remaining);
-        let (buy, sell) = match side {
-            Side::Buy => (taker, maker.id),
-            Side::Sell => (maker.id, taker),
-        };
-        trades.push(Trade {
-            id: Trade::id_for(taker, maker.id),
-            price,
-            quantity,
-            buy_order_id: buy,
-            sell_order_id: sell,
-            taker_side: side,
-            executed_at: at,
-        });
-        left -= quantity;
-        maker.remaining -= quantity;
-        if maker.remaining.is_zero() {
-            resting.remove(&maker.id);
-            level.pop_front();
+        let price = price_of(level.key());
+        if !crosses(price) {
+            break;
+        }
+        let orders = level.get_mut();
+        while left > Decimal::ZERO {
+            let Some(maker) = orders.front_mut() else {
+                break;
+            };
+            let quantity = left.min(maker.remaining);
+            let (buy, sell) = match taker.side {
+                Side::Buy => (taker.id, maker.id),
+                Side::Sell => (maker.id, taker.id),
+            };
+            trades.push(Trade {
+                id: Trade::id_for(taker.id, maker.id),
+                price,
+                quantity,
+                buy_order_id: buy,
+                sell_order_id: sell,
+                taker_side: taker.side,
+                executed_at: taker.at,
+            });
+            left -= quantity;
+            maker.remaining -= quantity;
+            if maker.remaining.is_zero() {
+                resting.remove(&maker.id);
+                orders.pop_front();
+            }
+        }
+        if orders.is_empty() {
+            level.remove();
         }
     }
     left

@@ -32,22 +32,9 @@ async fn member(args: &[String], group: &str, id: &str, port: u16, log: &Path) -
     OmsProcess::start_with_env(port, args, &env, log).await
 }
 
-/// `consumer_assigned_partitions` of one instance.
-async fn owned(base: &str) -> Option<u32> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with("consumer_assigned_partitions"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u32)
-}
-
-/// `consumer_lag` of one instance, summed over the partitions it owns.
-async fn lag(base: &str) -> Option<f64> {
+/// The sum of one instance's series whose line starts with `prefix` (none
+/// present: 0); `None` when it does not answer.
+async fn metric(base: &str, prefix: &str) -> Option<f64> {
     let text = reqwest::get(format!("{base}/metrics"))
         .await
         .ok()?
@@ -56,10 +43,22 @@ async fn lag(base: &str) -> Option<f64> {
         .ok()?;
     Some(
         text.lines()
-            .filter(|l| l.starts_with("consumer_lag{"))
+            .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum(),
     )
+}
+
+/// `consumer_assigned_partitions` of one instance.
+async fn owned(base: &str) -> Option<u32> {
+    metric(base, "consumer_assigned_partitions")
+        .await
+        .map(|v| v as u32)
+}
+
+/// `consumer_lag` of one instance, summed over the partitions it owns.
+async fn lag(base: &str) -> Option<f64> {
+    metric(base, "consumer_lag{").await
 }
 
 /// Waits until the instances own all `partitions` between them, each at
@@ -190,14 +189,9 @@ async fn instances_share_the_partitions_through_kill_add_and_remove() {
 /// `consumer_resyncs_total` of one instance: batches the store refused
 /// because the offsets had moved under it.
 async fn refusals(base: &str) -> f64 {
-    let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else {
-        return 0.0;
-    };
-    let text = resp.text().await.unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("consumer_resyncs_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    metric(base, "consumer_resyncs_total")
+        .await
+        .unwrap_or_default()
 }
 
 /// A zombie made on purpose: an instance frozen (SIGSTOP) is replaced by a

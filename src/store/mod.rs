@@ -118,6 +118,16 @@ pub struct Applied {
     pub duplicates: usize,
 }
 
+impl Applied {
+    /// `inserted` of the batch's orders were new; the rest were there.
+    pub fn of(batch: &Batch, inserted: usize) -> Self {
+        Self {
+            inserted,
+            duplicates: batch.orders.len().saturating_sub(inserted),
+        }
+    }
+}
+
 /// What caused a [`StoreError`]: the engine's own error.
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 

@@ -257,10 +257,7 @@ impl Store for PostgresStore {
                 .map_err(classify)?
         };
         let inserted = usize::try_from(inserted).unwrap_or_default();
-        Ok(Applied {
-            inserted,
-            duplicates: batch.orders.len().saturating_sub(inserted),
-        })
+        Ok(Applied::of(&batch, inserted))
     }
 
     async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError> {

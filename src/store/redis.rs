@@ -322,10 +322,7 @@ impl Store for RedisStore {
                 classify(e)
             }
         })?;
-        Ok(Applied {
-            inserted,
-            duplicates: batch.orders.len().saturating_sub(inserted),
-        })
+        Ok(Applied::of(&batch, inserted))
     }
 
     async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError> {
