@@ -36,12 +36,14 @@ fn order(n: i64) -> StoredOrder {
     }
 }
 
+/// A connection of the test's own, to change the server behind the store.
+async fn server(url: &str) -> Option<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url).ok()?;
+    client.get_multiplexed_async_connection().await.ok()
+}
+
 async fn config_set(url: &str, name: &str, value: &str) {
-    let client = redis::Client::open(url).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = server(url).await.expect("connect");
     redis::cmd("CONFIG")
         .arg("SET")
         .arg(name)
@@ -73,8 +75,7 @@ async fn an_out_of_memory_redis_refuses_a_batch_before_its_first_write() {
     // oms applies noeviction on its own; wait until it has, so the limit
     // below refuses writes instead of evicting keys.
     let applied = eventually(Duration::from_secs(10), || async {
-        let client = redis::Client::open(redis.url()).ok()?;
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let mut conn = server(&redis.url()).await?;
         let policy: Vec<String> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("maxmemory-policy")
@@ -141,8 +142,7 @@ async fn a_redis_killed_with_an_aof_comes_back_with_every_order() {
         .expect("client");
     // The AOF is on, and its first rewrite (the base file) done.
     let on = eventually(Duration::from_secs(20), || async {
-        let client = redis::Client::open(redis.url()).ok()?;
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let mut conn = server(&redis.url()).await?;
         let info: String = redis::cmd("INFO")
             .arg("persistence")
             .query_async(&mut conn)

@@ -159,8 +159,10 @@ impl RedisStore {
         })
     }
 
-    fn order_key(&self, id: Uuid) -> String {
-        format!("{}:order:{}", self.prefix, id.hyphenated())
+    /// `id` as the index holds it: a hyphenated lower-case UUID (what a
+    /// `Uuid` displays as).
+    fn order_key(&self, id: impl std::fmt::Display) -> String {
+        format!("{}:order:{id}", self.prefix)
     }
 
     fn symbol_key(&self, symbol: &str) -> String {
@@ -365,10 +367,7 @@ impl Store for RedisStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids
-            .iter()
-            .map(|id| format!("{}:order:{id}", self.prefix))
-            .collect();
+        let keys: Vec<String> = ids.iter().map(|id| self.order_key(id)).collect();
         let bodies: Vec<Option<String>> = redis::cmd("MGET")
             .arg(keys)
             .query_async(&mut conn)
