@@ -48,11 +48,13 @@ impl Application {
         let producer =
             OrderProducer::new(&settings.broker).context("creating the Kafka producer")?;
         let status = ConsumerStatus::default();
+        let books = consumer::Books::default();
         let consumer = ConsumerLoop::new(
             settings.broker.clone(),
             settings.consumer.clone(),
             store.clone(),
             status.clone(),
+            books.clone(),
         )?;
         let acceptor = TcpListener::bind(settings.http.addr.clone())
             .into_acceptor()
@@ -71,6 +73,8 @@ impl Application {
             stall_after: Duration::from_millis(settings.consumer.stall_after_ms),
             read_wait: Duration::from_millis(settings.http.read_wait_ms),
             topic: settings.broker.topic.clone(),
+            books,
+            matching: settings.consumer.matching,
         });
         Ok(Self {
             settings,

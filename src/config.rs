@@ -260,6 +260,8 @@ pub struct BrokerSettings {
     pub topic: String,
     /// Dead-letter topic for records the consumer cannot store.
     pub dlq_topic: String,
+    /// Topic the consumer publishes every trade to (key `SRC-DST`).
+    pub trades_topic: String,
     /// Partitions `oms migrate` creates the orders topic with.
     pub partitions: i32,
     /// Replication factor `oms migrate` asks for (1 for a single local broker).
@@ -289,6 +291,7 @@ impl Default for BrokerSettings {
             bootstrap: "127.0.0.1:9092".into(),
             topic: "orders".into(),
             dlq_topic: "orders.dlq".into(),
+            trades_topic: "trades".into(),
             partitions: 3,
             replication: 1,
             produce_timeout_ms: 2_000,
@@ -348,6 +351,10 @@ pub struct ConsumerSettings {
     /// answers a fetch from inside a batch with the *next* batch (tansu's
     /// memory engine) would otherwise skip the rest of the batch.
     pub resume_rewind: i64,
+    /// Match every order against its symbol's book as it is consumed
+    /// (status, fills, trades, cancels). Off: orders are only stored, stay
+    /// `open`, and `DELETE /orders/{id}` answers 501.
+    pub matching: bool,
 }
 
 impl Default for ConsumerSettings {
@@ -365,6 +372,7 @@ impl Default for ConsumerSettings {
             retry_max_ms: 5_000,
             stall_after_ms: 10_000,
             resume_rewind: 1_000,
+            matching: true,
         }
     }
 }

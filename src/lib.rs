@@ -16,8 +16,8 @@
 //! - [`app`]: builds the pieces from settings and runs them until shutdown.
 //! - [`cli`]: what the `oms dlq` commands print.
 //! - [`error`]: an error with its causes, for logs and dead letters.
-//! - [`matching`]: the price-time order book of one symbol (not wired into the
-//!   consumer yet).
+//! - [`matching`]: the price-time order books the consumer feeds, order
+//!   status, trades.
 
 pub mod api;
 pub mod app;

@@ -10,24 +10,120 @@
 //! quantity and price is an exact decimal.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::order::Side;
+use crate::order::{Event, Side};
+use crate::store::StoredOrder;
 
 /// Namespace of trade ids: a trade is named by its taker and its maker,
 /// so a replay or a retry names it the same and cannot make a second one
 /// (an order meets a given resting order at most once).
 const TRADE_NAMESPACE: Uuid = Uuid::from_u128(0x6f6d_735f_7472_6164_655f_6964_5f6e_7331);
 
+/// Where an order stands.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, poem_openapi::Enum,
+)]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+pub enum Status {
+    /// In the book, nothing filled yet.
+    #[default]
+    Open,
+    /// In the book, some of it filled.
+    PartiallyFilled,
+    /// All of it filled: out of the book.
+    Filled,
+    /// Taken out of the book before it filled.
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [
+        Status::Open,
+        Status::PartiallyFilled,
+        Status::Filled,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::PartiallyFilled => "partially_filled",
+            Status::Filled => "filled",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Still in the book (can trade, can be cancelled).
+    pub fn is_live(self) -> bool {
+        matches!(self, Status::Open | Status::PartiallyFilled)
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown order status {s:?}"))
+    }
+}
+
+/// How far an order got. An order the store has no fill for is open with
+/// nothing filled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fill {
+    pub status: Status,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub filled: Decimal,
+}
+
+impl Fill {
+    /// What can still trade: nothing once filled or cancelled.
+    pub fn remaining(&self, quantity: Decimal) -> Decimal {
+        if self.status.is_live() {
+            quantity - self.filled
+        } else {
+            Decimal::ZERO
+        }
+    }
+}
+
+/// An order's fill after a batch, and the partition whose book holds it
+/// (the store keeps an index of the orders still resting, per partition,
+/// to rebuild the books from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderState {
+    pub id: Uuid,
+    pub partition: i32,
+    pub fill: Fill,
+}
+
+/// A trade as stored and published on the `trades` topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredTrade {
+    #[serde(flatten)]
+    pub trade: Trade,
+    pub symbol: String,
+    /// The log position of the taker order whose record made the trade.
+    pub partition: i32,
+    pub offset: i64,
+}
+
 /// One execution between an incoming (taker) and a resting (maker) order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trade {
     pub id: Uuid,
+    #[serde(with = "rust_decimal::serde::str")]
     pub price: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
     pub quantity: Decimal,
     pub buy_order_id: Uuid,
     pub sell_order_id: Uuid,
@@ -49,7 +145,17 @@ impl Trade {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Resting {
     id: Uuid,
+    quantity: Decimal,
     remaining: Decimal,
+}
+
+/// A trade, with what it left of its maker (the taker's own fill is the
+/// sum of its executions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Execution {
+    pub trade: Trade,
+    pub maker_quantity: Decimal,
+    pub maker_remaining: Decimal,
 }
 
 /// Where a resting order sits, to cancel it without a scan of the book.
@@ -70,8 +176,11 @@ pub struct Level {
 /// What happened to an order that was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancelled {
-    /// It rested with this much left, now removed.
-    Removed { remaining: Decimal },
+    /// It rested with this much left (of `quantity`), now removed.
+    Removed {
+        quantity: Decimal,
+        remaining: Decimal,
+    },
     /// It is not in the book: filled, already cancelled, or never seen.
     NotResting,
 }
@@ -101,7 +210,7 @@ impl Book {
         price: Decimal,
         quantity: Decimal,
         at: DateTime<Utc>,
-    ) -> Vec<Trade> {
+    ) -> Vec<Execution> {
         if self.resting.contains_key(&id) || quantity <= Decimal::ZERO {
             return Vec::new();
         }
@@ -130,21 +239,43 @@ impl Book {
             ),
         };
         if left > Decimal::ZERO {
-            let resting = Resting {
-                id,
-                remaining: left,
-            };
-            match side {
-                Side::Buy => self
-                    .bids
-                    .entry(Reverse(price))
-                    .or_default()
-                    .push_back(resting),
-                Side::Sell => self.asks.entry(price).or_default().push_back(resting),
-            }
-            self.resting.insert(id, Place { side, price });
+            self.rest(id, side, price, quantity, left);
         }
         trades
+    }
+
+    /// Puts an order back in the book as it rested (rebuilding a book from
+    /// the store's resting orders, oldest first): no matching, since orders
+    /// that rest together never cross.
+    pub fn restore(
+        &mut self,
+        id: Uuid,
+        side: Side,
+        price: Decimal,
+        quantity: Decimal,
+        remaining: Decimal,
+    ) {
+        if self.resting.contains_key(&id) || remaining <= Decimal::ZERO {
+            return;
+        }
+        self.rest(id, side, price.normalize(), quantity, remaining);
+    }
+
+    fn rest(&mut self, id: Uuid, side: Side, price: Decimal, quantity: Decimal, left: Decimal) {
+        let resting = Resting {
+            id,
+            quantity,
+            remaining: left,
+        };
+        match side {
+            Side::Buy => self
+                .bids
+                .entry(Reverse(price))
+                .or_default()
+                .push_back(resting),
+            Side::Sell => self.asks.entry(price).or_default().push_back(resting),
+        }
+        self.resting.insert(id, Place { side, price });
     }
 
     /// Takes a resting order out of the book.
@@ -157,7 +288,10 @@ impl Book {
             Side::Sell => take(&mut self.asks, &place.price, id),
         };
         match removed {
-            Some(remaining) => Cancelled::Removed { remaining },
+            Some((quantity, remaining)) => Cancelled::Removed {
+                quantity,
+                remaining,
+            },
             // The index and the levels always agree; if they did not, the
             // order is not resting either way.
             None => Cancelled::NotResting,
@@ -205,6 +339,193 @@ impl Book {
     }
 }
 
+/// A record of the `orders` topic with its log position.
+#[derive(Debug, Clone)]
+pub struct Positioned {
+    pub partition: i32,
+    pub offset: i64,
+    pub event: Event,
+}
+
+/// What matching one batch of events did: the final fill of every order it
+/// touched and the trades, in the order they happened.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub states: Vec<OrderState>,
+    pub trades: Vec<StoredTrade>,
+    /// Orders that went through a book (duplicates excluded).
+    pub orders: usize,
+    /// Cancels that took an order out of a book.
+    pub cancelled: usize,
+}
+
+/// The books of the partitions this consumer owns, one per symbol. One
+/// partition orders every event of a symbol, so a book is a function of
+/// its partition's records; it is rebuilt from the store's resting orders
+/// (which commit with the offsets) whenever the consumer (re)starts from
+/// the store.
+#[derive(Debug, Default)]
+pub struct Matcher {
+    books: HashMap<i32, HashMap<String, Book>>,
+}
+
+impl Matcher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces `partition`'s books with the resting orders the store
+    /// holds for it.
+    pub fn load(&mut self, partition: i32, mut resting: Vec<StoredOrder>) {
+        resting.sort_by_key(|r| r.offset);
+        let books = self.books.entry(partition).or_default();
+        books.clear();
+        for r in resting {
+            let quantity = r.order.quantity.value();
+            books.entry(r.order.symbol()).or_default().restore(
+                r.order.id,
+                r.order.side,
+                r.order.price.value(),
+                quantity,
+                r.fill.remaining(quantity),
+            );
+        }
+    }
+
+    /// Drops the books of partitions this consumer no longer owns.
+    pub fn forget(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.books.remove(p);
+        }
+    }
+
+    /// Drops every book (the consumer starts over from the store).
+    pub fn clear(&mut self) {
+        self.books.clear();
+    }
+
+    /// The partitions whose books are held here.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.books.keys().copied().collect()
+    }
+
+    /// The best `depth` levels of `symbol`'s book, if a book of it is held
+    /// here (`None`: no order of it seen by this consumer).
+    pub fn depth(&self, symbol: &str, depth: usize) -> Option<(Vec<Level>, Vec<Level>)> {
+        self.books
+            .values()
+            .find_map(|books| books.get(symbol))
+            .map(|book| book.depth(depth))
+    }
+
+    /// Orders resting in every book held here.
+    pub fn resting(&self) -> usize {
+        self.books
+            .values()
+            .flat_map(HashMap::values)
+            .map(Book::len)
+            .sum()
+    }
+
+    /// Matches a batch of events in log order. `stored` names the orders
+    /// of the batch the store already holds: a record repeating an order id
+    /// (a client retry, a replay) must not trade again — the first copy
+    /// wins, as in the store.
+    pub fn run(&mut self, events: &[Positioned], stored: &HashSet<Uuid>) -> Outcome {
+        let mut out = Outcome::default();
+        let mut touched: HashMap<Uuid, OrderState> = HashMap::new();
+        let mut seen = HashSet::new();
+        for Positioned {
+            partition,
+            offset,
+            event,
+        } in events
+        {
+            let books = self.books.entry(*partition).or_default();
+            let mut set = |id, fill| {
+                touched.insert(
+                    id,
+                    OrderState {
+                        id,
+                        partition: *partition,
+                        fill,
+                    },
+                )
+            };
+            match event {
+                Event::Order(order) => {
+                    if stored.contains(&order.id) || !seen.insert(order.id) {
+                        continue;
+                    }
+                    out.orders += 1;
+                    let symbol = order.symbol();
+                    let quantity = order.quantity.value();
+                    let executions = books.entry(symbol.clone()).or_default().submit(
+                        order.id,
+                        order.side,
+                        order.price.value(),
+                        quantity,
+                        order.created_at,
+                    );
+                    let mut filled = Decimal::ZERO;
+                    for e in executions {
+                        filled += e.trade.quantity;
+                        let maker = match order.side {
+                            Side::Buy => e.trade.sell_order_id,
+                            Side::Sell => e.trade.buy_order_id,
+                        };
+                        set(maker, fill_of(e.maker_quantity, e.maker_remaining));
+                        out.trades.push(StoredTrade {
+                            trade: e.trade,
+                            symbol: symbol.clone(),
+                            partition: *partition,
+                            offset: *offset,
+                        });
+                    }
+                    set(order.id, fill_of(quantity, quantity - filled));
+                }
+                Event::Cancel(cancel) => {
+                    let Some(book) = books.get_mut(cancel.symbol.as_str()) else {
+                        continue;
+                    };
+                    if let Cancelled::Removed {
+                        quantity,
+                        remaining,
+                    } = book.cancel(cancel.order_id)
+                    {
+                        out.cancelled += 1;
+                        set(
+                            cancel.order_id,
+                            Fill {
+                                status: Status::Cancelled,
+                                filled: quantity - remaining,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        out.states = touched.into_values().collect();
+        out.states.sort_by_key(|s| s.id);
+        out
+    }
+}
+
+/// The fill of an order of `quantity` with `remaining` left in the book.
+fn fill_of(quantity: Decimal, remaining: Decimal) -> Fill {
+    let status = if remaining.is_zero() {
+        Status::Filled
+    } else if remaining == quantity {
+        Status::Open
+    } else {
+        Status::PartiallyFilled
+    };
+    Fill {
+        status,
+        filled: quantity - remaining,
+    }
+}
+
 /// The incoming order, as the trades it makes name it.
 #[derive(Debug, Clone, Copy)]
 struct Taker {
@@ -221,7 +542,7 @@ fn sweep<K: Ord + Copy>(
     crosses: impl Fn(Decimal) -> bool,
     mut left: Decimal,
     taker: Taker,
-    trades: &mut Vec<Trade>,
+    trades: &mut Vec<Execution>,
     resting: &mut HashMap<Uuid, Place>,
 ) -> Decimal {
     while left > Decimal::ZERO {
@@ -242,17 +563,21 @@ fn sweep<K: Ord + Copy>(
                 Side::Buy => (taker.id, maker.id),
                 Side::Sell => (maker.id, taker.id),
             };
-            trades.push(Trade {
-                id: Trade::id_for(taker.id, maker.id),
-                price,
-                quantity,
-                buy_order_id: buy,
-                sell_order_id: sell,
-                taker_side: taker.side,
-                executed_at: taker.at,
-            });
             left -= quantity;
             maker.remaining -= quantity;
+            trades.push(Execution {
+                trade: Trade {
+                    id: Trade::id_for(taker.id, maker.id),
+                    price,
+                    quantity,
+                    buy_order_id: buy,
+                    sell_order_id: sell,
+                    taker_side: taker.side,
+                    executed_at: taker.at,
+                },
+                maker_quantity: maker.quantity,
+                maker_remaining: maker.remaining,
+            });
             if maker.remaining.is_zero() {
                 resting.remove(&maker.id);
                 orders.pop_front();
@@ -265,10 +590,14 @@ fn sweep<K: Ord + Copy>(
     left
 }
 
-fn take<K: Ord>(side: &mut BTreeMap<K, VecDeque<Resting>>, key: &K, id: Uuid) -> Option<Decimal> {
+fn take<K: Ord>(
+    side: &mut BTreeMap<K, VecDeque<Resting>>,
+    key: &K,
+    id: Uuid,
+) -> Option<(Decimal, Decimal)> {
     let level = side.get_mut(key)?;
     let at = level.iter().position(|r| r.id == id)?;
-    let removed = level.remove(at).map(|r| r.remaining);
+    let removed = level.remove(at).map(|r| (r.quantity, r.remaining));
     if level.is_empty() {
         side.remove(key);
     }
@@ -301,7 +630,11 @@ mod tests {
         );
         let trades = book.submit(id(2), Side::Buy, d("1.20"), d("3"), at());
         assert_eq!(trades.len(), 1);
-        let t = &trades[0];
+        assert_eq!(
+            (trades[0].maker_quantity, trades[0].maker_remaining),
+            (d("5"), d("2"))
+        );
+        let t = &trades[0].trade;
         assert_eq!((t.price, t.quantity), (d("1.1"), d("3")));
         assert_eq!((t.buy_order_id, t.sell_order_id), (id(2), id(1)));
         assert_eq!(t.taker_side, Side::Buy);
@@ -318,13 +651,13 @@ mod tests {
         book.submit(id(3), Side::Buy, d("11.0"), d("1"), at());
         book.submit(id(4), Side::Buy, d("9"), d("1"), at());
         let trades = book.submit(id(5), Side::Sell, d("10"), d("10"), at());
-        let makers: Vec<_> = trades.iter().map(|t| t.buy_order_id).collect();
+        let makers: Vec<_> = trades.iter().map(|t| t.trade.buy_order_id).collect();
         assert_eq!(
             makers,
             [id(2), id(3), id(1)],
             "11, 11 (older first), 10; never 9"
         );
-        let prices: Vec<_> = trades.iter().map(|t| t.price).collect();
+        let prices: Vec<_> = trades.iter().map(|t| t.trade.price).collect();
         assert_eq!(prices, [d("11"), d("11"), d("10")]);
         assert_eq!(book.remaining(id(5)), Some(d("7")), "the rest rests at 10");
         let (bids, asks) = book.depth(5);
@@ -344,7 +677,13 @@ mod tests {
     fn a_cancelled_order_no_longer_trades_and_cancelling_twice_is_harmless() {
         let mut book = Book::new();
         book.submit(id(1), Side::Sell, d("5"), d("2"), at());
-        assert_eq!(book.cancel(id(1)), Cancelled::Removed { remaining: d("2") });
+        assert_eq!(
+            book.cancel(id(1)),
+            Cancelled::Removed {
+                quantity: d("2"),
+                remaining: d("2")
+            }
+        );
         assert_eq!(book.cancel(id(1)), Cancelled::NotResting);
         assert!(
             book.submit(id(2), Side::Buy, d("6"), d("1"), at())
@@ -437,6 +776,7 @@ mod tests {
             events
                 .iter()
                 .flat_map(|(id, side, price, qty)| book.submit(*id, *side, *price, *qty, at()))
+                .map(|e| e.trade)
                 .collect::<Vec<_>>()
         };
         let trades = run();

@@ -29,11 +29,7 @@ fn order(n: i64) -> StoredOrder {
     }))
     .and_then(|o| o.accept(chrono::Utc::now()))
     .expect("valid order");
-    StoredOrder {
-        order,
-        partition: 0,
-        offset: n,
-    }
+    StoredOrder::new(order, 0, n)
 }
 
 /// A connection of the test's own, to change the server behind the store.

@@ -6,6 +6,7 @@ pub mod health;
 pub mod orders;
 pub mod problem;
 pub mod spec;
+pub mod trading;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,28 +36,36 @@ pub struct AppState {
     pub read_wait: std::time::Duration,
     /// The orders topic (whose offsets the store keeps).
     pub topic: String,
+    /// The consumer's order books (`GET /orderbook/{symbol}`).
+    pub books: crate::broker::consumer::Books,
+    /// Whether the consumer matches orders (`consumer.matching`).
+    pub matching: bool,
 }
 
 #[derive(Tags)]
 pub enum ApiTags {
     /// Submit and read orders.
     Orders,
+    /// Trades and order books: what matching the orders did.
+    Trading,
     /// Liveness and readiness probes.
     Health,
 }
 
 /// The OpenAPI service: the handlers and the document derived from them
 /// ([`spec`] serves and prints it).
-pub fn openapi() -> OpenApiService<(orders::OrdersApi, health::HealthApi), ()> {
+pub fn openapi() -> OpenApiService<(orders::OrdersApi, trading::TradingApi, health::HealthApi), ()>
+{
     OpenApiService::new(
-        (orders::OrdersApi, health::HealthApi),
+        (orders::OrdersApi, trading::TradingApi, health::HealthApi),
         "oms",
         env!("CARGO_PKG_VERSION"),
     )
     .description(
         "Order ingest: every accepted order is appended to a Kafka-API log \
              (acks=all, idempotent producer) and consumed exactly once into the \
-             configured store. Errors are RFC 9457 problem details \
+             configured store, where it is matched against its symbol's \
+             price-time book (status, fills, trades, cancels). Errors are RFC 9457 problem details \
              (`application/problem+json`).",
     )
 }
@@ -157,8 +166,10 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
+        "/trades" => "/trades",
         "/openapi.json" | "/openapi.yaml" => "/openapi",
         p if p.starts_with("/orders/") => "/orders/{id}",
+        p if p.starts_with("/orderbook/") => "/orderbook/{symbol}",
         p if p.starts_with("/docs") => "/docs",
         _ => "other",
     }
@@ -280,10 +291,12 @@ fn status_label(status: StatusCode) -> Option<&'static str> {
         400 => "400",
         404 => "404",
         405 => "405",
+        409 => "409",
         413 => "413",
         415 => "415",
         422 => "422",
         500 => "500",
+        501 => "501",
         503 => "503",
         _ => return None,
     })
@@ -310,6 +323,7 @@ mod tests {
             "/orders/{id}"
         );
         assert_eq!(route_label("/docs/oai.js"), "/docs");
+        assert_eq!(route_label("/orderbook/USD-EUR"), "/orderbook/{symbol}");
         assert_eq!(route_label("/wp-admin.php"), "other");
     }
 }

@@ -15,7 +15,10 @@ use uuid::Uuid;
 use super::problem::Problem;
 use super::{ApiTags, AppState};
 use crate::broker::producer::ProduceError;
-use crate::order::{Amount, Channel, ClientOrderId, Currency, Description, NewOrder, Side, Symbol};
+use crate::matching::Status;
+use crate::order::{
+    Amount, Cancel, Channel, ClientOrderId, Currency, Description, NewOrder, Side, Symbol,
+};
 use crate::store::StoredOrder;
 
 /// The body of `POST /orders` as received. Documented with [`NewOrder`]'s
@@ -99,13 +102,24 @@ pub struct OrderView {
     /// Where the order sits on the log.
     pub partition: i32,
     pub offset: i64,
+    pub status: Status,
+    /// How much of `quantity` traded: an exact decimal, as a string.
+    pub filled_quantity: String,
+    /// How much can still trade: `quantity - filled_quantity` while the
+    /// order is in the book, `0` once it is filled or cancelled.
+    pub remaining_quantity: String,
 }
 
 impl From<StoredOrder> for OrderView {
     fn from(stored: StoredOrder) -> Self {
         let symbol = stored.order.symbol();
+        let fill = stored.fill;
+        let remaining = fill.remaining(stored.order.quantity.value());
         let o = stored.order;
         Self {
+            status: fill.status,
+            filled_quantity: fill.filled.normalize().to_string(),
+            remaining_quantity: remaining.normalize().to_string(),
             id: o.id,
             client_order_id: o.client_order_id,
             symbol,
@@ -160,6 +174,9 @@ impl Example for OrderView {
             created_at: example_time(),
             partition: 1,
             offset: 41_872,
+            status: Status::PartiallyFilled,
+            filled_quantity: "1000".into(),
+            remaining_quantity: "1500".into(),
         }
     }
 }
@@ -240,11 +257,7 @@ pub enum GetOrderResponse {
 
 fn bad_read_request(err: poem::Error) -> GetOrderResponse {
     tracing::debug!(error = %err, "bad order id");
-    GetOrderResponse::BadRequest(Json(Problem::new(
-        poem::http::StatusCode::BAD_REQUEST,
-        "malformed-request",
-        "the order id in the path must be a UUID",
-    )))
+    GetOrderResponse::BadRequest(Json(bad_id()))
 }
 
 #[derive(Debug, ApiResponse)]
@@ -263,6 +276,84 @@ pub enum ListOrdersResponse {
 
 fn bad_list_request(err: poem::Error) -> ListOrdersResponse {
     ListOrdersResponse::BadRequest(Json(Problem::malformed(err.to_string())))
+}
+
+#[derive(Debug, ApiResponse)]
+#[oai(bad_request_handler = "bad_cancel_request")]
+pub enum CancelOrderResponse {
+    /// The cancel is on the log, in the order's partition, behind every
+    /// event before it: the order leaves the book when the consumer reaches
+    /// it, unless it fills first. Follow `Location` to see its status.
+    #[oai(status = 202)]
+    Accepted(Json<OrderAccepted>, #[oai(header = "Location")] String),
+    /// The id is not a UUID.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// No such order.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The order is already filled or cancelled.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// This oms runs with `consumer.matching = false`: orders are stored,
+    /// not traded, and there is no book to cancel from.
+    #[oai(status = 501, content_type = "application/problem+json")]
+    NotImplemented(Json<Problem>),
+    /// The store cannot be read, the consumer is too far behind to tell
+    /// whether the order exists, or the broker did not acknowledge the cancel.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
+}
+
+fn bad_cancel_request(err: poem::Error) -> CancelOrderResponse {
+    tracing::debug!(error = %err, "bad order id");
+    CancelOrderResponse::BadRequest(Json(bad_id()))
+}
+
+fn bad_id() -> Problem {
+    Problem::new(
+        poem::http::StatusCode::BAD_REQUEST,
+        "malformed-request",
+        "the order id in the path must be a UUID",
+    )
+}
+
+fn not_found(id: Uuid) -> Problem {
+    Problem::new(
+        poem::http::StatusCode::NOT_FOUND,
+        "not-found",
+        format!("no order {id}: the store holds every record the log held when asked"),
+    )
+}
+
+/// An order looked up the way a client following a `202` expects: a miss
+/// waits (at most `http.read_wait_ms`) until the store holds every record
+/// the log is known to hold, then looks again. `Err`: a 503 to answer.
+async fn find_order(state: &AppState, id: Uuid) -> Result<Option<StoredOrder>, Problem> {
+    match state.store.get(id).await {
+        Ok(Some(stored)) => return Ok(Some(stored)),
+        Ok(None) => {}
+        Err(err) => return Err(store_unavailable(&err)),
+    }
+    let log_end = state
+        .consumer
+        .known_log_end(&state.producer.evidence().acked_ends());
+    let deadline = tokio::time::Instant::now() + state.read_wait;
+    let caught_up = if state.consumer.grouped() {
+        store_up_to(state, &log_end, deadline).await
+    } else {
+        state.consumer.stored_up_to(&log_end, deadline).await
+    };
+    if let Err(missing) = caught_up {
+        return Err(Problem::new(
+            poem::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not-consumed-yet",
+            format!(
+                "order {id} is not in the store and the consumer is still {missing} record(s) behind the log; retry later"
+            ),
+        ));
+    }
+    state.store.get(id).await.map_err(|e| store_unavailable(&e))
 }
 
 fn store_unavailable(err: &crate::store::StoreError) -> Problem {
@@ -362,57 +453,87 @@ impl OrdersApi {
 
     /// Read one order
     ///
-    /// Returns the stored order. Right after a `202` the order may still be on
+    /// Returns the stored order with its status (`open`, `partially_filled`,
+    /// `filled`, `cancelled`) and fills. Right after a `202` the order may still be on
     /// its way from the log to the store: a read that misses waits (at most
     /// `http.read_wait_ms`) until the store holds every record the log is
     /// known to hold, then looks again. So `404` means the order does not
     /// exist; a consumer too far behind to tell answers `503` instead.
     #[oai(path = "/orders/:id", method = "get", operation_id = "getOrder")]
     async fn get(&self, state: Data<&Arc<AppState>>, id: Path<Uuid>) -> GetOrderResponse {
-        match state.store.get(id.0).await {
-            Ok(Some(stored)) => return GetOrderResponse::Ok(Json(stored.into())),
-            Ok(None) => {}
-            Err(err) => {
-                return GetOrderResponse::Unavailable(
-                    Json(store_unavailable(&err)),
-                    state.retry_after_secs,
-                );
-            }
-        }
-        let log_end = state
-            .consumer
-            .known_log_end(&state.producer.evidence().acked_ends());
-        let deadline = tokio::time::Instant::now() + state.read_wait;
-        let caught_up = if state.consumer.grouped() {
-            store_up_to(&state, &log_end, deadline).await
-        } else {
-            state.consumer.stored_up_to(&log_end, deadline).await
-        };
-        if let Err(missing) = caught_up {
-            return GetOrderResponse::Unavailable(
-                Json(Problem::new(
-                    poem::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "not-consumed-yet",
-                    format!(
-                        "order {} is not in the store and the consumer is still {missing} record(s) behind the log; retry later",
-                        id.0
-                    ),
-                )),
-                state.retry_after_secs,
-            );
-        }
-        match state.store.get(id.0).await {
+        match find_order(&state, id.0).await {
             Ok(Some(stored)) => GetOrderResponse::Ok(Json(stored.into())),
-            Ok(None) => GetOrderResponse::NotFound(Json(Problem::new(
-                poem::http::StatusCode::NOT_FOUND,
-                "not-found",
+            Ok(None) => GetOrderResponse::NotFound(Json(not_found(id.0))),
+            Err(problem) => GetOrderResponse::Unavailable(Json(problem), state.retry_after_secs),
+        }
+    }
+
+    /// Cancel an order
+    ///
+    /// Appends a cancel event to the order's partition and answers `202`
+    /// once the broker acknowledged it. The consumer takes the order out of
+    /// its book when it reaches the cancel — unless the order filled first;
+    /// `GET` the order for the outcome (`status: cancelled`, with what had
+    /// filled in `filled_quantity`). Repeating a cancel is harmless: it
+    /// answers `202` while the order is still open, `409` after.
+    #[oai(path = "/orders/:id", method = "delete", operation_id = "cancelOrder")]
+    async fn cancel(&self, state: Data<&Arc<AppState>>, id: Path<Uuid>) -> CancelOrderResponse {
+        if !state.matching {
+            return CancelOrderResponse::NotImplemented(Json(Problem::new(
+                poem::http::StatusCode::NOT_IMPLEMENTED,
+                "matching-off",
+                "this oms runs with consumer.matching = false: orders are stored, not traded, so there is no book to cancel from",
+            )));
+        }
+        let stored = match find_order(&state, id.0).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return CancelOrderResponse::NotFound(Json(not_found(id.0))),
+            Err(problem) => {
+                return CancelOrderResponse::Unavailable(Json(problem), state.retry_after_secs);
+            }
+        };
+        if !stored.fill.status.is_live() {
+            return CancelOrderResponse::Conflict(Json(Problem::new(
+                poem::http::StatusCode::CONFLICT,
+                "order-closed",
                 format!(
-                    "no order {}: the store holds every record the log held when asked",
-                    id.0
+                    "order {} is {} ({} of {} filled): there is nothing left to cancel",
+                    id.0,
+                    stored.fill.status.as_str(),
+                    stored.fill.filled.normalize(),
+                    stored.order.quantity
                 ),
-            ))),
+            )));
+        }
+        let cancel = Cancel {
+            order_id: id.0,
+            symbol: Symbol::new(&stored.order.src_currency, &stored.order.dst_currency),
+            requested_at: Utc::now(),
+        };
+        match state.producer.cancel(&cancel).await {
+            Ok(delivered) => CancelOrderResponse::Accepted(
+                Json(OrderAccepted {
+                    id: id.0,
+                    symbol: cancel.symbol.to_string(),
+                    partition: delivered.partition,
+                    offset: delivered.offset,
+                    created_at: cancel.requested_at,
+                }),
+                format!("/orders/{}", id.0),
+            ),
             Err(err) => {
-                GetOrderResponse::Unavailable(Json(store_unavailable(&err)), state.retry_after_secs)
+                let reason = crate::error::Chain(&err);
+                tracing::warn!(order_id = %id.0, error = %reason, "cancel not acknowledged");
+                CancelOrderResponse::Unavailable(
+                    Json(Problem::new(
+                        poem::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "broker-unavailable",
+                        format!(
+                            "{reason}; the cancel may or may not be on the log: repeating it is harmless"
+                        ),
+                    )),
+                    state.retry_after_secs,
+                )
             }
         }
     }

@@ -63,6 +63,11 @@ pub async fn create_topics(
             1,
             TopicReplication::Fixed(settings.replication),
         ),
+        NewTopic::new(
+            &settings.trades_topic,
+            settings.partitions,
+            TopicReplication::Fixed(settings.replication),
+        ),
     ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin

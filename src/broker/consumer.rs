@@ -6,6 +6,7 @@
 //! empty store from the log). Broker-side commits are made afterwards, only so
 //! that lag can be watched with standard tools.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,10 +25,11 @@ use tokio_util::sync::CancellationToken;
 use super::admin::{self, AdminError};
 use super::client_config;
 use super::dlq::{DeadLetter, DeadLetterWriter, ErrorKind, replay_count};
-use super::producer::ProduceEvidence;
+use super::producer::{LogProducer, ProduceError, ProduceEvidence};
 use crate::config::{BrokerSettings, ConsumerMode, ConsumerSettings};
 use crate::error::Chain;
-use crate::order::{Order, RecordError};
+use crate::matching::{Matcher, Outcome, Positioned, StoredTrade};
+use crate::order::{Event, Order, RecordError};
 use crate::store::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
 use crate::telemetry::{self, TraceParent};
 use tracing::Span;
@@ -337,12 +339,21 @@ pub enum ConsumerError {
     Admin(#[from] AdminError),
 }
 
+/// The order books, shared: the consumer matches into them, `GET
+/// /orderbook/{symbol}` reads them. Held only for the few µs a batch takes
+/// to match or a depth takes to read.
+pub type Books = Arc<Mutex<Matcher>>;
+
 /// The log → store loop. Build with [`ConsumerLoop::new`], run with [`ConsumerLoop::run`].
 pub struct ConsumerLoop {
     broker: BrokerSettings,
     settings: ConsumerSettings,
     store: Arc<dyn Store>,
     dlq: DeadLetterWriter,
+    /// The producer of the `trades` topic (the dead-letter writer's: one
+    /// librdkafka client for everything the consumer writes to the log).
+    trades: LogProducer,
+    books: Books,
     status: ConsumerStatus,
 }
 
@@ -582,6 +593,8 @@ enum Halt {
 /// the records to dead-letter.
 struct Decoded {
     rows: Vec<StoredOrder>,
+    /// Every decoded record (orders and cancels), in log order, to match.
+    events: Vec<Positioned>,
     poison: Vec<DeadLetter>,
     /// The next offset of every partition the batch covers.
     offsets: Offsets,
@@ -596,15 +609,125 @@ impl ConsumerLoop {
         settings: ConsumerSettings,
         store: Arc<dyn Store>,
         status: ConsumerStatus,
+        books: Books,
     ) -> Result<Self, ConsumerError> {
         let dlq = DeadLetterWriter::new(&broker)?;
+        let trades = dlq.producer().clone();
         Ok(Self {
             broker,
             settings,
             store,
             dlq,
+            trades,
+            books,
             status,
         })
+    }
+
+    fn lock_books(&self) -> std::sync::MutexGuard<'_, Matcher> {
+        self.books.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rebuilds `partitions`' books from the orders the store holds as
+    /// resting: the store's fills commit with its offsets, so the books
+    /// match the log exactly up to where the consumer resumes.
+    async fn load_books(
+        &self,
+        partitions: &[i32],
+        shutdown: &CancellationToken,
+    ) -> Result<(), Halt> {
+        if !self.settings.matching {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut loaded = 0;
+        for partition in partitions {
+            let resting = self
+                .retry(
+                    shutdown,
+                    "reading the resting orders from the store",
+                    || self.store.resting(*partition),
+                )
+                .await?;
+            loaded += resting.len();
+            self.lock_books().load(*partition, resting);
+        }
+        let resting = self.lock_books().resting();
+        metrics::gauge!("book_resting_orders").set(resting as f64);
+        tracing::info!(
+            ?partitions,
+            loaded,
+            seconds = started.elapsed().as_secs_f64(),
+            "order books rebuilt from the store"
+        );
+        Ok(())
+    }
+
+    /// Matches a batch's events into the books and publishes the trades.
+    /// An order the store already holds (a repeated record) is not matched
+    /// again.
+    async fn match_events(
+        &self,
+        events: &[Positioned],
+        shutdown: &CancellationToken,
+    ) -> Result<Outcome, Halt> {
+        if !self.settings.matching || events.is_empty() {
+            return Ok(Outcome::default());
+        }
+        let ids: Vec<uuid::Uuid> = events
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::Order(o) => Some(o.id),
+                Event::Cancel(_) => None,
+            })
+            .collect();
+        let stored = if ids.is_empty() {
+            HashSet::new()
+        } else {
+            self.retry(shutdown, "store unavailable", || {
+                self.store.known(ids.clone())
+            })
+            .await?
+        };
+        let started = Instant::now();
+        let (outcome, resting) = {
+            let mut books = self.lock_books();
+            let outcome = books.run(events, &stored);
+            (outcome, books.resting())
+        };
+        metrics::histogram!("match_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("orders_matched_total").increment(outcome.orders as u64);
+        metrics::counter!("orders_cancelled_total").increment(outcome.cancelled as u64);
+        metrics::counter!("trades_total").increment(outcome.trades.len() as u64);
+        metrics::gauge!("book_resting_orders").set(resting as f64);
+        if !outcome.trades.is_empty() {
+            self.retry(shutdown, "publishing trades", || {
+                self.publish(&outcome.trades)
+            })
+            .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Appends trades to the `trades` topic (key `SRC-DST`, JSON, the
+    /// trade's deterministic id inside) and waits for every ack. Before
+    /// the store commits them: a retry or a replay publishes a trade again
+    /// under the same id, never a different trade.
+    async fn publish(&self, trades: &[StoredTrade]) -> Result<(), ProduceError> {
+        let records: Vec<Vec<u8>> = trades
+            .iter()
+            .map(|t| {
+                serde_json::to_vec(t).unwrap_or_else(|e| unreachable!("a trade serialises: {e}"))
+            })
+            .collect();
+        let sends = trades.iter().zip(&records).map(|(t, payload)| {
+            self.trades.deliver(
+                rdkafka::producer::FutureRecord::to(&self.broker.trades_topic)
+                    .key(t.symbol.as_str())
+                    .payload(payload.as_slice()),
+            )
+        });
+        futures::future::try_join_all(sends).await.map(drop)
     }
 
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
@@ -691,6 +814,8 @@ impl ConsumerLoop {
     async fn consume(&self, shutdown: &CancellationToken) -> Result<Halt, ConsumerError> {
         let consumer = self.create_consumer()?;
         let topic = self.broker.topic.clone();
+        // Books are rebuilt from the store with the partitions they belong to.
+        self.lock_books().clear();
 
         let stored = match self.settings.mode {
             ConsumerMode::Assign => match self.assign_all(&consumer, &topic, shutdown).await? {
@@ -817,6 +942,9 @@ impl ConsumerLoop {
                 .map_or(Offset::Beginning, |o| Offset::Offset((o - rewind).max(0)));
             assignment.add_partition_offset(topic, *partition, offset)?;
         }
+        if self.load_books(&partitions, shutdown).await.is_err() {
+            return Ok(None);
+        }
         consumer.assign(&assignment)?;
         tracing::info!(%topic, ?partitions, ?stored, engine = self.store.engine(), "consuming from the store's offsets");
         metrics::gauge!("consumer_assigned_partitions").set(partitions.len() as f64);
@@ -841,6 +969,7 @@ impl ConsumerLoop {
                 messages.retain(|m| !partitions.contains(&m.partition()));
                 self.status.forget(&partitions);
                 resume.forget(&partitions);
+                self.lock_books().forget(&partitions);
                 tracing::info!(?partitions, "partitions revoked");
             }
             Change::Assigned(partitions) => {
@@ -853,6 +982,7 @@ impl ConsumerLoop {
                     .iter()
                     .filter_map(|p| now.get(p).map(|o| (*p, *o)))
                     .collect();
+                self.load_books(&partitions, shutdown).await?;
                 self.status.adopt(&partitions, &owned);
                 resume.watch(&owned);
                 tracing::info!(?partitions, stored = ?owned, "partitions assigned; resuming from the store's offsets");
@@ -874,6 +1004,7 @@ impl ConsumerLoop {
     ) -> Result<Offsets, Halt> {
         let Decoded {
             rows,
+            events,
             poison,
             offsets,
             spans: _open_until_stored,
@@ -887,8 +1018,12 @@ impl ConsumerLoop {
             tracing::warn!(partition = m.partition(), offset = m.offset(), kind = letter.kind.as_str(), reason = %letter.reason, trace_id, "dead-lettering a record");
             self.dead_letter(letter, shutdown).await?;
         }
-        let batch =
-            Arc::new(Batch::new(topic, rows, offsets.clone()).expecting(self.expected(&offsets)));
+        let matched = self.match_events(&events, shutdown).await?;
+        let batch = Arc::new(
+            Batch::new(topic, rows, offsets.clone())
+                .matched(matched.states, matched.trades)
+                .expecting(self.expected(&offsets)),
+        );
         match self.store_batch(&batch, shutdown).await? {
             Ok(applied) => {
                 let engine = self.store.engine();
@@ -899,7 +1034,8 @@ impl ConsumerLoop {
             }
             Err(reason) => {
                 tracing::error!(%reason, "store refused the batch; storing its rows one by one");
-                self.apply_one_by_one(&batch, messages, shutdown).await?;
+                self.apply_one_by_one(&batch, &events, messages, shutdown)
+                    .await?;
             }
         }
         Ok(offsets)
@@ -920,6 +1056,7 @@ impl ConsumerLoop {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut decoded = Decoded {
             rows: Vec::with_capacity(messages.len()),
+            events: Vec::with_capacity(messages.len()),
             poison: Vec::new(),
             offsets: Offsets::new(),
             spans: Vec::new(),
@@ -930,22 +1067,29 @@ impl ConsumerLoop {
                 metrics::histogram!("message_delay_seconds")
                     .record((now_ms - ts).max(0) as f64 / 1000.0);
             }
-            match Order::from_record(m.payload().unwrap_or_default()) {
-                Ok(order) => {
-                    decoded
-                        .spans
-                        .extend(record_span(m, &order, self.store.engine()));
-                    if replay_count(m) > 0 {
-                        metrics::counter!("orders_replayed_total").increment(1);
-                    }
-                    decoded.rows.push(StoredOrder {
-                        order,
-                        partition: m.partition(),
-                        offset: m.offset(),
-                    });
+            let event = match Event::from_record(m.payload().unwrap_or_default()) {
+                Ok(event) => event,
+                Err(err) => {
+                    decoded.poison.push(dead_letter(m, &err));
+                    continue;
                 }
-                Err(err) => decoded.poison.push(dead_letter(m, &err)),
+            };
+            if replay_count(m) > 0 {
+                metrics::counter!("orders_replayed_total").increment(1);
             }
+            if let Event::Order(order) = &event {
+                decoded
+                    .spans
+                    .extend(record_span(m, order, self.store.engine()));
+                decoded
+                    .rows
+                    .push(StoredOrder::new(order.clone(), m.partition(), m.offset()));
+            }
+            decoded.events.push(Positioned {
+                partition: m.partition(),
+                offset: m.offset(),
+                event,
+            });
         }
         metrics::histogram!("consumer_batch_size").record(messages.len() as f64);
         decoded
@@ -1004,26 +1148,46 @@ impl ConsumerLoop {
         }
     }
 
-    /// The slow path after a batch was refused: each row alone, the refused
-    /// ones to the DLQ, then the offsets. Every step is idempotent, so a crash
-    /// in between only repeats work.
+    /// The slow path after a batch was refused: each record alone (matched
+    /// alone, from books rebuilt to where the store is), the refused ones
+    /// to the DLQ (and the books rebuilt again, undoing their matching),
+    /// then the offsets. Every step is idempotent, so a crash in between
+    /// only repeats work.
     async fn apply_one_by_one(
         &self,
         batch: &Batch,
+        events: &[Positioned],
         messages: &[BorrowedMessage<'_>],
         shutdown: &CancellationToken,
     ) -> Result<(), Halt> {
-        for row in &batch.orders {
-            let single = Arc::new(Batch::new(&batch.topic, vec![row.clone()], Offsets::new()));
+        let partitions: Vec<i32> = batch.offsets.keys().copied().collect();
+        self.load_books(&partitions, shutdown).await?;
+        for event in events {
+            let rows = match &event.event {
+                Event::Order(order) => vec![StoredOrder::new(
+                    order.clone(),
+                    event.partition,
+                    event.offset,
+                )],
+                Event::Cancel(_) if self.settings.matching => Vec::new(),
+                Event::Cancel(_) => continue,
+            };
+            let matched = self
+                .match_events(std::slice::from_ref(event), shutdown)
+                .await?;
+            let single = Arc::new(
+                Batch::new(&batch.topic, rows, Offsets::new())
+                    .matched(matched.states, matched.trades),
+            );
             let Err(reason) = self.store_batch(&single, shutdown).await? else {
                 continue;
             };
-            // The row's log position names its record.
+            // The record's log position names its message.
             let Some(message) = messages
                 .iter()
-                .find(|m| (m.partition(), m.offset()) == (row.partition, row.offset))
+                .find(|m| (m.partition(), m.offset()) == (event.partition, event.offset))
             else {
-                unreachable!("every row of a batch comes from one of its messages");
+                unreachable!("every event of a batch comes from one of its messages");
             };
             let letter = DeadLetter {
                 message: message.detach(),
@@ -1031,6 +1195,7 @@ impl ConsumerLoop {
                 reason,
             };
             self.dead_letter(&letter, shutdown).await?;
+            self.load_books(&[event.partition], shutdown).await?;
         }
         let mut offsets_only = Batch::new(&batch.topic, Vec::new(), batch.offsets.clone());
         offsets_only.expected = batch.expected.clone();

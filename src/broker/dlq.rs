@@ -31,7 +31,9 @@ pub enum ErrorKind {
 impl From<&RecordError> for ErrorKind {
     fn from(err: &RecordError) -> Self {
         match err {
-            RecordError::Decode(_) | RecordError::Version { .. } => ErrorKind::Decode,
+            RecordError::Decode(_) | RecordError::Event(_) | RecordError::Version { .. } => {
+                ErrorKind::Decode
+            }
             RecordError::Invalid(_) => ErrorKind::Validate,
         }
     }
@@ -90,6 +92,11 @@ impl DeadLetterWriter {
             producer: LogProducer::new(settings, "oms-dlq")?,
             topic: settings.dlq_topic.clone(),
         })
+    }
+
+    /// The producer it writes with (shared with the consumer's other output).
+    pub fn producer(&self) -> &LogProducer {
+        &self.producer
     }
 
     /// Appends one dead letter and waits for the broker's ack (callers

@@ -42,7 +42,7 @@ use tracing::Instrument;
 
 use super::client_config;
 use crate::config::BrokerSettings;
-use crate::order::Order;
+use crate::order::{Cancel, Order};
 
 /// Most records librdkafka holds waiting for the broker (its default).
 const QUEUE_MAX_MESSAGES: u32 = 100_000;
@@ -357,6 +357,21 @@ impl OrderProducer {
         metrics::histogram!("produce_latency_seconds").record(started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => metrics::counter!("messages_produced_total").increment(1),
+            Err(e) => metrics::counter!("produce_errors_total", "kind" => e.kind()).increment(1),
+        }
+        result
+    }
+
+    /// Appends a cancel to the order's partition (same key) and waits for
+    /// the broker's ack.
+    pub async fn cancel(&self, cancel: &Cancel) -> Result<Delivered, ProduceError> {
+        let payload = cancel.to_record();
+        let record = FutureRecord::to(&self.topic)
+            .key(cancel.symbol.as_str())
+            .payload(&payload);
+        let result = self.log.send(record).await;
+        match &result {
+            Ok(_) => metrics::counter!("cancels_produced_total").increment(1),
             Err(e) => metrics::counter!("produce_errors_total", "kind" => e.kind()).increment(1),
         }
         result

@@ -150,6 +150,20 @@ impl Symbol {
     }
 }
 
+impl Serialize for Symbol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Symbol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|b: Broken| serde::de::Error::custom(b.message))
+    }
+}
+
 impl FromStr for Symbol {
     type Err = Broken;
     fn from_str(s: &str) -> Result<Self, Broken> {

@@ -19,8 +19,14 @@ pub use field::{
     Amount, Broken, CHANNELS, Channel, ClientOrderId, Currency, Description, Field, Side, Symbol,
 };
 
-/// Version of the JSON record written to the log. Bump on incompatible change.
+/// Version of the JSON record of an order on the log. Bump on incompatible change.
 pub const RECORD_VERSION: u32 = 1;
+
+/// Version of the event envelope (`{"v": 2, "type": ...}`) that carries every
+/// record that is not an order (a cancel). Orders keep writing version 1, so
+/// every record written before events existed still decodes, and an older
+/// oms dead-letters an event it cannot read instead of misreading it.
+pub const EVENT_VERSION: u32 = 2;
 
 /// Namespace of the name-based (v5) ids derived from a `client_order_id`, so a
 /// retried request maps to the same order id on every oms instance.
@@ -313,12 +319,81 @@ pub struct OrderRecord {
     pub order: Order,
 }
 
+/// A request to cancel an order, appended to the order's partition (keyed
+/// by its symbol) so it is matched in log order with the order itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub order_id: Uuid,
+    /// The order's `SRC-DST`: the record's key and the book it rests in.
+    pub symbol: Symbol,
+    pub requested_at: DateTime<Utc>,
+}
+
+impl Cancel {
+    /// The record value written to the log.
+    pub fn to_record(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Record<'a> {
+            v: u32,
+            r#type: &'static str,
+            #[serde(flatten)]
+            cancel: &'a Cancel,
+        }
+        serde_json::to_vec(&Record {
+            v: EVENT_VERSION,
+            r#type: "cancel",
+            cancel: self,
+        })
+        .unwrap_or_else(|e| unreachable!("a Cancel always serialises: {e}"))
+    }
+}
+
+/// One record of the `orders` topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Order(Order),
+    Cancel(Cancel),
+}
+
+/// The events of envelope version [`EVENT_VERSION`].
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Envelope {
+    Cancel {
+        #[allow(dead_code)]
+        v: u32,
+        #[serde(flatten)]
+        cancel: Cancel,
+    },
+}
+
+impl Event {
+    /// Decodes a record value of the `orders` topic: an order (version 1)
+    /// or an event (version 2).
+    pub fn from_record(bytes: &[u8]) -> Result<Event, RecordError> {
+        #[derive(Deserialize)]
+        struct Version {
+            v: u32,
+        }
+        match serde_json::from_slice::<Version>(bytes) {
+            Ok(Version { v: EVENT_VERSION }) => serde_json::from_slice::<Envelope>(bytes)
+                .map(|Envelope::Cancel { cancel, .. }| Event::Cancel(cancel))
+                .map_err(RecordError::Event),
+            _ => Order::from_record(bytes).map(Event::Order),
+        }
+    }
+}
+
 /// Why a record read from the log is not a storable order.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("record is not a valid order JSON document")]
     Decode(#[source] serde_json::Error),
-    #[error("unsupported record schema version {found} (this oms reads version {RECORD_VERSION})")]
+    #[error("record is not a valid event (version {EVENT_VERSION}: a cancel)")]
+    Event(#[source] serde_json::Error),
+    #[error(
+        "unsupported record schema version {found} (this oms reads orders of version {RECORD_VERSION} and events of version {EVENT_VERSION})"
+    )]
     Version { found: u32 },
     #[error(transparent)]
     Invalid(#[from] ValidationErrors),
@@ -350,6 +425,9 @@ impl Order {
     pub fn from_record(bytes: &[u8]) -> Result<Order, RecordError> {
         match serde_json::from_slice::<OrderRecord>(bytes) {
             Ok(record) if record.v == RECORD_VERSION => Ok(record.order),
+            Ok(record) if record.v == EVENT_VERSION => {
+                Err(RecordError::Version { found: record.v })
+            }
             Ok(record) => Err(RecordError::Version { found: record.v }),
             Err(err) => Err(Self::explain(bytes, err)),
         }

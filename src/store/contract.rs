@@ -7,7 +7,8 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
-use crate::order::{Description, NewOrder};
+use crate::matching::{Fill, Matcher, Positioned, Status};
+use crate::order::{Amount, Cancel, Description, Event, NewOrder, Side, Symbol};
 
 /// How a contract test gets a store; `open` again must see the same data.
 pub trait Engine {
@@ -28,11 +29,7 @@ pub fn order(symbol: (&str, &str), n: i64) -> StoredOrder {
     }))
     .and_then(|o| o.accept(Utc::now()))
     .expect("valid order");
-    StoredOrder {
-        order,
-        partition: (n % 3) as i32,
-        offset: n,
-    }
+    StoredOrder::new(order, (n % 3) as i32, n)
 }
 
 pub fn batch(orders: Vec<StoredOrder>, offsets: &[(i32, i64)]) -> Arc<Batch> {
@@ -320,6 +317,169 @@ pub async fn reopening_keeps_everything(engine: impl Engine) {
     );
 }
 
+/// The batch a consumer writes for `rows` and `cancels` after matching them.
+fn matched(
+    matcher: &mut Matcher,
+    store_has: &[Uuid],
+    rows: &[StoredOrder],
+    cancels: &[Cancel],
+    offsets: &[(i32, i64)],
+) -> Batch {
+    let mut events: Vec<Positioned> = rows
+        .iter()
+        .map(|r| Positioned {
+            partition: r.partition,
+            offset: r.offset,
+            event: Event::Order(r.order.clone()),
+        })
+        .collect();
+    events.extend(cancels.iter().map(|c| Positioned {
+        partition: 1,
+        offset: 99,
+        event: Event::Cancel(c.clone()),
+    }));
+    let outcome = matcher.run(&events, &store_has.iter().copied().collect());
+    Batch::new(TOPIC, rows.to_vec(), offsets.iter().copied().collect())
+        .matched(outcome.states, outcome.trades)
+}
+
+fn fill(status: Status, filled: i64) -> Fill {
+    Fill {
+        status,
+        filled: filled.into(),
+    }
+}
+
+/// Matching's state commits with the batch: fills replace fills, the
+/// resting index follows them, a trade is stored once whatever repeats
+/// it, a failed batch leaves none of it, and a book rebuilt from the
+/// resting orders is the one that was matched into.
+pub async fn fills_and_trades_commit_with_the_batch(engine: impl Engine) {
+    let store = engine.open().await;
+    let mut matcher = Matcher::new();
+    let sell = order(("USD", "EUR"), 1); // partition 1: sells 3 at 1.5
+    let first = matched(
+        &mut matcher,
+        &[],
+        std::slice::from_ref(&sell),
+        &[],
+        &[(1, 2)],
+    );
+    store.apply(Arc::new(first)).await.expect("the sell");
+    let got = store
+        .get(sell.order.id)
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(got.fill, fill(Status::Open, 0));
+    assert_eq!(store.resting(1).await.expect("resting"), vec![got]);
+
+    let mut buy = order(("USD", "EUR"), 4); // partition 1: buys 1 at 4.5
+    buy.order.side = Side::Buy;
+    buy.order.quantity = Amount::try_from(rust_decimal::Decimal::ONE).expect("amount");
+    let second = Arc::new(matched(
+        &mut matcher,
+        &[],
+        std::slice::from_ref(&buy),
+        &[],
+        &[(1, 5)],
+    ));
+    assert_eq!(second.trades.len(), 1, "the buy crosses the sell");
+    store.apply(second.clone()).await.expect("the buy");
+    store.apply(second.clone()).await.expect("again: harmless");
+
+    let seller = store.get(sell.order.id).await.expect("get").expect("sell");
+    assert_eq!(seller.fill, fill(Status::PartiallyFilled, 1));
+    let buyer = store.get(buy.order.id).await.expect("get").expect("buy");
+    assert_eq!(buyer.fill, fill(Status::Filled, 1));
+    let listed = store
+        .list_by_symbol("USD-EUR", None, 10)
+        .await
+        .expect("list");
+    assert!(
+        listed.contains(&seller) && listed.contains(&buyer),
+        "lists carry fills"
+    );
+    assert_eq!(
+        store.resting(1).await.expect("resting"),
+        vec![seller.clone()],
+        "the filled buy never rests"
+    );
+    let trades = store.trades("USD-EUR", None, 10).await.expect("trades");
+    assert_eq!(trades, second.trades, "one trade, stored once");
+    assert_eq!(trades[0].trade.price, "1.5".parse().expect("decimal"));
+    assert!(
+        store
+            .trades("USD-EUR", Some(trades[0].trade.id), 10)
+            .await
+            .expect("after")
+            .is_empty()
+    );
+    assert!(
+        store
+            .trades("GBP-JPY", None, 10)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    let unknown = Uuid::now_v7();
+    assert_eq!(
+        store
+            .known(vec![sell.order.id, buy.order.id, unknown])
+            .await
+            .expect("known"),
+        [sell.order.id, buy.order.id].into_iter().collect()
+    );
+
+    // A book rebuilt from the store is the book that was matched into.
+    let mut rebuilt = Matcher::new();
+    rebuilt.load(1, store.resting(1).await.expect("resting"));
+    assert_eq!(rebuilt.depth("USD-EUR", 5), matcher.depth("USD-EUR", 5));
+
+    let cancel = Cancel {
+        order_id: sell.order.id,
+        symbol: Symbol::new(&sell.order.src_currency, &sell.order.dst_currency),
+        requested_at: Utc::now(),
+    };
+    let mut failing = matched(
+        &mut rebuilt,
+        &[],
+        &[],
+        std::slice::from_ref(&cancel),
+        &[(1, 6)],
+    );
+    assert_eq!(failing.states.len(), 1, "the cancel takes the sell out");
+    failing.fail_before_commit = true;
+    store
+        .apply(Arc::new(failing))
+        .await
+        .expect_err("injected failure");
+    assert_eq!(
+        store
+            .get(sell.order.id)
+            .await
+            .expect("get")
+            .expect("sell")
+            .fill,
+        fill(Status::PartiallyFilled, 1),
+        "nothing of the failed batch"
+    );
+    assert_eq!(store.resting(1).await.expect("resting").len(), 1);
+
+    let cancelled = matched(&mut matcher, &[], &[], &[cancel], &[(1, 6)]);
+    store.apply(Arc::new(cancelled)).await.expect("cancel");
+    assert_eq!(
+        store
+            .get(sell.order.id)
+            .await
+            .expect("get")
+            .expect("sell")
+            .fill,
+        fill(Status::Cancelled, 1)
+    );
+    assert!(store.resting(1).await.expect("resting").is_empty());
+}
+
 /// Expands to one `#[tokio::test]` per contract case for the engine that
 /// `$engine().await` builds.
 #[macro_export]
@@ -352,6 +512,10 @@ macro_rules! store_contract_tests {
             #[tokio::test]
             async fn a_writer_whose_offsets_are_stale_is_refused() {
                 c::a_writer_whose_offsets_are_stale_is_refused($engine().await).await;
+            }
+            #[tokio::test]
+            async fn fills_and_trades_commit_with_the_batch() {
+                c::fills_and_trades_commit_with_the_batch($engine().await).await;
             }
             #[tokio::test]
             async fn reopening_keeps_everything() {

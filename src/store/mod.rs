@@ -17,7 +17,7 @@ pub mod sled;
 #[cfg(test)]
 mod contract;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -26,15 +26,31 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{Engine, StoreSettings};
+use crate::matching::{Fill, OrderState, StoredTrade};
 use crate::order::Order;
 
-/// An order as stored, with where it sits on the log.
+/// An order as stored, with where it sits on the log and how far it filled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredOrder {
     #[serde(flatten)]
     pub order: Order,
     pub partition: i32,
     pub offset: i64,
+    /// Kept apart from the order (which is written once): an engine reads
+    /// it from its fills and sets it here.
+    #[serde(skip)]
+    pub fill: Fill,
+}
+
+impl StoredOrder {
+    pub fn new(order: Order, partition: i32, offset: i64) -> Self {
+        Self {
+            order,
+            partition,
+            offset,
+            fill: Fill::default(),
+        }
+    }
 }
 
 /// Next offset to read, per partition of one topic.
@@ -47,6 +63,13 @@ pub struct Batch {
     pub topic: String,
     /// Orders to insert; an id already stored is skipped (first write wins).
     pub orders: Vec<StoredOrder>,
+    /// Fills to write (each replaces the order's previous fill); an order
+    /// whose fill is live joins its partition's resting index, any other
+    /// leaves it.
+    pub states: Vec<OrderState>,
+    /// Trades to insert; an id already stored is skipped (a trade id names
+    /// its two orders, so a replay cannot make a second trade).
+    pub trades: Vec<StoredTrade>,
     /// For every partition the batch covers, the offset to resume from.
     pub offsets: Offsets,
     /// For every partition in `offsets`, the next offset the writer believes
@@ -70,11 +93,20 @@ impl Batch {
         Self {
             topic: topic.into(),
             orders,
+            states: Vec::new(),
+            trades: Vec::new(),
             offsets,
             expected: None,
             #[cfg(test)]
             fail_before_commit: false,
         }
+    }
+
+    /// The same batch, also writing what matching its records did.
+    pub fn matched(mut self, states: Vec<OrderState>, trades: Vec<StoredTrade>) -> Self {
+        self.states = states;
+        self.trades = trades;
+        self
     }
 
     /// The same batch, written only if the store is where `expected` says.
@@ -109,6 +141,24 @@ impl Batch {
 
 fn show(offset: Option<&i64>) -> String {
     offset.map_or_else(|| "nothing stored".to_owned(), i64::to_string)
+}
+
+/// JSON of a value an engine writes as bytes (an order, a fill, a trade).
+pub(crate) fn to_json(what: &'static str, value: &impl Serialize) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::permanent(format!("cannot encode {what}"), e))
+}
+
+/// A value an engine wrote with [`to_json`].
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        StoreError::permanent(
+            format!("a stored {what} does not decode (corrupt store?)"),
+            e,
+        )
+    })
 }
 
 /// What [`Store::apply`] did.
@@ -218,16 +268,32 @@ pub trait Store: Send + Sync + 'static {
     /// The offsets last applied for `topic` (empty when the store is new).
     async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError>;
 
-    /// One order by id.
+    /// One order by id, with its fill.
     async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError>;
 
-    /// Orders of one symbol in id order, strictly after `after`, at most `limit`.
+    /// Orders of one symbol in id order, strictly after `after`, at most
+    /// `limit`, with their fills.
     async fn list_by_symbol(
         &self,
         symbol: &str,
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<StoredOrder>, StoreError>;
+
+    /// Which of `ids` are stored (matching skips a repeated order).
+    async fn known(&self, ids: Vec<Uuid>) -> Result<HashSet<Uuid>, StoreError>;
+
+    /// The orders resting in `partition`'s books, with their fills, in log
+    /// order: what a book is rebuilt from.
+    async fn resting(&self, partition: i32) -> Result<Vec<StoredOrder>, StoreError>;
+
+    /// Trades of one symbol in id order, strictly after `after`, at most `limit`.
+    async fn trades(
+        &self,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredTrade>, StoreError>;
 
     /// Number of stored orders.
     async fn count(&self) -> Result<u64, StoreError>;

@@ -13,8 +13,11 @@ use rust_decimal::Decimal;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
+use std::collections::HashSet;
+
 use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
 use crate::config::PostgresSettings;
+use crate::matching::{Fill, StoredTrade, Trade};
 use crate::order::{Amount, Broken, Channel, ClientOrderId, Description, Order};
 
 /// The versioned schema (`migrations/`), applied by `oms migrate`.
@@ -36,12 +39,31 @@ WITH inserted AS (
         -- Offsets only move forward, whoever writes.
         WHERE log_offsets.next_offset <= EXCLUDED.next_offset
     RETURNING 1
+), filled AS (
+    INSERT INTO order_fills (id, status, filled_quantity, book_partition)
+    SELECT * FROM UNNEST($17::uuid[], $18::text[], $19::numeric[], $20::int4[])
+    ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,
+        filled_quantity = EXCLUDED.filled_quantity, book_partition = EXCLUDED.book_partition
+    RETURNING 1
+), traded AS (
+    INSERT INTO trades (id, symbol, price, quantity, buy_order_id, sell_order_id, taker_side,
+                        executed_at, log_partition, log_offset)
+    SELECT * FROM UNNEST($21::uuid[], $22::text[], $23::numeric[], $24::numeric[], $25::uuid[],
+                         $26::uuid[], $27::text[], $28::timestamptz[], $29::int4[], $30::int8[])
+    ON CONFLICT (id) DO NOTHING
+    RETURNING 1
 )
 SELECT count(*) FROM inserted
 "#;
 
-const COLUMNS: &str = "id, client_order_id, src_currency, dst_currency, side, price, quantity, \
-                       channel, description, created_at, log_partition, log_offset";
+/// An order's columns and its fill's (`orders o LEFT JOIN order_fills f`).
+const COLUMNS: &str = "o.id, o.client_order_id, o.src_currency, o.dst_currency, o.side, o.price, \
+                       o.quantity, o.channel, o.description, o.created_at, o.log_partition, \
+                       o.log_offset, f.status, f.filled_quantity";
+const FROM: &str = "orders o LEFT JOIN order_fills f ON f.id = o.id";
+
+const TRADE_COLUMNS: &str = "id, symbol, price, quantity, buy_order_id, sell_order_id, \
+                             taker_side, executed_at, log_partition, log_offset";
 
 /// A pool of connections to the orders database.
 #[derive(Debug, Clone)]
@@ -63,6 +85,46 @@ struct Row {
     created_at: DateTime<Utc>,
     log_partition: i32,
     log_offset: i64,
+    status: Option<String>,
+    filled_quantity: Option<Decimal>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TradeRow {
+    id: Uuid,
+    symbol: String,
+    price: Decimal,
+    quantity: Decimal,
+    buy_order_id: Uuid,
+    sell_order_id: Uuid,
+    taker_side: String,
+    executed_at: DateTime<Utc>,
+    log_partition: i32,
+    log_offset: i64,
+}
+
+impl TryFrom<TradeRow> for StoredTrade {
+    type Error = StoreError;
+
+    fn try_from(row: TradeRow) -> Result<Self, StoreError> {
+        Ok(StoredTrade {
+            trade: Trade {
+                id: row.id,
+                price: row.price,
+                quantity: row.quantity,
+                buy_order_id: row.buy_order_id,
+                sell_order_id: row.sell_order_id,
+                taker_side: row
+                    .taker_side
+                    .parse()
+                    .map_err(|b: Broken| StoreError::refused(format!("trades.taker_side: {b}")))?,
+                executed_at: row.executed_at,
+            },
+            symbol: row.symbol,
+            partition: row.log_partition,
+            offset: row.log_offset,
+        })
+    }
 }
 
 impl TryFrom<Row> for StoredOrder {
@@ -93,6 +155,13 @@ impl TryFrom<Row> for StoredOrder {
             },
             partition: row.log_partition,
             offset: row.log_offset,
+            fill: match (row.status, row.filled_quantity) {
+                (Some(status), Some(filled)) => Fill {
+                    status: status.parse().map_err(StoreError::refused)?,
+                    filled,
+                },
+                _ => Fill::default(),
+            },
         })
     }
 }
@@ -194,6 +263,25 @@ impl PostgresStore {
         }
         let (log_partitions, next_offsets): (Vec<i32>, Vec<i64>) =
             batch.offsets.iter().map(|(p, o)| (*p, *o)).unzip();
+        let fill_ids: Vec<Uuid> = batch.states.iter().map(|s| s.id).collect();
+        let statuses: Vec<&str> = batch
+            .states
+            .iter()
+            .map(|s| s.fill.status.as_str())
+            .collect();
+        let filled: Vec<Decimal> = batch.states.iter().map(|s| s.fill.filled).collect();
+        let books: Vec<i32> = batch.states.iter().map(|s| s.partition).collect();
+        let t = &batch.trades;
+        let trade_ids: Vec<Uuid> = t.iter().map(|t| t.trade.id).collect();
+        let trade_symbols: Vec<&str> = t.iter().map(|t| t.symbol.as_str()).collect();
+        let trade_prices: Vec<Decimal> = t.iter().map(|t| t.trade.price).collect();
+        let trade_quantities: Vec<Decimal> = t.iter().map(|t| t.trade.quantity).collect();
+        let buys: Vec<Uuid> = t.iter().map(|t| t.trade.buy_order_id).collect();
+        let sells: Vec<Uuid> = t.iter().map(|t| t.trade.sell_order_id).collect();
+        let takers: Vec<&str> = t.iter().map(|t| t.trade.taker_side.as_str()).collect();
+        let executed: Vec<DateTime<Utc>> = t.iter().map(|t| t.trade.executed_at).collect();
+        let trade_partitions: Vec<i32> = t.iter().map(|t| t.partition).collect();
+        let trade_offsets: Vec<i64> = t.iter().map(|t| t.offset).collect();
         sqlx::query_scalar(APPLY)
             .bind(ids)
             .bind(client_ids)
@@ -211,6 +299,20 @@ impl PostgresStore {
             .bind(batch.topic.clone())
             .bind(log_partitions)
             .bind(next_offsets)
+            .bind(fill_ids)
+            .bind(statuses)
+            .bind(filled)
+            .bind(books)
+            .bind(trade_ids)
+            .bind(trade_symbols)
+            .bind(trade_prices)
+            .bind(trade_quantities)
+            .bind(buys)
+            .bind(sells)
+            .bind(takers)
+            .bind(executed)
+            .bind(trade_partitions)
+            .bind(trade_offsets)
     }
 }
 
@@ -272,7 +374,7 @@ impl Store for PostgresStore {
 
     async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
         let row: Option<Row> =
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM {FROM} WHERE o.id = $1"))
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await
@@ -287,7 +389,7 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<Vec<StoredOrder>, StoreError> {
         let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM orders WHERE symbol = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
+            "SELECT {COLUMNS} FROM {FROM} WHERE o.symbol = $1 AND ($2::uuid IS NULL OR o.id > $2) ORDER BY o.id LIMIT $3"
         ))
         .bind(symbol)
         .bind(after)
@@ -296,6 +398,46 @@ impl Store for PostgresStore {
         .await
         .map_err(classify)?;
         rows.into_iter().map(StoredOrder::try_from).collect()
+    }
+
+    async fn known(&self, ids: Vec<Uuid>) -> Result<HashSet<Uuid>, StoreError> {
+        let found: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM orders WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(found.into_iter().collect())
+    }
+
+    async fn resting(&self, partition: i32) -> Result<Vec<StoredOrder>, StoreError> {
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM orders o JOIN order_fills f ON f.id = o.id \
+             WHERE f.book_partition = $1 AND f.status IN ('open', 'partially_filled') \
+             ORDER BY o.log_offset"
+        ))
+        .bind(partition)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.into_iter().map(StoredOrder::try_from).collect()
+    }
+
+    async fn trades(
+        &self,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredTrade>, StoreError> {
+        let rows: Vec<TradeRow> = sqlx::query_as(&format!(
+            "SELECT {TRADE_COLUMNS} FROM trades WHERE symbol = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        ))
+        .bind(symbol)
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.into_iter().map(StoredTrade::try_from).collect()
     }
 
     async fn count(&self) -> Result<u64, StoreError> {

@@ -8,8 +8,11 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use uuid::Uuid;
 
-use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
+use std::collections::HashSet;
+
+use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder, from_json, to_json};
 use crate::config::EmbeddedStoreSettings;
+use crate::matching::{Fill, StoredTrade};
 
 /// id (as u128) → JSON of the [`StoredOrder`].
 const ORDERS: TableDefinition<u128, &[u8]> = TableDefinition::new("orders");
@@ -17,6 +20,15 @@ const ORDERS: TableDefinition<u128, &[u8]> = TableDefinition::new("orders");
 const BY_SYMBOL: TableDefinition<(&str, u128), ()> = TableDefinition::new("orders_by_symbol");
 /// (topic, partition) → next offset to read.
 const OFFSETS: TableDefinition<(&str, i32), i64> = TableDefinition::new("log_offsets");
+/// order id → JSON of its [`Fill`] (absent: open, nothing filled).
+const FILLS: TableDefinition<u128, &[u8]> = TableDefinition::new("order_fills");
+/// (partition, order id) → () : the orders resting in a partition's books.
+const RESTING: TableDefinition<(i32, u128), ()> = TableDefinition::new("resting_orders");
+/// trade id → JSON of the [`StoredTrade`].
+const TRADES: TableDefinition<u128, &[u8]> = TableDefinition::new("trades");
+/// (symbol, trade id) → () : the per-symbol trade listing.
+const TRADES_BY_SYMBOL: TableDefinition<(&str, u128), ()> =
+    TableDefinition::new("trades_by_symbol");
 
 /// File name inside the configured store folder.
 pub const FILE_NAME: &str = "orders.redb";
@@ -57,9 +69,20 @@ fn classify(err: impl Into<redb::Error>) -> StoreError {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<StoredOrder, StoreError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::permanent("a stored order does not decode (corrupt file?)", e))
+/// The order stored under `id`, with its fill, in a read or write transaction.
+fn read_order(
+    orders: &impl ReadableTable<u128, &'static [u8]>,
+    fills: &impl ReadableTable<u128, &'static [u8]>,
+    id: u128,
+) -> Result<Option<StoredOrder>, StoreError> {
+    let Some(value) = orders.get(id).map_err(classify)? else {
+        return Ok(None);
+    };
+    let mut order: StoredOrder = from_json("order", value.value())?;
+    if let Some(fill) = fills.get(id).map_err(classify)? {
+        order.fill = from_json::<Fill>("fill", fill.value())?;
+    }
+    Ok(Some(order))
 }
 
 impl RedbStore {
@@ -90,6 +113,10 @@ impl RedbStore {
             tx.open_table(ORDERS).map_err(classify)?;
             tx.open_table(BY_SYMBOL).map_err(classify)?;
             tx.open_table(OFFSETS).map_err(classify)?;
+            tx.open_table(FILLS).map_err(classify)?;
+            tx.open_table(RESTING).map_err(classify)?;
+            tx.open_table(TRADES).map_err(classify)?;
+            tx.open_table(TRADES_BY_SYMBOL).map_err(classify)?;
             tx.commit().map_err(classify)?;
             Ok(RedbStore {
                 db: Arc::new(db),
@@ -140,8 +167,7 @@ fn apply_in(db: &Database, batch: &Batch) -> Result<Applied, StoreError> {
                 applied.duplicates += 1;
                 continue;
             }
-            let value = serde_json::to_vec(stored)
-                .map_err(|e| StoreError::permanent("cannot encode an order", e))?;
+            let value = to_json("an order", stored)?;
             orders.insert(key, value.as_slice()).map_err(classify)?;
             by_symbol
                 .insert((stored.order.symbol().as_str(), key), ())
@@ -153,6 +179,35 @@ fn apply_in(db: &Database, batch: &Batch) -> Result<Applied, StoreError> {
                 .insert((batch.topic.as_str(), *partition), *next)
                 .map_err(classify)?;
         }
+        let mut fills = tx.open_table(FILLS).map_err(classify)?;
+        let mut resting = tx.open_table(RESTING).map_err(classify)?;
+        for state in &batch.states {
+            let key = state.id.as_u128();
+            fills
+                .insert(key, to_json("a fill", &state.fill)?.as_slice())
+                .map_err(classify)?;
+            if state.fill.status.is_live() {
+                resting
+                    .insert((state.partition, key), ())
+                    .map_err(classify)?;
+            } else {
+                resting.remove((state.partition, key)).map_err(classify)?;
+            }
+        }
+        let mut trades = tx.open_table(TRADES).map_err(classify)?;
+        let mut trades_by_symbol = tx.open_table(TRADES_BY_SYMBOL).map_err(classify)?;
+        for trade in &batch.trades {
+            let key = trade.trade.id.as_u128();
+            if trades.get(key).map_err(classify)?.is_some() {
+                continue;
+            }
+            trades
+                .insert(key, to_json("a trade", trade)?.as_slice())
+                .map_err(classify)?;
+            trades_by_symbol
+                .insert((trade.symbol.as_str(), key), ())
+                .map_err(classify)?;
+        }
     }
     #[cfg(test)]
     if batch.fail_before_commit {
@@ -161,6 +216,16 @@ fn apply_in(db: &Database, batch: &Batch) -> Result<Applied, StoreError> {
     // Dropping `tx` without commit aborts it: an error above leaves nothing behind.
     tx.commit().map_err(classify)?;
     Ok(applied)
+}
+
+/// An order an index names must be there.
+fn required(order: Option<StoredOrder>, id: u128) -> Result<StoredOrder, StoreError> {
+    order.ok_or_else(|| {
+        StoreError::refused(format!(
+            "index names order {} that is missing",
+            Uuid::from_u128(id)
+        ))
+    })
 }
 
 #[async_trait]
@@ -194,9 +259,9 @@ impl Store for RedbStore {
     async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(classify)?;
-            let table = tx.open_table(ORDERS).map_err(classify)?;
-            let found = table.get(id.as_u128()).map_err(classify)?;
-            found.map(|v| decode(v.value())).transpose()
+            let orders = tx.open_table(ORDERS).map_err(classify)?;
+            let fills = tx.open_table(FILLS).map_err(classify)?;
+            read_order(&orders, &fills, id.as_u128())
         })
         .await
     }
@@ -217,6 +282,78 @@ impl Store for RedbStore {
             let tx = db.begin_read().map_err(classify)?;
             let index = tx.open_table(BY_SYMBOL).map_err(classify)?;
             let orders = tx.open_table(ORDERS).map_err(classify)?;
+            let fills = tx.open_table(FILLS).map_err(classify)?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for entry in index
+                .range((symbol.as_str(), start)..=(symbol.as_str(), u128::MAX))
+                .map_err(classify)?
+                .take(limit)
+            {
+                let (key, _) = entry.map_err(classify)?;
+                out.push(required(
+                    read_order(&orders, &fills, key.value().1)?,
+                    key.value().1,
+                )?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn known(&self, ids: Vec<Uuid>) -> Result<HashSet<Uuid>, StoreError> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(classify)?;
+            let orders = tx.open_table(ORDERS).map_err(classify)?;
+            let mut out = HashSet::new();
+            for id in ids {
+                if orders.get(id.as_u128()).map_err(classify)?.is_some() {
+                    out.insert(id);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn resting(&self, partition: i32) -> Result<Vec<StoredOrder>, StoreError> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(classify)?;
+            let index = tx.open_table(RESTING).map_err(classify)?;
+            let orders = tx.open_table(ORDERS).map_err(classify)?;
+            let fills = tx.open_table(FILLS).map_err(classify)?;
+            let mut out = Vec::new();
+            for entry in index
+                .range((partition, 0)..=(partition, u128::MAX))
+                .map_err(classify)?
+            {
+                let (key, _) = entry.map_err(classify)?;
+                out.push(required(
+                    read_order(&orders, &fills, key.value().1)?,
+                    key.value().1,
+                )?);
+            }
+            out.sort_by_key(|o| o.offset);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn trades(
+        &self,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredTrade>, StoreError> {
+        let symbol = symbol.to_owned();
+        self.blocking(move |db| {
+            let start = match after {
+                Some(id) if id.as_u128() == u128::MAX => return Ok(vec![]),
+                Some(id) => id.as_u128() + 1,
+                None => 0,
+            };
+            let tx = db.begin_read().map_err(classify)?;
+            let index = tx.open_table(TRADES_BY_SYMBOL).map_err(classify)?;
+            let trades = tx.open_table(TRADES).map_err(classify)?;
             let mut out = Vec::with_capacity(limit.min(1024));
             for entry in index
                 .range((symbol.as_str(), start)..=(symbol.as_str(), u128::MAX))
@@ -225,13 +362,13 @@ impl Store for RedbStore {
             {
                 let (key, _) = entry.map_err(classify)?;
                 let id = key.value().1;
-                let value = orders.get(id).map_err(classify)?.ok_or_else(|| {
+                let value = trades.get(id).map_err(classify)?.ok_or_else(|| {
                     StoreError::refused(format!(
-                        "index names order {} that is missing",
+                        "index names trade {} that is missing",
                         Uuid::from_u128(id)
                     ))
                 })?;
-                out.push(decode(value.value())?);
+                out.push(from_json("trade", value.value())?);
             }
             Ok(out)
         })

@@ -16,7 +16,10 @@
 //! JSON; `{p}:symbol:{symbol}` a sorted set of ids, all at score 0, so
 //! `ZRANGEBYLEX` pages it in id order (a hyphenated lower-case UUID sorts as
 //! its bytes do, like the other engines' keys); `{p}:offsets:{topic}` a hash
-//! partition → next offset; `{p}:count` the number of orders. oms talks to
+//! partition → next offset; `{p}:count` the number of orders; `{p}:fills` a
+//! hash order id → fill JSON; `{p}:resting:{partition}` a sorted set of the
+//! ids resting in that partition's books; `{p}:trades` a hash trade id →
+//! JSON and `{p}:trades:{symbol}` its index (like the orders'). oms talks to
 //! one Redis (a primary), not to Redis Cluster.
 
 use std::sync::{Arc, Mutex};
@@ -28,19 +31,31 @@ use redis::{AsyncCommands, RedisError};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
-use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
-use crate::config::{RedisPersistence, RedisSettings};
+use std::collections::HashSet;
 
-/// One batch: KEYS = offsets hash, count, then per order its key and its
-/// symbol's index; ARGV = fenced (1/0), number of partitions, a (partition,
-/// target, expected or "") triple per partition, fail-before-write (tests),
-/// then per order its id and JSON.
+use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder, from_json, to_json};
+use crate::config::{RedisPersistence, RedisSettings};
+use crate::matching::{Fill, StoredTrade};
+
+/// One batch. KEYS = the offsets hash, the count, the fills hash, the
+/// trades hash; per order its key and its symbol's index; per fill its
+/// partition's resting index; per trade its symbol's trade index. ARGV =
+/// fenced (1/0), number of partitions, a (partition, target, expected or "")
+/// triple per partition, fail-before-write (tests), the numbers of orders,
+/// fills and trades; per order its id and JSON; per fill the order id, the
+/// fill's JSON and live (1/0); per trade its id and JSON.
 const APPLY: &str = r#"#!lua
 local fenced, partitions = ARGV[1] == '1', tonumber(ARGV[2])
-local offsets_key = KEYS[1]
-local kind = redis.call('TYPE', offsets_key).ok
-if kind ~= 'none' and kind ~= 'hash' then
-  return redis.error_reply('WRONGTYPE ' .. offsets_key .. ' is a ' .. kind .. ', not a hash')
+local offsets_key, fills_key, trades_key = KEYS[1], KEYS[3], KEYS[4]
+local function check(key, want)
+  local t = redis.call('TYPE', key).ok
+  if t ~= 'none' and t ~= want then
+    return 'WRONGTYPE ' .. key .. ' is a ' .. t .. ', not a ' .. want
+  end
+end
+local problem = check(offsets_key, 'hash') or check(fills_key, 'hash') or check(trades_key, 'hash')
+if problem then
+  return redis.error_reply(problem)
 end
 local moves = {}
 local a = 3
@@ -58,15 +73,17 @@ for _ = 1, partitions do
   a = a + 3
 end
 local fail = ARGV[a] == '1'
-local first = a + 1
+local orders, fills, trades = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+local arg = a + 4
+local indexes = 5 + 2 * orders
 local seen = {}
-for k = 3, #KEYS, 2 do
-  local index = KEYS[k + 1]
-  if not seen[index] then
-    seen[index] = true
-    local t = redis.call('TYPE', index).ok
-    if t ~= 'none' and t ~= 'zset' then
-      return redis.error_reply('WRONGTYPE ' .. index .. ' is a ' .. t .. ', not a sorted set')
+for k = 5, #KEYS do
+  local is_index = k >= indexes or (k - 5) % 2 == 1
+  if is_index and not seen[KEYS[k]] then
+    seen[KEYS[k]] = true
+    problem = check(KEYS[k], 'zset')
+    if problem then
+      return redis.error_reply(problem)
     end
   end
 end
@@ -75,11 +92,28 @@ if fail then
 end
 -- Nothing is written above this line.
 local inserted = 0
-for k = 3, #KEYS, 2 do
-  local i = first + (k - 3)
+for j = 0, orders - 1 do
+  local k, i = 5 + 2 * j, arg + 2 * j
   if redis.call('SET', KEYS[k], ARGV[i + 1], 'NX') then
     redis.call('ZADD', KEYS[k + 1], 0, ARGV[i])
     inserted = inserted + 1
+  end
+end
+arg = arg + 2 * orders
+for j = 0, fills - 1 do
+  local i = arg + 3 * j
+  redis.call('HSET', fills_key, ARGV[i], ARGV[i + 1])
+  if ARGV[i + 2] == '1' then
+    redis.call('ZADD', KEYS[indexes + j], 0, ARGV[i])
+  else
+    redis.call('ZREM', KEYS[indexes + j], ARGV[i])
+  end
+end
+arg = arg + 3 * fills
+for j = 0, trades - 1 do
+  local i = arg + 2 * j
+  if redis.call('HSETNX', trades_key, ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('ZADD', KEYS[indexes + fills + j], 0, ARGV[i])
   end
 end
 for _, m in ipairs(moves) do
@@ -177,9 +211,71 @@ impl RedisStore {
         format!("{}:count", self.prefix)
     }
 
-    fn decode(json: &str) -> Result<StoredOrder, StoreError> {
-        serde_json::from_str(json)
-            .map_err(|e| StoreError::permanent("an order in Redis does not decode", e))
+    fn fills_key(&self) -> String {
+        format!("{}:fills", self.prefix)
+    }
+
+    fn resting_key(&self, partition: i32) -> String {
+        format!("{}:resting:{partition}", self.prefix)
+    }
+
+    fn trades_key(&self) -> String {
+        format!("{}:trades", self.prefix)
+    }
+
+    fn trade_index_key(&self, symbol: &str) -> String {
+        format!("{}:trades:{symbol}", self.prefix)
+    }
+
+    /// The orders named by `ids` (hyphenated), with their fills; an id
+    /// whose order is missing is skipped.
+    async fn orders(&self, ids: &[String]) -> Result<Vec<StoredOrder>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.order_key(id)).collect();
+        let mut conn = self.conn.clone();
+        let (bodies, fills): (Vec<Option<String>>, Vec<Option<String>>) = redis::pipe()
+            .cmd("MGET")
+            .arg(keys)
+            .cmd("HMGET")
+            .arg(self.fills_key())
+            .arg(ids)
+            .query_async(&mut conn)
+            .await
+            .map_err(classify)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (body, fill) in bodies.iter().zip(fills) {
+            let Some(body) = body else { continue };
+            let mut order: StoredOrder = from_json("order", body.as_bytes())?;
+            if let Some(fill) = fill {
+                order.fill = from_json::<Fill>("fill", fill.as_bytes())?;
+            }
+            out.push(order);
+        }
+        Ok(out)
+    }
+
+    /// A page of a sorted set of ids in id order, strictly after `after`.
+    async fn page(
+        &self,
+        index: String,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        // `(id` is exclusive: strictly after the cursor. O(log n + limit).
+        let from = after.map_or_else(|| "-".to_owned(), |id| format!("({}", id.hyphenated()));
+        redis::cmd("ZRANGEBYLEX")
+            .arg(index)
+            .arg(from)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(classify)
     }
 }
 
@@ -307,14 +403,31 @@ impl Store for RedisStore {
         let fail = batch.fail_before_commit;
         #[cfg(not(test))]
         let fail = false;
-        call.arg(if fail { "1" } else { "0" });
+        call.arg(if fail { "1" } else { "0" })
+            .arg(batch.orders.len())
+            .arg(batch.states.len())
+            .arg(batch.trades.len());
+        call.key(self.fills_key()).key(self.trades_key());
         for stored in &batch.orders {
-            let json = serde_json::to_string(stored)
-                .map_err(|e| StoreError::permanent("an order did not encode", e))?;
             call.key(self.order_key(stored.order.id))
                 .key(self.symbol_key(&stored.order.symbol()))
                 .arg(stored.order.id.hyphenated().to_string())
-                .arg(json);
+                .arg(to_json("an order", stored)?);
+        }
+        for state in &batch.states {
+            call.key(self.resting_key(state.partition))
+                .arg(state.id.hyphenated().to_string())
+                .arg(to_json("a fill", &state.fill)?)
+                .arg(if state.fill.status.is_live() {
+                    "1"
+                } else {
+                    "0"
+                });
+        }
+        for trade in &batch.trades {
+            call.key(self.trade_index_key(&trade.symbol))
+                .arg(trade.trade.id.hyphenated().to_string())
+                .arg(to_json("a trade", trade)?);
         }
         let mut conn = self.conn.clone();
         let inserted: usize = call.invoke_async(&mut conn).await.map_err(|e| {
@@ -337,9 +450,11 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
-        let mut conn = self.conn.clone();
-        let json: Option<String> = conn.get(self.order_key(id)).await.map_err(classify)?;
-        json.as_deref().map(Self::decode).transpose()
+        Ok(self
+            .orders(&[id.hyphenated().to_string()])
+            .await?
+            .into_iter()
+            .next())
     }
 
     async fn list_by_symbol(
@@ -351,32 +466,67 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        let ids = self.page(self.symbol_key(symbol), after, limit).await?;
+        self.orders(&ids).await
+    }
+
+    async fn known(&self, ids: Vec<Uuid>) -> Result<HashSet<Uuid>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.exists(self.order_key(id));
+        }
         let mut conn = self.conn.clone();
-        // `(id` is exclusive: strictly after the cursor. O(log n + limit).
-        let from = after.map_or_else(|| "-".to_owned(), |id| format!("({}", id.hyphenated()));
-        let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
-            .arg(self.symbol_key(symbol))
-            .arg(from)
-            .arg("+")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut conn)
+        let found: Vec<bool> = pipe.query_async(&mut conn).await.map_err(classify)?;
+        Ok(ids
+            .into_iter()
+            .zip(found)
+            .filter_map(|(id, there)| there.then_some(id))
+            .collect())
+    }
+
+    async fn resting(&self, partition: i32) -> Result<Vec<StoredOrder>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn
+            .zrange(self.resting_key(partition), 0, -1)
             .await
             .map_err(classify)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1_000) {
+            out.extend(self.orders(chunk).await?);
+        }
+        out.sort_by_key(|o| o.offset);
+        Ok(out)
+    }
+
+    async fn trades(
+        &self,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredTrade>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ids = self
+            .page(self.trade_index_key(symbol), after, limit)
+            .await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.order_key(id)).collect();
-        let bodies: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(keys)
+        let mut conn = self.conn.clone();
+        let bodies: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.trades_key())
+            .arg(ids)
             .query_async(&mut conn)
             .await
             .map_err(classify)?;
         bodies
             .iter()
             .flatten()
-            .map(|json| Self::decode(json))
+            .map(|json| from_json("trade", json.as_bytes()))
             .collect()
     }
 

@@ -10,8 +10,11 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use uuid::Uuid;
 
-use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
+use std::collections::HashSet;
+
+use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder, from_json, to_json};
 use crate::config::EmbeddedStoreSettings;
+use crate::matching::{Fill, StoredTrade};
 
 /// Folder name inside the configured store folder.
 pub const DIR_NAME: &str = "orders.sled";
@@ -22,7 +25,46 @@ pub struct SledStore {
     orders: sled::Tree,
     by_symbol: sled::Tree,
     offsets: sled::Tree,
+    /// Fills, resting orders and trades, one key prefix each (see
+    /// [`fill_key`], [`resting_key`], [`trade_key`], [`trade_index_key`]):
+    /// one tree keeps the batch transaction to four trees.
+    matching: sled::Tree,
     path: PathBuf,
+}
+
+const FILL: u8 = b'f';
+const RESTING: u8 = b'r';
+const TRADE: u8 = b't';
+const TRADE_INDEX: u8 = b's';
+
+/// `f id` → JSON of the order's [`Fill`].
+fn fill_key(id: u128) -> [u8; 17] {
+    let mut key = [FILL; 17];
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// `r partition id` → () : the orders resting in a partition's books
+/// (partitions are never negative, so big-endian bytes sort them).
+fn resting_key(partition: i32, id: u128) -> [u8; 21] {
+    let mut key = [RESTING; 21];
+    key[1..5].copy_from_slice(&partition.to_be_bytes());
+    key[5..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// `t id` → JSON of the [`StoredTrade`].
+fn trade_key(id: u128) -> [u8; 17] {
+    let mut key = [TRADE; 17];
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// `s symbol \0 id` → () : the per-symbol trade listing.
+fn trade_index_key(symbol: &str, id: u128) -> Vec<u8> {
+    let mut key = vec![TRADE_INDEX];
+    key.extend_from_slice(&symbol_key(symbol, id));
+    key
 }
 
 impl std::fmt::Debug for SledStore {
@@ -45,9 +87,24 @@ fn classify(err: sled::Error) -> StoreError {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<StoredOrder, StoreError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::permanent("a stored order does not decode (corrupt folder?)", e))
+/// The order stored under `id` (big-endian bytes), with its fill.
+fn read_order(store: &SledStore, id: &[u8]) -> Result<Option<StoredOrder>, StoreError> {
+    let Some(value) = store.orders.get(id).map_err(classify)? else {
+        return Ok(None);
+    };
+    let mut order: StoredOrder = from_json("order", &value)?;
+    let id = u128::from_be_bytes(
+        id.try_into()
+            .map_err(|_| StoreError::refused("corrupt order key"))?,
+    );
+    if let Some(fill) = store.matching.get(fill_key(id)).map_err(classify)? {
+        order.fill = from_json::<Fill>("fill", &fill)?;
+    }
+    Ok(Some(order))
+}
+
+fn required(order: Option<StoredOrder>) -> Result<StoredOrder, StoreError> {
+    order.ok_or_else(|| StoreError::refused("index names an order that is missing"))
 }
 
 /// `symbol \0 id` — the index key sorts by symbol, then id.
@@ -99,11 +156,13 @@ impl SledStore {
             let orders = db.open_tree("orders").map_err(classify)?;
             let by_symbol = db.open_tree("orders_by_symbol").map_err(classify)?;
             let offsets = db.open_tree("log_offsets").map_err(classify)?;
+            let matching = db.open_tree("matching").map_err(classify)?;
             Ok(SledStore {
                 db,
                 orders,
                 by_symbol,
                 offsets,
+                matching,
                 path,
             })
         })
@@ -123,6 +182,7 @@ impl SledStore {
             orders: self.orders.clone(),
             by_symbol: self.by_symbol.clone(),
             offsets: self.offsets.clone(),
+            matching: self.matching.clone(),
             path: self.path.clone(),
         };
         tokio::task::spawn_blocking(move || work(&me))
@@ -138,57 +198,92 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
     // Encode outside the transaction: its closure may run more than once.
     let mut rows = Vec::with_capacity(batch.orders.len());
     for stored in &batch.orders {
-        let value = serde_json::to_vec(stored)
-            .map_err(|e| StoreError::permanent("cannot encode an order", e))?;
+        let value = to_json("an order", stored)?;
         rows.push((
             stored.order.id.as_u128(),
             symbol_key(&stored.order.symbol(), stored.order.id.as_u128()),
             value,
         ));
     }
-    let outcome: Result<Applied, TransactionError<StoreError>> =
-        (&store.orders, &store.by_symbol, &store.offsets).transaction(
-            |(orders, by_symbol, offsets)| {
-                let mut current = Offsets::new();
-                for partition in batch.offsets.keys() {
-                    if let Some(next) = offsets.get(offset_key(&batch.topic, *partition))? {
-                        let next = <[u8; 8]>::try_from(next.as_ref()).map_err(|_| {
-                            ConflictableTransactionError::Abort(StoreError::refused(
-                                "corrupt offset entry",
-                            ))
-                        })?;
-                        current.insert(*partition, i64::from_be_bytes(next));
-                    }
+    let mut fills = Vec::with_capacity(batch.states.len());
+    for state in &batch.states {
+        let id = state.id.as_u128();
+        fills.push((
+            fill_key(id),
+            to_json("a fill", &state.fill)?,
+            resting_key(state.partition, id),
+            state.fill.status.is_live(),
+        ));
+    }
+    let mut trades = Vec::with_capacity(batch.trades.len());
+    for trade in &batch.trades {
+        let id = trade.trade.id.as_u128();
+        trades.push((
+            trade_key(id),
+            to_json("a trade", trade)?,
+            trade_index_key(&trade.symbol, id),
+        ));
+    }
+    let outcome: Result<Applied, TransactionError<StoreError>> = (
+        &store.orders,
+        &store.by_symbol,
+        &store.offsets,
+        &store.matching,
+    )
+        .transaction(|(orders, by_symbol, offsets, matching)| {
+            let mut current = Offsets::new();
+            for partition in batch.offsets.keys() {
+                if let Some(next) = offsets.get(offset_key(&batch.topic, *partition))? {
+                    let next = <[u8; 8]>::try_from(next.as_ref()).map_err(|_| {
+                        ConflictableTransactionError::Abort(StoreError::refused(
+                            "corrupt offset entry",
+                        ))
+                    })?;
+                    current.insert(*partition, i64::from_be_bytes(next));
                 }
-                batch
-                    .check(&current)
-                    .map_err(ConflictableTransactionError::Abort)?;
-                let mut applied = Applied::default();
-                for (id, index_key, value) in &rows {
-                    let key = id.to_be_bytes();
-                    if orders.get(key)?.is_some() {
-                        applied.duplicates += 1;
-                        continue;
-                    }
-                    orders.insert(&key[..], value.as_slice())?;
-                    by_symbol.insert(index_key.as_slice(), &[][..])?;
-                    applied.inserted += 1;
+            }
+            batch
+                .check(&current)
+                .map_err(ConflictableTransactionError::Abort)?;
+            let mut applied = Applied::default();
+            for (id, index_key, value) in &rows {
+                let key = id.to_be_bytes();
+                if orders.get(key)?.is_some() {
+                    applied.duplicates += 1;
+                    continue;
                 }
-                for (partition, next) in &batch.offsets {
-                    offsets.insert(
-                        offset_key(&batch.topic, *partition),
-                        &next.to_be_bytes()[..],
-                    )?;
+                orders.insert(&key[..], value.as_slice())?;
+                by_symbol.insert(index_key.as_slice(), &[][..])?;
+                applied.inserted += 1;
+            }
+            for (partition, next) in &batch.offsets {
+                offsets.insert(
+                    offset_key(&batch.topic, *partition),
+                    &next.to_be_bytes()[..],
+                )?;
+            }
+            for (key, fill, resting, live) in &fills {
+                matching.insert(&key[..], fill.as_slice())?;
+                if *live {
+                    matching.insert(&resting[..], &[][..])?;
+                } else {
+                    matching.remove(&resting[..])?;
                 }
-                #[cfg(test)]
-                if batch.fail_before_commit {
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::unavailable("injected failure before commit"),
-                    ));
+            }
+            for (key, trade, index) in &trades {
+                if matching.get(key)?.is_none() {
+                    matching.insert(&key[..], trade.as_slice())?;
+                    matching.insert(index.as_slice(), &[][..])?;
                 }
-                Ok(applied)
-            },
-        );
+            }
+            #[cfg(test)]
+            if batch.fail_before_commit {
+                return Err(ConflictableTransactionError::Abort(
+                    StoreError::unavailable("injected failure before commit"),
+                ));
+            }
+            Ok(applied)
+        });
     let applied = match outcome {
         Ok(applied) => applied,
         Err(TransactionError::Abort(err)) => return Err(err),
@@ -233,14 +328,8 @@ impl Store for SledStore {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
-        self.blocking(move |s| {
-            s.orders
-                .get(id.as_u128().to_be_bytes())
-                .map_err(classify)?
-                .map(|v| decode(&v))
-                .transpose()
-        })
-        .await
+        self.blocking(move |s| read_order(s, &id.as_u128().to_be_bytes()))
+            .await
     }
 
     async fn list_by_symbol(
@@ -260,12 +349,70 @@ impl Store for SledStore {
             let mut out = Vec::with_capacity(limit.min(1024));
             for entry in s.by_symbol.range(range).take(limit) {
                 let (key, _) = entry.map_err(classify)?;
-                let id = &key[key.len() - 16..];
-                let value =
-                    s.orders.get(id).map_err(classify)?.ok_or_else(|| {
-                        StoreError::refused("index names an order that is missing")
-                    })?;
-                out.push(decode(&value)?);
+                out.push(required(read_order(s, &key[key.len() - 16..])?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn known(&self, ids: Vec<Uuid>) -> Result<HashSet<Uuid>, StoreError> {
+        self.blocking(move |s| {
+            let mut out = HashSet::new();
+            for id in ids {
+                if s.orders
+                    .contains_key(id.as_u128().to_be_bytes())
+                    .map_err(classify)?
+                {
+                    out.insert(id);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn resting(&self, partition: i32) -> Result<Vec<StoredOrder>, StoreError> {
+        self.blocking(move |s| {
+            let prefix = &resting_key(partition, 0)[..5];
+            let mut out = Vec::new();
+            for entry in s.matching.scan_prefix(prefix) {
+                let (key, _) = entry.map_err(classify)?;
+                out.push(required(read_order(s, &key[5..])?)?);
+            }
+            out.sort_by_key(|o| o.offset);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn trades(
+        &self,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredTrade>, StoreError> {
+        let symbol = symbol.to_owned();
+        self.blocking(move |s| {
+            let start = match after {
+                Some(id) if id.as_u128() == u128::MAX => return Ok(vec![]),
+                Some(id) => id.as_u128() + 1,
+                None => 0,
+            };
+            let range = trade_index_key(&symbol, start)..=trade_index_key(&symbol, u128::MAX);
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for entry in s.matching.range(range).take(limit) {
+                let (key, _) = entry.map_err(classify)?;
+                let id = key[key.len() - 16..]
+                    .try_into()
+                    .map(u128::from_be_bytes)
+                    .map_err(|_| StoreError::refused("corrupt trade index key"))?;
+                let value = s
+                    .matching
+                    .get(trade_key(id))
+                    .map_err(classify)?
+                    .ok_or_else(|| StoreError::refused("index names a trade that is missing"))?;
+                out.push(from_json("trade", &value)?);
             }
             Ok(out)
         })
