@@ -99,6 +99,9 @@ struct BrokerArgs {
     /// Dead-letter topic (`broker.dlq_topic`).
     #[arg(long, global = true)]
     dlq_topic: Option<String>,
+    /// Trades topic (`broker.trades_topic`).
+    #[arg(long, global = true)]
+    trades_topic: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +163,9 @@ impl BrokerArgs {
         }
         if let Some(v) = &self.dlq_topic {
             out.push(("broker.dlq_topic", v.clone()));
+        }
+        if let Some(v) = &self.trades_topic {
+            out.push(("broker.trades_topic", v.clone()));
         }
     }
 }

@@ -3,7 +3,11 @@
 //! SIGKILLed and restarted at random moments 0.5–3 s apart. Afterwards every
 //! acknowledged order is stored exactly once, the store's offsets equal the
 //! log end and the broker still serves — for each engine, on the durable
-//! broker `just up` runs (tansu on sqlite) and on tansu in memory.
+//! broker `just up` runs (tansu on sqlite) and on tansu in memory. The
+//! orders cross (buys rise in price, sells rest below them): the trades,
+//! fills and statuses stored must be what an independent reference matcher
+//! computes from the stored orders in log order, with no trade twice, and
+//! the trades topic must hold exactly the stored trades.
 //!
 //! `the_broker_is_not_wedged_by_produce_timeouts` is the regression test of
 //! the wedge: with a produce deadline far below what the loaded machine
@@ -17,8 +21,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
 use common::{
-    BrokerEngine, Load, OmsProcess, Tansu, TestApp, assert_broker_serves, free_port, log_end,
-    serve_args, settings, tally, use_engine,
+    BrokerEngine, Load, OmsProcess, SYMBOLS, Tansu, TestApp, assert_broker_serves, check_matching,
+    free_port, log_end, serve_args, settings, tally, use_engine,
 };
 use oms::broker::admin;
 use oms::config::Engine;
@@ -92,6 +96,19 @@ async fn crash_and_count(
         counted.duplicated, 0,
         "each order stored exactly once: {counted}"
     );
+    // The load's buys rise in price with each order and cross the sells
+    // before them: every symbol trades all along the kills.
+    let matched = check_matching(&app, &SYMBOLS).await;
+    eprintln!(
+        "crash test [{} on tansu {}]: matching as the reference matcher: {} orders, {} trades (none twice), {} traded, {} trade records on the trades topic",
+        engine.as_str(),
+        broker.as_str(),
+        matched.orders,
+        matched.trades,
+        matched.traded,
+        matched.published
+    );
+    assert!(matched.trades > 0, "the workload must trade");
     app.stop().await.expect("clean stop");
     assert_broker_serves(&cfg.broker.bootstrap, &cfg.broker.dlq_topic).await;
     result.unavailable

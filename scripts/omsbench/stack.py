@@ -99,7 +99,7 @@ def start_oms(store: Store, topic: str, label: str, port: int = OMS_PORT,
     if port_open(port):
         raise RuntimeError(f"port {port} is taken")
     argv = [OMS, "serve", *store.args, "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
-            "--dlq-topic", f"{topic}.dlq", "--http-addr", f"127.0.0.1:{port}"]
+            "--dlq-topic", f"{topic}.dlq", "--trades-topic", f"{topic}.trades", "--http-addr", f"127.0.0.1:{port}"]
     proc = start("oms", argv, STATE / "log" / f"oms-{label}.log",
                  env={"OMS__TELEMETRY__LOG_FILTER": "warn", "OMS__TELEMETRY__LOG_FORMAT": "json", **store.env,
                       **(env or {})})

@@ -133,7 +133,7 @@ def k6_against_fresh_oms(script: str, store_name: str, profile: Profile, mode: s
     topic = f"{label}-{uuid.uuid4().hex[:6]}"
     try:
         subprocess.run([OMS, "migrate", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
-                        "--dlq-topic", f"{topic}.dlq"], check=True, stdout=subprocess.DEVNULL)
+                        "--dlq-topic", f"{topic}.dlq", "--trades-topic", f"{topic}.trades"], check=True, stdout=subprocess.DEVNULL)
         store = fresh_store(store_name, f"{label}_{mode}")
         try:
             oms = start_oms(store, topic, f"{label}-{mode}")
@@ -260,7 +260,7 @@ def capacity(mode: str, smoke: bool) -> Capacity:
     steps = []
     try:
         subprocess.run([OMS, "migrate", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
-                        "--dlq-topic", f"{topic}.dlq"], check=True, stdout=subprocess.DEVNULL)
+                        "--dlq-topic", f"{topic}.dlq", "--trades-topic", f"{topic}.trades"], check=True, stdout=subprocess.DEVNULL)
         store = fresh_store("redb", f"capacity_{mode}")
         try:
             oms = start_oms(store, topic, f"capacity-{mode}")

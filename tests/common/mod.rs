@@ -32,6 +32,7 @@ pub fn settings(bootstrap: &str, store: &Path) -> Settings {
     s.http.shutdown_timeout_ms = 5_000;
     s.broker.bootstrap = bootstrap.into();
     s.broker.dlq_topic = format!("{topic}.dlq");
+    s.broker.trades_topic = format!("{topic}.trades");
     s.broker.topic = topic;
     s.consumer.retry_max_ms = 500;
     s.store.url = StoreUrl::embedded(Engine::Redb, store).expect("an absolute store folder");
@@ -81,6 +82,8 @@ pub fn serve_args(cfg: &Settings) -> Vec<String> {
         &cfg.broker.topic,
         "--dlq-topic",
         &cfg.broker.dlq_topic,
+        "--trades-topic",
+        &cfg.broker.trades_topic,
     ]
     .map(String::from)
     .to_vec();
@@ -771,6 +774,13 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// The source currencies a [`Load`] spreads its orders over (all against EUR).
+const CURRENCIES: [&str; 6] = ["USD", "GBP", "JPY", "CHF", "AUD", "CAD"];
+/// The symbols a [`Load`] trades.
+pub const SYMBOLS: [&str; 6] = [
+    "USD-EUR", "GBP-EUR", "JPY-EUR", "CHF-EUR", "AUD-EUR", "CAD-EUR",
+];
+
 /// What a [`Load`] got acknowledged, and what it took.
 #[derive(Debug, Default)]
 pub struct LoadResult {
@@ -784,7 +794,8 @@ pub struct LoadResult {
 /// Well-behaved clients posting orders, each with its own
 /// `client_order_id`, retrying one until it is acknowledged (connection
 /// errors: the daemon was killed or restarts; `503`: the broker did not
-/// acknowledge in time). Several symbols, so every partition gets load.
+/// acknowledge in time). Several symbols, so every partition gets load, and
+/// orders that cross, so every symbol trades.
 pub struct Load {
     next: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
@@ -817,8 +828,13 @@ impl Load {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let mut body = order_body(n);
                     body["client_order_id"] = json!(format!("{run}-{n}"));
-                    body["src_currency"] =
-                        json!(["USD", "GBP", "JPY", "CHF", "AUD", "CAD"][(n % 6) as usize]);
+                    body["src_currency"] = json!(CURRENCIES[(n % 6) as usize]);
+                    // Each symbol gets buys and sells alternately, at prices
+                    // and sizes that jump around one range: orders cross,
+                    // fill partly, rest on several levels.
+                    body["side"] = json!(if (n / 6) % 2 == 0 { "buy" } else { "sell" });
+                    body["price"] = json!(format!("{}.25", 100 + (n * 37) % 21));
+                    body["quantity"] = json!(format!("{}", 1 + (n * 7) % 13));
                     loop {
                         assert!(
                             Instant::now() < deadline,
@@ -970,4 +986,260 @@ pub async fn assert_broker_serves(bootstrap: &str, topic: &str) {
         Some(marker.as_bytes()),
         "the record read back"
     );
+}
+
+/// Every record of `topic` as (key, value), read from the beginning up to
+/// the log end as it is now.
+pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let end = log_end(bootstrap, topic);
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "oms-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in end.keys() {
+        assignment
+            .add_partition_offset(topic, *p, rdkafka::Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut next: std::collections::BTreeMap<i32, i64> = end.keys().map(|p| (*p, 0)).collect();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next.iter().any(|(p, n)| *n < end[p]) {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: read {next:?} of {end:?} within 60 s"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = message.expect("a record");
+        next.insert(m.partition(), m.offset() + 1);
+        out.push((
+            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            m.payload().unwrap_or_default().to_vec(),
+        ));
+    }
+    out
+}
+
+/// One order as the reference matcher sees it.
+#[derive(Debug, Clone)]
+pub struct RefOrder {
+    pub id: Uuid,
+    pub buy: bool,
+    pub price: rust_decimal::Decimal,
+    pub quantity: rust_decimal::Decimal,
+}
+
+/// What the reference matcher computed: each trade as (buy id, sell id,
+/// price, quantity), and the filled quantity of every order.
+#[derive(Debug, Default)]
+pub struct RefOutcome {
+    pub trades: Vec<(Uuid, Uuid, rust_decimal::Decimal, rust_decimal::Decimal)>,
+    pub filled: std::collections::HashMap<Uuid, rust_decimal::Decimal>,
+}
+
+/// The obvious price-time matcher, independent of oms' book: for each
+/// order in log order, scan every resting order of the other side for the
+/// best price (then the oldest), trade at the resting price, rest the rest.
+pub fn reference_match(orders: &[RefOrder]) -> RefOutcome {
+    use rust_decimal::Decimal;
+    let mut out = RefOutcome::default();
+    // (arrival, order, remaining)
+    let mut resting: Vec<(usize, RefOrder, Decimal)> = Vec::new();
+    for (arrival, order) in orders.iter().enumerate() {
+        let mut left = order.quantity;
+        out.filled.entry(order.id).or_insert(Decimal::ZERO);
+        while !left.is_zero() {
+            let best = resting
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, r, _))| {
+                    r.buy != order.buy
+                        && if order.buy {
+                            r.price <= order.price
+                        } else {
+                            r.price >= order.price
+                        }
+                })
+                .min_by(|(_, a), (_, b)| {
+                    let by_price = if order.buy {
+                        a.1.price.cmp(&b.1.price)
+                    } else {
+                        b.1.price.cmp(&a.1.price)
+                    };
+                    by_price.then(a.0.cmp(&b.0))
+                })
+                .map(|(i, _)| i);
+            let Some(i) = best else { break };
+            let quantity = left.min(resting[i].2);
+            let maker = resting[i].1.clone();
+            let (buy, sell) = if order.buy {
+                (order.id, maker.id)
+            } else {
+                (maker.id, order.id)
+            };
+            out.trades.push((buy, sell, maker.price, quantity));
+            *out.filled.entry(order.id).or_default() += quantity;
+            *out.filled.entry(maker.id).or_default() += quantity;
+            left -= quantity;
+            resting[i].2 -= quantity;
+            if resting[i].2.is_zero() {
+                resting.remove(i);
+            }
+        }
+        if !left.is_zero() {
+            resting.push((arrival, order.clone(), left));
+        }
+    }
+    out
+}
+
+/// Trades and traded quantity, as the closing notes report them.
+#[derive(Debug, Default)]
+pub struct MatchCheck {
+    pub orders: usize,
+    pub trades: usize,
+    pub traded: rust_decimal::Decimal,
+    /// Trade records on the trades topic (a retry publishes one again,
+    /// under the same id).
+    pub published: usize,
+}
+
+/// Checks what `app`'s store holds of matching against [`reference_match`]
+/// run over the stored orders of `symbols` in log order (a symbol is one
+/// partition): the same trades, none twice, every order's fill and status
+/// as the reference says — and the trades topic holds exactly the stored
+/// trades' ids (no trade missing, none the store does not have).
+pub async fn check_matching(app: &TestApp, symbols: &[&str]) -> MatchCheck {
+    use oms::matching::Status;
+    use rust_decimal::Decimal;
+    let mut check = MatchCheck::default();
+    let mut stored_ids = std::collections::HashSet::new();
+    for symbol in symbols {
+        let mut orders = Vec::new();
+        let mut after = None;
+        loop {
+            let page = app
+                .store
+                .list_by_symbol(symbol, after, 1_000)
+                .await
+                .expect("list orders");
+            after = page.last().map(|o| o.order.id);
+            let done = page.len() < 1_000;
+            orders.extend(page);
+            if done {
+                break;
+            }
+        }
+        orders.sort_by_key(|o| o.offset);
+        let reference = reference_match(
+            &orders
+                .iter()
+                .map(|o| RefOrder {
+                    id: o.order.id,
+                    buy: o.order.side == oms::order::Side::Buy,
+                    price: o.order.price.value(),
+                    quantity: o.order.quantity.value(),
+                })
+                .collect::<Vec<_>>(),
+        );
+        let mut trades = Vec::new();
+        let mut after = None;
+        loop {
+            let page = app
+                .store
+                .trades(symbol, after, 1_000)
+                .await
+                .expect("list trades");
+            after = page.last().map(|t| t.trade.id);
+            let done = page.len() < 1_000;
+            trades.extend(page);
+            if done {
+                break;
+            }
+        }
+        for t in &trades {
+            assert!(
+                stored_ids.insert(t.trade.id),
+                "trade {} stored twice",
+                t.trade.id
+            );
+        }
+        let key =
+            |(b, s, p, q): (Uuid, Uuid, Decimal, Decimal)| (b, s, p.normalize(), q.normalize());
+        let mut got: Vec<_> = trades
+            .iter()
+            .map(|t| {
+                key((
+                    t.trade.buy_order_id,
+                    t.trade.sell_order_id,
+                    t.trade.price,
+                    t.trade.quantity,
+                ))
+            })
+            .collect();
+        let mut want: Vec<_> = reference.trades.iter().copied().map(key).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{symbol}: trades stored vs the reference matcher"
+        );
+        assert!(
+            got == want,
+            "{symbol}: the stored trades differ from the reference matcher's"
+        );
+        for o in &orders {
+            let filled = reference.filled[&o.order.id];
+            let quantity = o.order.quantity.value();
+            let status = if filled.is_zero() {
+                Status::Open
+            } else if filled == quantity {
+                Status::Filled
+            } else {
+                Status::PartiallyFilled
+            };
+            assert_eq!(
+                (o.fill.status, o.fill.filled.normalize()),
+                (status, filled.normalize()),
+                "{symbol}: order {} at offset {}",
+                o.order.id,
+                o.offset
+            );
+        }
+        check.orders += orders.len();
+        check.trades += trades.len();
+        check.traded += trades.iter().map(|t| t.trade.quantity).sum::<Decimal>();
+    }
+    let published = read_topic(
+        &app.settings.broker.bootstrap,
+        &app.settings.broker.trades_topic,
+    );
+    check.published = published.len();
+    let topic_ids: std::collections::HashSet<Uuid> = published
+        .iter()
+        .map(|(_, value)| {
+            serde_json::from_slice::<oms::matching::StoredTrade>(value)
+                .expect("a trade record")
+                .trade
+                .id
+        })
+        .collect();
+    assert!(
+        topic_ids == stored_ids,
+        "the trades topic holds {} trade ids, the store {} ({} only on the topic, {} only in the store)",
+        topic_ids.len(),
+        stored_ids.len(),
+        topic_ids.difference(&stored_ids).count(),
+        stored_ids.difference(&topic_ids).count()
+    );
+    check
 }

@@ -1,0 +1,223 @@
+//! Orders that trade, through the API against a real broker: two crossing
+//! orders make a trade at the resting price, statuses and fills follow, the
+//! book shows what rests, a cancel takes the rest out (and a second one is
+//! refused), and the trade is on the trades topic. A restarted oms rebuilds
+//! its books from the store and goes on matching where it left off.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestApp, bootstrap, eventually, read_topic, settings};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn order(side: &str, price: &str, quantity: &str) -> Value {
+    json!({
+        "src_currency": "USD",
+        "dst_currency": "EUR",
+        "side": side,
+        "price": price,
+        "quantity": quantity,
+        "channel": 11,
+    })
+}
+
+async fn json_of(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status(), status);
+    resp.json().await.expect("json body")
+}
+
+/// Polls `GET /orders/{id}` until its status is `status`.
+async fn wait_status(app: &TestApp, id: Uuid, status: &str) -> Value {
+    eventually(WAIT, || async move {
+        let resp = app.get(&format!("/orders/{id}")).await;
+        let body: Value = resp.json().await.ok()?;
+        (body["status"] == status).then_some(body)
+    })
+    .await
+    .unwrap_or_else(|| panic!("order {id} did not become {status} within {WAIT:?}"))
+}
+
+async fn delete(app: &TestApp, path: &str) -> reqwest::Response {
+    app.client
+        .delete(format!("{}{path}", app.base))
+        .send()
+        .await
+        .expect("DELETE")
+}
+
+#[tokio::test]
+async fn crossing_orders_trade_and_a_cancel_takes_the_rest_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(settings(&bootstrap(), dir.path())).await;
+
+    let sell = app.accept(&order("sell", "1.10", "5")).await;
+    let opened = wait_status(&app, sell, "open").await;
+    assert_eq!(
+        (&opened["filled_quantity"], &opened["remaining_quantity"]),
+        (&json!("0"), &json!("5"))
+    );
+    let buy = app.accept(&order("buy", "1.20", "3")).await;
+    let bought = wait_status(&app, buy, "filled").await;
+    assert_eq!(
+        (&bought["filled_quantity"], &bought["remaining_quantity"]),
+        (&json!("3"), &json!("0"))
+    );
+    let sold = wait_status(&app, sell, "partially_filled").await;
+    assert_eq!(
+        (&sold["filled_quantity"], &sold["remaining_quantity"]),
+        (&json!("3"), &json!("2"))
+    );
+
+    let page = json_of(app.get("/trades?symbol=USD-EUR").await, 200).await;
+    let trades = page["trades"].as_array().expect("trades");
+    assert_eq!(trades.len(), 1, "{page}");
+    let trade = &trades[0];
+    assert_eq!(trade["price"], "1.1", "the resting order's price");
+    assert_eq!(trade["quantity"], "3");
+    assert_eq!(trade["buy_order_id"], buy.to_string());
+    assert_eq!(trade["sell_order_id"], sell.to_string());
+    assert_eq!(trade["taker_side"], "buy");
+    assert_eq!(trade["symbol"], "USD-EUR");
+    assert!(trade["executed_at"].is_string());
+    assert!(page.get("next_after").is_none(), "one page: {page}");
+    let after = trade["id"].as_str().expect("trade id");
+    let rest = json_of(
+        app.get(&format!("/trades?symbol=USD-EUR&after={after}"))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(rest["trades"], json!([]));
+
+    let book = json_of(app.get("/orderbook/USD-EUR?depth=5").await, 200).await;
+    assert_eq!(book["bids"], json!([]));
+    assert_eq!(
+        book["asks"],
+        json!([{"price": "1.1", "quantity": "2", "orders": 1}])
+    );
+
+    // The trade is on the trades topic, keyed by symbol, under its id.
+    let records = read_topic(
+        &app.settings.broker.bootstrap,
+        &app.settings.broker.trades_topic,
+    );
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].0, "USD-EUR");
+    let published: Value = serde_json::from_slice(&records[0].1).expect("json");
+    assert_eq!(published["id"], trade["id"]);
+
+    // Cancel: accepted, then the order leaves the book with what had filled.
+    let resp = delete(&app, &format!("/orders/{sell}")).await;
+    assert_eq!(
+        resp.headers()["location"],
+        format!("/orders/{sell}").as_str()
+    );
+    json_of(resp, 202).await;
+    let cancelled = wait_status(&app, sell, "cancelled").await;
+    assert_eq!(
+        (
+            &cancelled["filled_quantity"],
+            &cancelled["remaining_quantity"]
+        ),
+        (&json!("3"), &json!("0"))
+    );
+    let book = json_of(app.get("/orderbook/USD-EUR").await, 200).await;
+    assert_eq!((&book["bids"], &book["asks"]), (&json!([]), &json!([])));
+
+    // Cancelling what is closed is a conflict; an unknown id is not found.
+    for closed in [sell, buy] {
+        let resp = delete(&app, &format!("/orders/{closed}")).await;
+        assert_eq!(resp.status(), 409);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .expect("ascii")
+                .starts_with("application/problem+json")
+        );
+    }
+    assert_eq!(
+        delete(&app, &format!("/orders/{}", Uuid::now_v7()))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(delete(&app, "/orders/not-a-uuid").await.status(), 400);
+    assert_eq!(app.get("/orderbook/usd-eur").await.status(), 400);
+
+    // A buy that would have met the cancelled sell finds nothing to meet.
+    let late = app.accept(&order("buy", "1.10", "1")).await;
+    wait_status(&app, late, "open").await;
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_repeated_cancel_is_harmless() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(settings(&bootstrap(), dir.path())).await;
+    let id = app.accept(&order("sell", "2", "4")).await;
+    wait_status(&app, id, "open").await;
+    // Both are accepted while the order is open; the second finds it gone.
+    json_of(delete(&app, &format!("/orders/{id}")).await, 202).await;
+    let second = delete(&app, &format!("/orders/{id}")).await;
+    assert!(
+        matches!(second.status().as_u16(), 202 | 409),
+        "{}",
+        second.status()
+    );
+    let cancelled = wait_status(&app, id, "cancelled").await;
+    assert_eq!(cancelled["filled_quantity"], "0");
+    app.wait_caught_up(WAIT).await;
+    assert_eq!(delete(&app, &format!("/orders/{id}")).await.status(), 409);
+    // A cancel on the log is not an order: nothing more is stored.
+    assert_eq!(app.store.count().await.expect("count"), 1);
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_restarted_oms_rebuilds_its_books_from_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = settings(&bootstrap(), dir.path());
+    let app = TestApp::spawn(cfg.clone()).await;
+    let resting = app.accept(&order("sell", "3.5", "10")).await;
+    let partly = app.accept(&order("buy", "3.6", "4")).await;
+    wait_status(&app, partly, "filled").await;
+    wait_status(&app, resting, "partially_filled").await;
+    app.stop().await.expect("clean stop");
+
+    let app = TestApp::spawn(cfg).await;
+    let book = json_of(app.get("/orderbook/USD-EUR").await, 200).await;
+    assert_eq!(
+        book["asks"],
+        json!([{"price": "3.5", "quantity": "6", "orders": 1}]),
+        "the book as it was"
+    );
+    let taker = app.accept(&order("buy", "4", "6")).await;
+    wait_status(&app, taker, "filled").await;
+    let done = wait_status(&app, resting, "filled").await;
+    assert_eq!(done["filled_quantity"], "10");
+    let page = json_of(app.get("/trades?symbol=USD-EUR").await, 200).await;
+    assert_eq!(page["trades"].as_array().map(Vec::len), Some(2));
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn with_matching_off_orders_are_only_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = settings(&bootstrap(), dir.path());
+    cfg.consumer.matching = false;
+    let app = TestApp::spawn(cfg).await;
+    let sell = app.accept(&order("sell", "1", "1")).await;
+    let buy = app.accept(&order("buy", "2", "1")).await;
+    app.wait_for_order(buy, WAIT).await.expect("stored");
+    let sold = app.wait_for_order(sell, WAIT).await.expect("stored");
+    assert_eq!(sold["status"], "open");
+    let page = json_of(app.get("/trades?symbol=USD-EUR").await, 200).await;
+    assert_eq!(page["trades"], json!([]));
+    assert_eq!(delete(&app, &format!("/orders/{sell}")).await.status(), 501);
+    assert_eq!(app.get("/orderbook/USD-EUR").await.status(), 501);
+    app.stop().await.expect("clean stop");
+}
