@@ -23,6 +23,14 @@ else
   cargo build --quiet --bin oms --example rawlog
 fi
 
+# The matching benchmark is always an optimised build (cargo's bench profile).
+OMS_MATCHING_BIN="$(cargo bench --quiet --no-run --bench matching --message-format=json \
+  | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "matching":
+        print(m["executable"])')"
+export OMS_MATCHING_BIN
 export OMS_BIN="$OMS_TARGET_DIR/$profile/oms"
 export OMS_RAWLOG_BIN="$OMS_TARGET_DIR/$profile/examples/rawlog"
 export OMS_TANSU_BIN="$TANSU_BIN" OMS_PG_BIN="$PG_BIN"

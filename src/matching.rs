@@ -367,6 +367,9 @@ pub struct Outcome {
 #[derive(Debug, Default)]
 pub struct Matcher {
     books: HashMap<i32, HashMap<String, Book>>,
+    /// Every partition's books were rebuilt since the last [`Matcher::clear`]
+    /// (assign mode): until then an empty book is not an answer.
+    loaded: bool,
 }
 
 impl Matcher {
@@ -402,6 +405,16 @@ impl Matcher {
     /// Drops every book (the consumer starts over from the store).
     pub fn clear(&mut self) {
         self.books.clear();
+        self.loaded = false;
+    }
+
+    /// Every partition this consumer reads has its books rebuilt.
+    pub fn mark_loaded(&mut self) {
+        self.loaded = true;
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
     }
 
     /// The partitions whose books are held here.

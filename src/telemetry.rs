@@ -42,6 +42,12 @@ const BATCH_BUCKETS: [f64; 10] = [
     1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0,
 ];
 
+/// Matching one batch: microseconds (a few hundred ns per order).
+const MATCH_BUCKETS: [f64; 12] = [
+    0.000_001, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005,
+    0.01, 0.1,
+];
+
 /// How long shutdown waits for the last spans to reach the collector.
 const EXPORT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -312,6 +318,14 @@ fn register_zeroes() {
         metrics::counter!("produce_errors_total", "kind" => kind).absolute(0);
     }
     metrics::counter!("orders_replayed_total").absolute(0);
+    for name in [
+        "orders_matched_total",
+        "orders_cancelled_total",
+        "trades_total",
+        "cancels_produced_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
 }
 
 /// The process-wide Prometheus recorder (installed on first use).
@@ -326,6 +340,9 @@ pub fn metrics() -> Result<PrometheusHandle, String> {
                         Matcher::Full("consumer_batch_size".into()),
                         &BATCH_BUCKETS,
                     )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("match_seconds".into()), &MATCH_BUCKETS)
                 })
                 .map_err(|e| e.to_string())?
                 .install_recorder()

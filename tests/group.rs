@@ -14,8 +14,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    Load, Nginx, OmsProcess, Tansu, TestApp, eventually, free_port, serve_args, settings, tally,
-    use_engine,
+    Load, Nginx, OmsProcess, SYMBOLS, Tansu, TestApp, check_matching, eventually, free_port,
+    serve_args, settings, tally, use_engine,
 };
 use oms::broker::admin;
 use oms::config::{ConsumerMode, Engine};
@@ -182,6 +182,14 @@ async fn instances_share_the_partitions_through_kill_add_and_remove() {
     );
     assert_eq!(counted.lost, 0, "{counted}");
     assert_eq!(counted.duplicated, 0, "{counted}");
+    // Each partition is matched by its owner only; a partition that moves
+    // is matched on from books its new owner rebuilt from the store.
+    let matched = check_matching(&app, &SYMBOLS).await;
+    eprintln!(
+        "group: matching as the reference matcher across the rebalances: {} orders, {} trades, {} traded",
+        matched.orders, matched.trades, matched.traded
+    );
+    assert!(matched.trades > 0, "the load must trade");
     app.stop().await.expect("clean stop");
     drop((lb, instances));
 }
@@ -263,6 +271,14 @@ async fn a_frozen_instance_replaced_under_its_id_is_refused_when_it_thaws() {
     assert!(refused, "the thawed zombie never had a batch refused");
     assert_eq!(counted.lost, 0, "{counted}");
     assert_eq!(counted.duplicated, 0, "{counted}");
+    // The zombie matched its batch from the books the store held when it
+    // froze — the same the new owner rebuilt — so even the trades it
+    // published before the refusal are the owner's, under the same ids.
+    let matched = check_matching(&app, &SYMBOLS).await;
+    eprintln!(
+        "zombie: matching as the reference matcher: {} orders, {} trades",
+        matched.orders, matched.trades
+    );
     app.stop().await.expect("clean stop");
     drop((zombie, awake));
 }

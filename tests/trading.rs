@@ -189,7 +189,16 @@ async fn a_restarted_oms_rebuilds_its_books_from_the_store() {
     app.stop().await.expect("clean stop");
 
     let app = TestApp::spawn(cfg).await;
-    let book = json_of(app.get("/orderbook/USD-EUR").await, 200).await;
+    // 503 while the books are rebuilt at start, then the book as it was.
+    let book: Value = eventually(WAIT, || async {
+        let resp = app.get("/orderbook/USD-EUR").await;
+        if resp.status() == 503 {
+            return None;
+        }
+        Some(json_of(resp, 200).await)
+    })
+    .await
+    .expect("the books are rebuilt");
     assert_eq!(
         book["asks"],
         json!([{"price": "3.5", "quantity": "6", "orders": 1}]),

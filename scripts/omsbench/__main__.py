@@ -13,7 +13,9 @@ memory) it measures, in one run:
   5. the ingest path: k6 POST /orders against oms with each store, with the
      consumer's lag sampled throughout and the catch-up time after the load;
   6. scale: 1, 2 and 3 instances in group mode on one Postgres behind nginx,
-     draining a backlog and taking wrk load, with CPU per order per process.
+     draining a backlog and taking wrk load, with CPU per order per process;
+  7. matching in process (benches/matching.rs); redb appears twice in the
+     store steps, with matching on (the default) and off.
 It writes bench/REPORT.md, bench/report.json and the charts (or, with --smoke,
 all of that to a scratch folder with tiny sizes, and checks it is complete).
 """
@@ -38,7 +40,8 @@ from .procs import STARTED, say, stop
 from .report import report
 from .results import ModeResult, Profile, Results, from_json, to_json
 from .stack import pg_env, stack, start_broker
-from .steps import capacity, ceiling, drain, ingest, machine, raw_broker, scale, seed_profile
+from .steps import (capacity, ceiling, drain, ingest, machine, matching_bench, raw_broker, scale,
+                    seed_profile)
 
 
 def rewrite_report(args) -> int:
@@ -97,6 +100,7 @@ def run(args) -> int:
 
     results = Results(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine=machine(),
                       command=command, orders=orders, profile=profile, modes={})
+    results.matching = matching_bench(smoke)
     window = [time.time(), time.time()]
     for mode in modes:
         say(f"broker: tansu {MODES[mode]} (a fresh one for the backlog and for each k6 run)")
@@ -164,6 +168,8 @@ def check_smoke(results: Results, out: Path, scaled: bool) -> None:
             problems.append(f"{chart} was not written")
     if not results.dashboard:
         problems.append("no dashboard query returned data")
+    if not results.matching or results.matching.orders_per_second <= 0 or not results.matching.trades:
+        problems.append(f"the matching benchmark measured nothing: {results.matching}")
     if problems:
         raise RuntimeError("benchmark smoke run failed:\n  " + "\n  ".join(problems))
     say("benchmark smoke run: every step measured, every accepted order stored, report and charts written")

@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 STATE = Path(os.environ.get("OMS_STATE", ROOT / ".oms" / "bench"))
 OMS = os.environ.get("OMS_BIN", str(ROOT / "target" / "release" / "oms"))
+MATCHING = os.environ.get("OMS_MATCHING_BIN", "")
 RAWLOG = os.environ.get("OMS_RAWLOG_BIN", str(ROOT / "target" / "release" / "examples" / "rawlog"))
 TANSU = os.environ.get("OMS_TANSU_BIN", str(Path.home() / ".cache/oms/tools/bin/tansu"))
 PG_BIN = Path(os.environ.get("OMS_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -21,9 +22,10 @@ OMS_PORT = 28080
 PROM_PORT = 29090
 
 MODES = {"sqlite": "sqlite://tansu.db", "memory": "memory://tansu/"}
-STORES = ["redb", "sled", "redis", "redis-aof", "postgres", "postgres-tmpfs"]
+STORES = ["redb", "redb-nomatch", "sled", "redis", "redis-aof", "postgres", "postgres-tmpfs"]
 STORE_TITLES = {
     "redb": "redb (tmpfs)",
+    "redb-nomatch": "redb (tmpfs), matching off",
     "sled": "sled (tmpfs)",
     "redis": "Redis (no persistence)",
     "redis-aof": "Redis (AOF every second, disk)",

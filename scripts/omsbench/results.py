@@ -175,6 +175,18 @@ class Machine:
 
 
 @dataclass
+class MatchingBench:
+    """`cargo bench --bench matching`: one symbol's book in process."""
+    orders: int
+    seconds: float
+    orders_per_second: float
+    ns_per_order: float
+    trades: int
+    resting_before: int
+    resting_after: int
+
+
+@dataclass
 class Results:
     date: str
     machine: Machine
@@ -185,6 +197,7 @@ class Results:
     analysis: str = ""
     dashboard: bool = False
     window: Optional[list[float]] = None
+    matching: Optional[MatchingBench] = None
 
 
 def to_json(value: Any) -> Any:

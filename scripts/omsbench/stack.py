@@ -80,10 +80,13 @@ def fresh_redis(name: str, label: str) -> Store:
 def fresh_store(name: str, label: str) -> Store:
     if name in REDIS_PERSISTENCE:
         return fresh_redis(name, label)
-    if name in ("redb", "sled"):
+    if name in ("redb", "sled", "redb-nomatch"):
+        engine = name.split("-")[0]
         path = Path("/dev/shm/oms-bench") / f"{name}-{label}-{uuid.uuid4().hex[:8]}"
-        return Store(name, ["--store", f"{name}://{path}"],
-                     lambda: shutil.rmtree(path, ignore_errors=True))
+        # The same store with the consumer only storing: what matching costs.
+        env = {"OMS__CONSUMER__MATCHING": "false"} if name.endswith("-nomatch") else {}
+        return Store(name, ["--store", f"{engine}://{path}"],
+                     lambda: shutil.rmtree(path, ignore_errors=True), env)
     kind = "tmpfs" if name == "postgres-tmpfs" else "disk"
     db = f"bench_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_")
     psql(kind, f"CREATE DATABASE {db}")

@@ -11,11 +11,11 @@ import time
 import uuid
 from pathlib import Path
 
-from .config import (BROKER_PORT, CAPACITY_CONNECTIONS, CAPACITY_P99_MS, OMS, OMS_PORT, RAWLOG, ROOT,
+from .config import (BROKER_PORT, CAPACITY_CONNECTIONS, CAPACITY_P99_MS, MATCHING, OMS, OMS_PORT, RAWLOG, ROOT,
                      SCALE_BACKLOG, SCALE_CONNECTIONS, SCALE_INSTANCES, STATE, STORE_TITLES)
 from .procs import (Proc, cpu_seconds, reaped_children_cpu, reset_child_cpu, rss_peak_mib, start, step, stop,
                     tree_cpu_seconds, wait_until)
-from .results import (Capacity, CapacityStep, CpuCores, CpuPerOrder, Drain, LoadRun, Machine, Profile,
+from .results import (Capacity, CapacityStep, CpuCores, CpuPerOrder, Drain, LoadRun, Machine, MatchingBench, Profile,
                       RawConsume, RawProduce, ReadAfterWrite, ScaleCpu, ScaleRun, from_json)
 from .stack import fresh_store, postgres_pid, scrape, start_broker, start_lb, start_oms, stored
 
@@ -331,3 +331,14 @@ def machine() -> Machine:
                    k6=os.environ.get("OMS_K6_VERSION", "?"), postgres=os.environ.get("OMS_PG_MAJOR", "?"))
 
 
+
+
+def matching_bench(smoke: bool) -> MatchingBench:
+    """The book in process (`benches/matching.rs`, built by scripts/bench.sh)."""
+    orders = 50_000 if smoke else 1_000_000
+    step(f"matching in process: {orders:,} orders into one symbol's book")
+    out = subprocess.run([MATCHING], env={**os.environ, "OMS_BENCH_ORDERS": str(orders)},
+                         check=True, capture_output=True, text=True).stdout
+    result = MatchingBench(**json.loads(out.strip().splitlines()[-1]))
+    step(f"  {result.orders_per_second:,.0f} orders/s, {result.ns_per_order:.0f} ns per order")
+    return result

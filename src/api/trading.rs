@@ -163,8 +163,9 @@ pub enum OrderBookResponse {
     /// This oms runs with `consumer.matching = false`: there is no book.
     #[oai(status = 501, content_type = "application/problem+json")]
     NotImplemented(Json<Problem>),
-    /// The store cannot be read right now (an instance that does not own
-    /// the symbol's partition reads the book from the store).
+    /// The books are being rebuilt from the store (oms is starting), or the
+    /// store cannot be read right now (an instance that does not own the
+    /// symbol's partition reads the book from the store).
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
 }
@@ -249,11 +250,20 @@ impl TradingApi {
         }
         let depth = depth.0.unwrap_or(10) as usize;
         let symbol = symbol.0.as_str();
-        let held = state
-            .books
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .depth(symbol, depth);
+        let (held, loaded) = {
+            let books = state.books.lock().unwrap_or_else(|e| e.into_inner());
+            (books.depth(symbol, depth), books.is_loaded())
+        };
+        if !loaded && !state.consumer.grouped() {
+            return OrderBookResponse::Unavailable(
+                Json(Problem::new(
+                    poem::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "books-loading",
+                    "the order books are being rebuilt from the store (oms is starting); retry shortly",
+                )),
+                state.retry_after_secs,
+            );
+        }
         let (bids, asks) = match held {
             Some(levels) => levels,
             // One instance owns every partition: no book is an empty book.

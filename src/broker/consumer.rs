@@ -945,6 +945,7 @@ impl ConsumerLoop {
         if self.load_books(&partitions, shutdown).await.is_err() {
             return Ok(None);
         }
+        self.lock_books().mark_loaded();
         consumer.assign(&assignment)?;
         tracing::info!(%topic, ?partitions, ?stored, engine = self.store.engine(), "consuming from the store's offsets");
         metrics::gauge!("consumer_assigned_partitions").set(partitions.len() as f64);

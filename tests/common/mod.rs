@@ -989,7 +989,8 @@ pub async fn assert_broker_serves(bootstrap: &str, topic: &str) {
 }
 
 /// Every record of `topic` as (key, value), read from the beginning up to
-/// the log end as it is now.
+/// the log end as it is now — and on until nothing more comes for a second,
+/// since tansu's memory engine reports watermarks below what it serves.
 pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -1000,17 +1001,25 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
     let mut assignment = rdkafka::TopicPartitionList::new();
-    for p in end.keys() {
+    for p in metadata.topics()[0].partitions() {
         assignment
-            .add_partition_offset(topic, *p, rdkafka::Offset::Beginning)
+            .add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
             .expect("partition");
     }
     consumer.assign(&assignment).expect("assign");
-    let mut next: std::collections::BTreeMap<i32, i64> = end.keys().map(|p| (*p, 0)).collect();
+    let mut next: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while next.iter().any(|(p, n)| *n < end[p]) {
+    let mut quiet_since = Instant::now();
+    let behind = |next: &std::collections::BTreeMap<i32, i64>| {
+        end.iter()
+            .any(|(p, e)| next.get(p).copied().unwrap_or(0) < *e)
+    };
+    while behind(&next) || quiet_since.elapsed() < Duration::from_secs(1) {
         assert!(
             Instant::now() < deadline,
             "{topic}: read {next:?} of {end:?} within 60 s"
@@ -1018,6 +1027,7 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
+        quiet_since = Instant::now();
         let m = message.expect("a record");
         next.insert(m.partition(), m.offset() + 1);
         out.push((
