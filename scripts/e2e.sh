@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # API-contract checks against a live oms (BASE_URL as the only argument):
 # - property-based fuzzing of every operation with schemathesis, every check
+#   but use_after_free (a cancelled order stays readable)
 #   and every phase (examples, coverage, fuzzing, stateful): schema-valid
 #   requests accepted, schema-invalid ones refused, no 5xx, responses as
 #   documented; the stateful phase follows the 202's link to
@@ -20,11 +21,16 @@ orders_read() {
   curl -sf "$base/metrics" | awk '/^http_requests_total\{method="GET",route="\/orders\/\{id\}",status="200"\}/ {n += $2} END {print n + 0}'
 }
 
-say "schemathesis against $base/openapi.json (every check, every phase)"
+say "schemathesis against $base/openapi.json (every check but use_after_free, every phase)"
 read_before="$(orders_read)"
 # The hooks tell the fuzzer the one order rule a schema cannot state.
+# Every check but one: `use_after_free` expects a resource gone after a 2xx
+# DELETE, and DELETE /orders/{id} cancels an order, it does not erase it (the
+# order, with `status: cancelled` and what had filled, stays readable — an
+# order's history is the point of an OMS).
 SCHEMATHESIS_HOOKS="$OMS_ROOT/e2e/schemathesis_hooks.py" st run "$base/openapi.json" \
   --checks all \
+  --exclude-checks use_after_free \
   --max-examples "${OMS_FUZZ_EXAMPLES:-50}" \
   --seed "${OMS_FUZZ_SEED:-20261127}" \
   --workers 1 \

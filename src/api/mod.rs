@@ -109,6 +109,7 @@ pub fn routes(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize
 fn allowed_methods(err: &poem::Error) -> Option<&'static str> {
     err.data::<RouteLabel>().map(|route| match route.0 {
         "/orders" => "GET, POST",
+        "/orders/{id}" => "GET, DELETE",
         _ => "GET",
     })
 }

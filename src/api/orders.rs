@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -508,7 +508,8 @@ impl OrdersApi {
         let cancel = Cancel {
             order_id: id.0,
             symbol: Symbol::new(&stored.order.src_currency, &stored.order.dst_currency),
-            requested_at: Utc::now(),
+            // Microseconds, as every order time.
+            requested_at: Utc::now().trunc_subsecs(6),
         };
         match state.producer.cancel(&cancel).await {
             Ok(delivered) => CancelOrderResponse::Accepted(

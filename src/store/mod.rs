@@ -161,6 +161,15 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The first id (as a `u128` key) of a page strictly after `after`;
+/// `None` when nothing can follow it (the largest id).
+pub(crate) fn first_after(after: Option<Uuid>) -> Option<u128> {
+    match after {
+        Some(id) => id.as_u128().checked_add(1),
+        None => Some(0),
+    }
+}
+
 /// What [`Store::apply`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Applied {

@@ -227,6 +227,32 @@ impl PostgresStore {
             .map_err(|e| StoreError::transient("the schema migrations failed", e))
     }
 
+    /// One page of `select` (a table with `symbol` and `id`, its columns
+    /// named with `qualifier`) for one symbol, in id order, strictly after
+    /// `after`: the `(symbol, id)` index walks it.
+    async fn page<R>(
+        &self,
+        select: &str,
+        qualifier: &str,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let q = qualifier;
+        sqlx::query_as(&format!(
+            "{select} WHERE {q}symbol = $1 AND ($2::uuid IS NULL OR {q}id > $2) ORDER BY {q}id LIMIT $3"
+        ))
+        .bind(symbol)
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)
+    }
+
     fn apply_query(
         batch: &Batch,
     ) -> sqlx::query::QueryScalar<'_, sqlx::Postgres, i64, sqlx::postgres::PgArguments> {
@@ -388,15 +414,15 @@ impl Store for PostgresStore {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<StoredOrder>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM {FROM} WHERE o.symbol = $1 AND ($2::uuid IS NULL OR o.id > $2) ORDER BY o.id LIMIT $3"
-        ))
-        .bind(symbol)
-        .bind(after)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
+        let rows: Vec<Row> = self
+            .page(
+                &format!("SELECT {COLUMNS} FROM {FROM}"),
+                "o.",
+                symbol,
+                after,
+                limit,
+            )
+            .await?;
         rows.into_iter().map(StoredOrder::try_from).collect()
     }
 
@@ -428,15 +454,15 @@ impl Store for PostgresStore {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<StoredTrade>, StoreError> {
-        let rows: Vec<TradeRow> = sqlx::query_as(&format!(
-            "SELECT {TRADE_COLUMNS} FROM trades WHERE symbol = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
-        ))
-        .bind(symbol)
-        .bind(after)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
+        let rows: Vec<TradeRow> = self
+            .page(
+                &format!("SELECT {TRADE_COLUMNS} FROM trades"),
+                "",
+                symbol,
+                after,
+                limit,
+            )
+            .await?;
         rows.into_iter().map(StoredTrade::try_from).collect()
     }
 

@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use std::collections::HashSet;
 
-use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder, from_json, to_json};
+use super::{
+    Applied, Batch, Offsets, Store, StoreError, StoredOrder, first_after, from_json, to_json,
+};
 use crate::config::EmbeddedStoreSettings;
 use crate::matching::{Fill, StoredTrade};
 
@@ -274,10 +276,8 @@ impl Store for RedbStore {
     ) -> Result<Vec<StoredOrder>, StoreError> {
         let symbol = symbol.to_owned();
         self.blocking(move |db| {
-            let start = match after {
-                Some(id) if id.as_u128() == u128::MAX => return Ok(vec![]),
-                Some(id) => id.as_u128() + 1,
-                None => 0,
+            let Some(start) = first_after(after) else {
+                return Ok(vec![]);
             };
             let tx = db.begin_read().map_err(classify)?;
             let index = tx.open_table(BY_SYMBOL).map_err(classify)?;
@@ -346,10 +346,8 @@ impl Store for RedbStore {
     ) -> Result<Vec<StoredTrade>, StoreError> {
         let symbol = symbol.to_owned();
         self.blocking(move |db| {
-            let start = match after {
-                Some(id) if id.as_u128() == u128::MAX => return Ok(vec![]),
-                Some(id) => id.as_u128() + 1,
-                None => 0,
+            let Some(start) = first_after(after) else {
+                return Ok(vec![]);
             };
             let tx = db.begin_read().map_err(classify)?;
             let index = tx.open_table(TRADES_BY_SYMBOL).map_err(classify)?;

@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use std::collections::HashSet;
 
-use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder, from_json, to_json};
+use super::{
+    Applied, Batch, Offsets, Store, StoreError, StoredOrder, first_after, from_json, to_json,
+};
 use crate::config::EmbeddedStoreSettings;
 use crate::matching::{Fill, StoredTrade};
 
@@ -340,10 +342,8 @@ impl Store for SledStore {
     ) -> Result<Vec<StoredOrder>, StoreError> {
         let symbol = symbol.to_owned();
         self.blocking(move |s| {
-            let start = match after {
-                Some(id) if id.as_u128() == u128::MAX => return Ok(vec![]),
-                Some(id) => id.as_u128() + 1,
-                None => 0,
+            let Some(start) = first_after(after) else {
+                return Ok(vec![]);
             };
             let range = symbol_key(&symbol, start)..=symbol_key(&symbol, u128::MAX);
             let mut out = Vec::with_capacity(limit.min(1024));
@@ -394,10 +394,8 @@ impl Store for SledStore {
     ) -> Result<Vec<StoredTrade>, StoreError> {
         let symbol = symbol.to_owned();
         self.blocking(move |s| {
-            let start = match after {
-                Some(id) if id.as_u128() == u128::MAX => return Ok(vec![]),
-                Some(id) => id.as_u128() + 1,
-                None => 0,
+            let Some(start) = first_after(after) else {
+                return Ok(vec![]);
             };
             let range = trade_index_key(&symbol, start)..=trade_index_key(&symbol, u128::MAX);
             let mut out = Vec::with_capacity(limit.min(1024));
