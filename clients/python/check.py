@@ -1,18 +1,23 @@
 """Exercises the generated Python client (openapi-python-client) against a
-live oms: create an order, read it back, receive a typed validation error.
+live oms: create an order, read it back, receive a typed validation error,
+cancel an order, read a symbol's trades and its book.
 
 Usage: python3 clients/python/check.py GENERATED_DIR BASE_URL
 (`just clients` generates the client; `just test` runs this.)
 """
 
 import sys
+import time
 import uuid
 
 sys.path.insert(0, sys.argv[1])
 
 from oms_client import Client  # noqa: E402
-from oms_client.api.orders import create_order, get_order  # noqa: E402
-from oms_client.models import Channel, NewOrder, Order, OrderAccepted, Problem, Side  # noqa: E402
+from oms_client.api.orders import cancel_order, create_order, get_order  # noqa: E402
+from oms_client.api.trading import get_order_book, list_trades  # noqa: E402
+from oms_client.models import (  # noqa: E402
+    Channel, NewOrder, Order, OrderAccepted, OrderBook, Problem, Side, Status, TradePage,
+)
 
 client = Client(base_url=sys.argv[2], raise_on_unexpected_status=True)
 
@@ -43,4 +48,27 @@ assert isinstance(bad, Problem) and bad.status == 422, f"expected a typed 422 Pr
 fields = sorted(e.field for e in bad.errors)
 assert fields == ["price", "src_currency"], fields
 
-print(f"python client: created {accepted.id}, read it back, typed 422 naming {fields}")
+# Trading: a buy far below any sell rests, is cancelled, and its book empties.
+resting = create_order.sync(client=client, body=NewOrder(
+    src_currency="PYA", dst_currency="CLT", side=Side.BUY, price="0.0001", quantity="3",
+    channel=Channel.VALUE_11, client_order_id=f"py-{uuid.uuid4()}"))
+assert isinstance(resting, OrderAccepted), resting
+opened = get_order.sync(client=client, id=resting.id)
+assert isinstance(opened, Order) and opened.status == Status.OPEN and opened.remaining_quantity == "3", opened
+book = get_order_book.sync(client=client, symbol=resting.symbol)
+assert isinstance(book, OrderBook) and book.bids[0].price == "0.0001", book
+cancelled = cancel_order.sync(client=client, id=resting.id)
+assert isinstance(cancelled, OrderAccepted), f"expected 202 on DELETE, got {cancelled!r}"
+for _ in range(100):
+    now = get_order.sync(client=client, id=resting.id)
+    if isinstance(now, Order) and now.status == Status.CANCELLED:
+        break
+    time.sleep(0.05)
+assert isinstance(now, Order) and now.status == Status.CANCELLED, now
+again = cancel_order.sync(client=client, id=resting.id)
+assert isinstance(again, Problem) and again.status == 409, f"expected a typed 409, got {again!r}"
+trades = list_trades.sync(client=client, symbol=resting.symbol)
+assert isinstance(trades, TradePage) and trades.trades == [], trades
+
+print(f"python client: created {accepted.id}, read it back, typed 422 naming {fields}; "
+      f"cancelled {resting.id} (then a typed 409), read {resting.symbol}'s book and trades")

@@ -1,6 +1,7 @@
 // Exercises the generated TypeScript types (openapi-typescript) through
 // openapi-fetch against a live oms: create an order, read it back, receive a
-// typed validation error. `tsc` checks every access against the spec.
+// typed validation error, cancel an order, read a symbol's trades and its
+// book. `tsc` checks every access against the spec.
 //
 // Usage: node dist/check.js BASE_URL   (`just test` generates, compiles and runs it)
 import createClient from "openapi-fetch";
@@ -46,4 +47,34 @@ if (bad.response.status !== 422 || !problem) throw new Error(`expected a typed 4
 const fields = (problem.errors ?? []).map((e) => e.field).sort();
 if (fields.join(",") !== "price,src_currency") throw new Error(`422 named ${fields}`);
 
-console.log(`typescript client: created ${id}, read it back, typed 422 naming ${fields.join(", ")}`);
+// Trading: a buy far below any sell rests, is cancelled, and its book empties.
+const rest = await client.POST("/orders", {
+  body: { src_currency: "TSA", dst_currency: "CLT", side: "buy", price: "0.0001", quantity: "3", channel: 11 },
+});
+if (!rest.data) throw new Error(`expected 202, got ${rest.response.status}`);
+const restingId: string = rest.data.id;
+const symbol: string = rest.data.symbol;
+const opened = await client.GET("/orders/{id}", { params: { path: { id: restingId } } });
+const status: "open" | "partially_filled" | "filled" | "cancelled" | undefined = opened.data?.status;
+if (status !== "open") throw new Error(`a resting order reads ${status}`);
+const book = await client.GET("/orderbook/{symbol}", { params: { path: { symbol }, query: { depth: 5 } } });
+if (book.data?.bids[0]?.price !== "0.0001") throw new Error(`book ${JSON.stringify(book.data)}`);
+const cancel = await client.DELETE("/orders/{id}", { params: { path: { id: restingId } } });
+if (cancel.response.status !== 202) throw new Error(`DELETE answered ${cancel.response.status}`);
+let now = status as string;
+for (let i = 0; i < 100 && now !== "cancelled"; i++) {
+  const read = await client.GET("/orders/{id}", { params: { path: { id: restingId } } });
+  now = read.data?.status ?? "missing";
+  if (now !== "cancelled") await new Promise((r) => setTimeout(r, 50));
+}
+if (now !== "cancelled") throw new Error(`order ${restingId} is ${now} after its cancel`);
+const again = await client.DELETE("/orders/{id}", { params: { path: { id: restingId } } });
+const conflict: Problem | undefined = again.error;
+if (again.response.status !== 409 || !conflict) throw new Error(`expected a typed 409, got ${again.response.status}`);
+const trades = await client.GET("/trades", { params: { query: { symbol } } });
+if (!trades.data || trades.data.trades.length !== 0) throw new Error(`trades ${JSON.stringify(trades.data)}`);
+
+console.log(
+  `typescript client: created ${id}, read it back, typed 422 naming ${fields.join(", ")}; ` +
+    `cancelled ${restingId} (then a typed 409), read ${symbol}'s book and trades`,
+);

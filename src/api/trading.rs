@@ -15,7 +15,8 @@ use super::{ApiTags, AppState};
 use crate::matching::{Level, Matcher, StoredTrade};
 use crate::order::{Side, Symbol};
 
-/// One execution between a resting (maker) and an incoming (taker) order.
+/// One execution between a resting (maker) and an incoming (taker) order;
+/// `taker_side` is the side of the incoming order.
 #[derive(Debug, Clone, Object)]
 #[oai(rename = "Trade", example)]
 pub struct TradeView {
@@ -29,7 +30,6 @@ pub struct TradeView {
     pub quantity: String,
     pub buy_order_id: Uuid,
     pub sell_order_id: Uuid,
-    /// The side of the incoming order that traded against the book.
     pub taker_side: Side,
     /// When the taker order was accepted (the same on every replay).
     pub executed_at: DateTime<Utc>,

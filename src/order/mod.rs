@@ -621,6 +621,51 @@ mod tests {
     }
 
     #[test]
+    fn orders_and_cancels_decode_as_events_and_bad_events_are_named() {
+        let order = NewOrder::from_value(valid())
+            .and_then(|o| o.accept(Utc::now()))
+            .expect("valid");
+        // Orders stay version 1: every record written before events existed decodes.
+        assert_eq!(
+            Event::from_record(&order.to_record()).expect("an order"),
+            Event::Order(order.clone())
+        );
+        let cancel = Cancel {
+            order_id: order.id,
+            symbol: "USD-EUR".parse().expect("symbol"),
+            requested_at: Utc::now().trunc_subsecs(6),
+        };
+        let record = cancel.to_record();
+        let doc: Value = serde_json::from_slice(&record).expect("json");
+        assert_eq!(
+            (&doc["v"], &doc["type"]),
+            (&json!(EVENT_VERSION), &json!("cancel"))
+        );
+        assert_eq!(
+            Event::from_record(&record).expect("a cancel"),
+            Event::Cancel(cancel)
+        );
+        // An order reader (an older oms) refuses an event by its version.
+        assert!(matches!(
+            Order::from_record(&record),
+            Err(RecordError::Version { found: 2 })
+        ));
+        for bad in [
+            json!({"v": 2, "type": "amend", "order_id": order.id}),
+            json!({"v": 2, "type": "cancel", "order_id": "nope", "symbol": "USD-EUR", "requested_at": "2026-11-30T00:00:00Z"}),
+            json!({"v": 2, "type": "cancel", "order_id": order.id, "symbol": "usd", "requested_at": "2026-11-30T00:00:00Z"}),
+            json!({"v": 2, "order_id": order.id}),
+        ] {
+            let err = Event::from_record(bad.to_string().as_bytes()).expect_err("bad event");
+            assert!(matches!(err, RecordError::Event(_)), "{bad}: {err}");
+        }
+        assert!(matches!(
+            Event::from_record(br#"{"v": 3}"#),
+            Err(RecordError::Version { found: 3 })
+        ));
+    }
+
+    #[test]
     fn records_round_trip_and_are_checked_on_the_way_in() {
         let order = NewOrder::from_value(valid())
             .and_then(|o| o.accept(Utc::now()))
