@@ -333,7 +333,7 @@ async fn find_order(state: &AppState, id: Uuid) -> Result<Option<StoredOrder>, P
     match state.store.get(id).await {
         Ok(Some(stored)) => return Ok(Some(stored)),
         Ok(None) => {}
-        Err(err) => return Err(store_unavailable(&err)),
+        Err(err) => return Err(Problem::store_unavailable(&err)),
     }
     let log_end = state
         .consumer
@@ -353,16 +353,11 @@ async fn find_order(state: &AppState, id: Uuid) -> Result<Option<StoredOrder>, P
             ),
         ));
     }
-    state.store.get(id).await.map_err(|e| store_unavailable(&e))
-}
-
-fn store_unavailable(err: &crate::store::StoreError) -> Problem {
-    tracing::error!(error = %crate::error::Chain(err), "store read failed");
-    Problem::new(
-        poem::http::StatusCode::SERVICE_UNAVAILABLE,
-        "store-unavailable",
-        "the store cannot be read right now",
-    )
+    state
+        .store
+        .get(id)
+        .await
+        .map_err(|e| Problem::store_unavailable(&e))
 }
 
 /// Group mode: other instances store the other partitions, so whether the
@@ -479,11 +474,7 @@ impl OrdersApi {
     #[oai(path = "/orders/:id", method = "delete", operation_id = "cancelOrder")]
     async fn cancel(&self, state: Data<&Arc<AppState>>, id: Path<Uuid>) -> CancelOrderResponse {
         if !state.matching {
-            return CancelOrderResponse::NotImplemented(Json(Problem::new(
-                poem::http::StatusCode::NOT_IMPLEMENTED,
-                "matching-off",
-                "this oms runs with consumer.matching = false: orders are stored, not traded, so there is no book to cancel from",
-            )));
+            return CancelOrderResponse::NotImplemented(Json(Problem::matching_off()));
         }
         let stored = match find_order(&state, id.0).await {
             Ok(Some(stored)) => stored,
@@ -571,7 +562,7 @@ impl OrdersApi {
                 }))
             }
             Err(err) => ListOrdersResponse::Unavailable(
-                Json(store_unavailable(&err)),
+                Json(Problem::store_unavailable(&err)),
                 state.retry_after_secs,
             ),
         }

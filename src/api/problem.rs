@@ -80,6 +80,25 @@ impl Problem {
         problem
     }
 
+    /// 503: a store read failed (logged here, with its causes).
+    pub fn store_unavailable(err: &crate::store::StoreError) -> Self {
+        tracing::error!(error = %crate::error::Chain(err), "store read failed");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "the store cannot be read right now",
+        )
+    }
+
+    /// 501: `consumer.matching = false`, so there are no books.
+    pub fn matching_off() -> Self {
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "matching-off",
+            "this oms runs with consumer.matching = false: orders are stored, not traded, so there is no book",
+        )
+    }
+
     /// 400: the request could not be parsed; poem-openapi's reason is the detail.
     pub fn malformed(detail: String) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "malformed-request", detail)

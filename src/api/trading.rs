@@ -174,15 +174,6 @@ fn bad_book_request(err: poem::Error) -> OrderBookResponse {
     OrderBookResponse::BadRequest(Json(Problem::malformed(err.to_string())))
 }
 
-fn unavailable(err: &crate::store::StoreError) -> Problem {
-    tracing::error!(error = %crate::error::Chain(err), "store read failed");
-    Problem::new(
-        poem::http::StatusCode::SERVICE_UNAVAILABLE,
-        "store-unavailable",
-        "the store cannot be read right now",
-    )
-}
-
 /// Trades and books.
 pub struct TradingApi;
 
@@ -216,9 +207,10 @@ impl TradingApi {
                     next_after,
                 }))
             }
-            Err(err) => {
-                ListTradesResponse::Unavailable(Json(unavailable(&err)), state.retry_after_secs)
-            }
+            Err(err) => ListTradesResponse::Unavailable(
+                Json(Problem::store_unavailable(&err)),
+                state.retry_after_secs,
+            ),
         }
     }
 
@@ -242,11 +234,7 @@ impl TradingApi {
         depth: Query<Option<u32>>,
     ) -> OrderBookResponse {
         if !state.matching {
-            return OrderBookResponse::NotImplemented(Json(Problem::new(
-                poem::http::StatusCode::NOT_IMPLEMENTED,
-                "matching-off",
-                "this oms runs with consumer.matching = false: orders are stored, not traded",
-            )));
+            return OrderBookResponse::NotImplemented(Json(Problem::matching_off()));
         }
         let depth = depth.0.unwrap_or(10) as usize;
         let symbol = symbol.0.as_str();
@@ -274,7 +262,7 @@ impl TradingApi {
                 Ok(levels) => levels,
                 Err(err) => {
                     return OrderBookResponse::Unavailable(
-                        Json(unavailable(&err)),
+                        Json(Problem::store_unavailable(&err)),
                         state.retry_after_secs,
                     );
                 }

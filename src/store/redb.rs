@@ -220,6 +220,30 @@ fn apply_in(db: &Database, batch: &Batch) -> Result<Applied, StoreError> {
     Ok(applied)
 }
 
+/// One page of a per-symbol index (`(symbol, id) → ()`): the ids strictly
+/// after `after`, in id order.
+fn index_page(
+    tx: &redb::ReadTransaction,
+    index: TableDefinition<(&str, u128), ()>,
+    symbol: &str,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<u128>, StoreError> {
+    let Some(start) = first_after(after) else {
+        return Ok(Vec::new());
+    };
+    let table = tx.open_table(index).map_err(classify)?;
+    let mut ids = Vec::with_capacity(limit.min(1024));
+    for entry in table
+        .range((symbol, start)..=(symbol, u128::MAX))
+        .map_err(classify)?
+        .take(limit)
+    {
+        ids.push(entry.map_err(classify)?.0.value().1);
+    }
+    Ok(ids)
+}
+
 /// An order an index names must be there.
 fn required(order: Option<StoredOrder>, id: u128) -> Result<StoredOrder, StoreError> {
     order.ok_or_else(|| {
@@ -276,26 +300,13 @@ impl Store for RedbStore {
     ) -> Result<Vec<StoredOrder>, StoreError> {
         let symbol = symbol.to_owned();
         self.blocking(move |db| {
-            let Some(start) = first_after(after) else {
-                return Ok(vec![]);
-            };
             let tx = db.begin_read().map_err(classify)?;
-            let index = tx.open_table(BY_SYMBOL).map_err(classify)?;
+            let ids = index_page(&tx, BY_SYMBOL, &symbol, after, limit)?;
             let orders = tx.open_table(ORDERS).map_err(classify)?;
             let fills = tx.open_table(FILLS).map_err(classify)?;
-            let mut out = Vec::with_capacity(limit.min(1024));
-            for entry in index
-                .range((symbol.as_str(), start)..=(symbol.as_str(), u128::MAX))
-                .map_err(classify)?
-                .take(limit)
-            {
-                let (key, _) = entry.map_err(classify)?;
-                out.push(required(
-                    read_order(&orders, &fills, key.value().1)?,
-                    key.value().1,
-                )?);
-            }
-            Ok(out)
+            ids.into_iter()
+                .map(|id| required(read_order(&orders, &fills, id)?, id))
+                .collect()
         })
         .await
     }
@@ -346,29 +357,20 @@ impl Store for RedbStore {
     ) -> Result<Vec<StoredTrade>, StoreError> {
         let symbol = symbol.to_owned();
         self.blocking(move |db| {
-            let Some(start) = first_after(after) else {
-                return Ok(vec![]);
-            };
             let tx = db.begin_read().map_err(classify)?;
-            let index = tx.open_table(TRADES_BY_SYMBOL).map_err(classify)?;
+            let ids = index_page(&tx, TRADES_BY_SYMBOL, &symbol, after, limit)?;
             let trades = tx.open_table(TRADES).map_err(classify)?;
-            let mut out = Vec::with_capacity(limit.min(1024));
-            for entry in index
-                .range((symbol.as_str(), start)..=(symbol.as_str(), u128::MAX))
-                .map_err(classify)?
-                .take(limit)
-            {
-                let (key, _) = entry.map_err(classify)?;
-                let id = key.value().1;
-                let value = trades.get(id).map_err(classify)?.ok_or_else(|| {
-                    StoreError::refused(format!(
-                        "index names trade {} that is missing",
-                        Uuid::from_u128(id)
-                    ))
-                })?;
-                out.push(from_json("trade", value.value())?);
-            }
-            Ok(out)
+            ids.into_iter()
+                .map(|id| {
+                    let value = trades.get(id).map_err(classify)?.ok_or_else(|| {
+                        StoreError::refused(format!(
+                            "index names trade {} that is missing",
+                            Uuid::from_u128(id)
+                        ))
+                    })?;
+                    from_json("trade", value.value())
+                })
+                .collect()
         })
         .await
     }

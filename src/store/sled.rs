@@ -105,6 +105,29 @@ fn read_order(store: &SledStore, id: &[u8]) -> Result<Option<StoredOrder>, Store
     Ok(Some(order))
 }
 
+/// One page of a per-symbol index whose keys end in the id (`key(id)`
+/// builds them): the ids strictly after `after`, in id order.
+fn index_page(
+    tree: &sled::Tree,
+    key: impl Fn(u128) -> Vec<u8>,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<u128>, StoreError> {
+    let Some(start) = first_after(after) else {
+        return Ok(Vec::new());
+    };
+    let mut ids = Vec::with_capacity(limit.min(1024));
+    for entry in tree.range(key(start)..=key(u128::MAX)).take(limit) {
+        let (key, _) = entry.map_err(classify)?;
+        let id = key[key.len() - 16..]
+            .try_into()
+            .map(u128::from_be_bytes)
+            .map_err(|_| StoreError::refused("corrupt index key"))?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
 fn required(order: Option<StoredOrder>) -> Result<StoredOrder, StoreError> {
     order.ok_or_else(|| StoreError::refused("index names an order that is missing"))
 }
@@ -342,16 +365,10 @@ impl Store for SledStore {
     ) -> Result<Vec<StoredOrder>, StoreError> {
         let symbol = symbol.to_owned();
         self.blocking(move |s| {
-            let Some(start) = first_after(after) else {
-                return Ok(vec![]);
-            };
-            let range = symbol_key(&symbol, start)..=symbol_key(&symbol, u128::MAX);
-            let mut out = Vec::with_capacity(limit.min(1024));
-            for entry in s.by_symbol.range(range).take(limit) {
-                let (key, _) = entry.map_err(classify)?;
-                out.push(required(read_order(s, &key[key.len() - 16..])?)?);
-            }
-            Ok(out)
+            index_page(&s.by_symbol, |id| symbol_key(&symbol, id), after, limit)?
+                .into_iter()
+                .map(|id| required(read_order(s, &id.to_be_bytes())?))
+                .collect()
         })
         .await
     }
@@ -394,17 +411,9 @@ impl Store for SledStore {
     ) -> Result<Vec<StoredTrade>, StoreError> {
         let symbol = symbol.to_owned();
         self.blocking(move |s| {
-            let Some(start) = first_after(after) else {
-                return Ok(vec![]);
-            };
-            let range = trade_index_key(&symbol, start)..=trade_index_key(&symbol, u128::MAX);
-            let mut out = Vec::with_capacity(limit.min(1024));
-            for entry in s.matching.range(range).take(limit) {
-                let (key, _) = entry.map_err(classify)?;
-                let id = key[key.len() - 16..]
-                    .try_into()
-                    .map(u128::from_be_bytes)
-                    .map_err(|_| StoreError::refused("corrupt trade index key"))?;
+            let ids = index_page(&s.matching, |id| trade_index_key(&symbol, id), after, limit)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
                 let value = s
                     .matching
                     .get(trade_key(id))
