@@ -17,14 +17,6 @@ use oms::config::Engine;
 
 const CLIENTS: usize = 8;
 
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Postgres emptied under load (as a Redis restarted without persistence
 /// would be): oms notices on its next batch, reads the store's offsets
 /// again (none) and rebuilds from the log — every acknowledged order is
@@ -60,7 +52,7 @@ async fn a_store_emptied_behind_oms_back_is_rebuilt_without_a_restart() {
     let result = load.finish().await;
 
     let resynced = eventually(Duration::from_secs(30), || async {
-        (metric(&app, "consumer_resyncs_total").await >= 1.0).then_some(())
+        (app.metric_sum("consumer_resyncs_total").await >= Some(1.0)).then_some(())
     })
     .await;
     assert!(
@@ -109,7 +101,7 @@ async fn a_redis_restarted_empty_under_load_is_rebuilt_without_a_restart() {
     let result = load.finish().await;
 
     let resynced = eventually(Duration::from_secs(30), || async {
-        (metric(&app, "consumer_resyncs_total").await >= 2.0).then_some(())
+        (app.metric_sum("consumer_resyncs_total").await >= Some(2.0)).then_some(())
     })
     .await;
     assert!(

@@ -26,17 +26,7 @@ const CLIENTS: usize = 16;
 
 /// Sum of `consumer_lag` over partitions, as `/metrics` shows it.
 async fn lag(app: &TestApp) -> Option<f64> {
-    metric_sum(app, "consumer_lag{").await
-}
-
-async fn metric_sum(app: &TestApp, prefix: &str) -> Option<f64> {
-    let text = app.get("/metrics").await.text().await.ok()?;
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
+    app.metric_sum("consumer_lag{").await
 }
 
 /// A store server of the test's own, to crash and start again.
@@ -175,7 +165,8 @@ async fn outages_lose_nothing(engine: Engine, broker: BrokerEngine) {
     .await;
     sampler.abort();
     let _ = sampler.await;
-    let stalls = metric_sum(&app, "consumer_stalls_total")
+    let stalls = app
+        .metric_sum("consumer_stalls_total")
         .await
         .unwrap_or_default();
     let samples = samples.lock().unwrap().clone();

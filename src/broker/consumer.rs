@@ -397,7 +397,8 @@ impl ErrorLog {
     }
 }
 
-/// Makes sure each partition resumes exactly at the offset the store holds.
+/// Makes sure each partition resumes exactly at the offset the store holds,
+/// on the log the store was built from.
 ///
 /// Kafka answers a fetch from inside a record batch with the whole batch
 /// and the client skips the records before the fetch offset. tansu 0.6's
@@ -412,30 +413,101 @@ impl ErrorLog {
 /// records before it are dropped (already stored) and a record after it
 /// means a gap: the partition is read again from twice as far back, once
 /// per gap seen, down to the start of the log.
+///
+/// **The log may not be the one the store was built from**: a broker that
+/// keeps its log in memory (tansu `memory://`, the benchmark's) restarted,
+/// or the topic was deleted and created again, while the store kept its
+/// offsets. Offsets start again at 0 on the new log, so the stored offset
+/// points past its end, or into records the store never saw: resuming there
+/// waits for ever (tansu answers a fetch past the end with nothing, not
+/// `OFFSET_OUT_OF_RANGE`) and then skips every new record below the stored
+/// offset — acknowledged orders never stored, with nothing logged, a lag
+/// of 0 and a healthy `/readyz`. Until a partition is shown to be the same
+/// log, two checks run (see [`LogCheck`]); either one failing makes the
+/// consumer forget that partition's offset in the store and read the new
+/// log from its start.
 struct Resume {
     /// Partition → (the offset it must deliver next, how far back the next
     /// rewind goes).
     pending: std::collections::BTreeMap<i32, (i64, i64)>,
     first_step: i64,
+    /// Partition → the stored offset, until the log is shown to be the one
+    /// the store was built from.
+    unverified: std::collections::BTreeMap<i32, Unverified>,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct Unverified {
+    stored: i64,
+    /// Orders before `stored` the store did not know, so far.
+    unknown: usize,
+}
+
+/// Why a partition's log is not the one the store was built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LogCheck {
+    /// The broker's high watermark (from its fetch responses) stayed below
+    /// the stored offset: a log never shrinks, so this is another log.
+    Shorter { end: i64, stored: i64 },
+    /// None of the orders just before the stored offset is in the store:
+    /// the records there are not the ones that were stored.
+    Unknown { checked: usize, stored: i64 },
+}
+
+impl std::fmt::Display for LogCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogCheck::Shorter { end, stored } => write!(
+                f,
+                "the log ends at offset {end}, but the store has read it up to offset {stored}"
+            ),
+            LogCheck::Unknown { checked, stored } => write!(
+                f,
+                "none of the {checked} order(s) on the log before offset {stored} is in the store, which has read it up to there"
+            ),
+        }
+    }
+}
+
+/// Group mode: how long the broker's log end must stay below a stored
+/// offset before the log counts as replaced. A consumer that takes a
+/// partition over may still hold the watermark of a fetch from when it last
+/// owned it, which the next fetch response (every `fetch_wait_ms` at most)
+/// replaces. A consumer in assign mode fetches every partition itself from
+/// its start, so its watermarks are never older than the store's offsets.
+const SHORTER_LOG_CONFIRM: Duration = Duration::from_secs(2);
+
+/// Most orders per partition and batch checked against the store.
+const LOG_CHECK_SAMPLE: usize = 64;
+
+/// Orders before the stored offset that the store must fail to know
+/// (unless the log holds fewer) before the log counts as another one: one
+/// order the store refused for good (dead-lettered) is not enough.
+const LOG_CHECK_UNKNOWN: usize = 4;
 
 impl Resume {
     fn new(stored: &Offsets, rewind: i64) -> Self {
-        let first_step = rewind.max(1).saturating_mul(2);
-        Self {
-            pending: stored
-                .iter()
-                .filter(|(_, o)| **o > 0)
-                .map(|(p, o)| (*p, (*o, first_step)))
-                .collect(),
-            first_step,
-        }
+        let mut resume = Self {
+            pending: Default::default(),
+            first_step: rewind.max(1).saturating_mul(2),
+            unverified: Default::default(),
+        };
+        resume.watch(stored);
+        resume
     }
 
-    /// Starts guarding newly assigned partitions (group mode).
+    /// Starts guarding `stored`'s partitions: on start, and as they are
+    /// assigned (group mode).
     fn watch(&mut self, stored: &Offsets) {
         for (p, o) in stored.iter().filter(|(_, o)| **o > 0) {
             self.pending.insert(*p, (*o, self.first_step));
+            self.unverified.insert(
+                *p,
+                Unverified {
+                    stored: *o,
+                    unknown: 0,
+                },
+            );
         }
     }
 
@@ -443,19 +515,23 @@ impl Resume {
     fn forget(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.pending.remove(p);
+            self.unverified.remove(p);
         }
     }
 
     /// Drops what must not be stored from `messages`, rewinding partitions
-    /// whose broker skipped the resume offset.
+    /// whose broker skipped the resume offset. Returns, for partitions not
+    /// yet checked, the ids of orders dropped as already stored: the store
+    /// must know them, or the log is another one.
     fn admit(
         &mut self,
         consumer: &LogConsumer,
         topic: &str,
         messages: &mut Vec<BorrowedMessage<'_>>,
-    ) {
+    ) -> std::collections::BTreeMap<i32, Vec<uuid::Uuid>> {
+        let mut samples = std::collections::BTreeMap::<i32, Vec<uuid::Uuid>>::new();
         if self.pending.is_empty() {
-            return;
+            return samples;
         }
         let mut rewound = Vec::new();
         messages.retain(|m| {
@@ -463,8 +539,20 @@ impl Resume {
             let Some((expected, step)) = self.pending.get_mut(&p) else {
                 return true;
             };
-            if rewound.contains(&p) || m.offset() < *expected {
-                return false; // before the rewind took effect, or already stored
+            if rewound.contains(&p) {
+                return false; // before the rewind took effect
+            }
+            if m.offset() < *expected {
+                if self.unverified.contains_key(&p) {
+                    let sample = samples.entry(p).or_default();
+                    if sample.len() < LOG_CHECK_SAMPLE
+                        && let Ok(Event::Order(order)) =
+                            Event::from_record(m.payload().unwrap_or_default())
+                    {
+                        sample.push(order.id);
+                    }
+                }
+                return false; // already stored
             }
             if m.offset() == *expected {
                 self.pending.remove(&p);
@@ -488,7 +576,96 @@ impl Resume {
             rewound.push(p);
             false
         });
+        samples.retain(|_, ids| !ids.is_empty());
+        samples
     }
+
+    /// The store's answer for a partition's sample: the log is the same
+    /// (some order is known), another one (enough orders unknown), or not
+    /// known yet.
+    fn checked(&mut self, partition: i32, sampled: usize, known: usize) -> Option<LogCheck> {
+        let check = self.unverified.get_mut(&partition)?;
+        if known > 0 {
+            self.unverified.remove(&partition);
+            return None;
+        }
+        check.unknown += sampled;
+        let enough = LOG_CHECK_UNKNOWN.min(usize::try_from(check.stored).unwrap_or(usize::MAX));
+        (check.unknown >= enough).then_some(LogCheck::Unknown {
+            checked: check.unknown,
+            stored: check.stored,
+        })
+    }
+}
+
+/// Watches the log end the broker reports in its fetch responses: a log
+/// never shrinks, so a partition whose end falls below the offset the store
+/// has read is another log (see [`Resume`]) — on start, or under a running
+/// consumer whose broker restarted without its log. A fetch past the end
+/// gets nothing from tansu (no `OFFSET_OUT_OF_RANGE`), so only this notices.
+#[derive(Debug, Default)]
+struct LogEnds {
+    /// Partition → when its end was first seen below the stored offset.
+    short_since: std::collections::BTreeMap<i32, Instant>,
+}
+
+impl LogEnds {
+    /// A partition whose log end (librdkafka's cached high watermark: no
+    /// request, and exact on every tansu engine, where `ListOffsets`
+    /// under-reports on `memory://`) has stayed below its stored offset for
+    /// `confirm`.
+    fn shorter(
+        &mut self,
+        consumer: &LogConsumer,
+        topic: &str,
+        stored: &Offsets,
+        confirm: Duration,
+    ) -> Option<(i32, LogCheck)> {
+        self.short_since.retain(|p, _| stored.contains_key(p));
+        for (p, stored) in stored {
+            let end = match cached_high_watermark(consumer, topic, *p) {
+                Some(end) if end < *stored => end,
+                _ => {
+                    self.short_since.remove(p);
+                    continue;
+                }
+            };
+            let since = *self.short_since.entry(*p).or_insert_with(Instant::now);
+            if since.elapsed() >= confirm {
+                return Some((
+                    *p,
+                    LogCheck::Shorter {
+                        end,
+                        stored: *stored,
+                    },
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// librdkafka's high watermark of a partition as the broker's last fetch
+/// response gave it — no request is sent (`rd_kafka_get_watermark_offsets`,
+/// which rust-rdkafka does not wrap; its `fetch_watermarks` asks the broker
+/// with `ListOffsets`). `None` before a fetch was answered.
+fn cached_high_watermark(consumer: &LogConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client handle lives as long as `consumer`; `topic` is a
+    // NUL-terminated string that outlives the call; librdkafka only reads
+    // its cached offsets under the partition's lock and writes the two
+    // out-parameters.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
 /// The broker consumer, with oms' rebalance handling.
@@ -586,6 +763,10 @@ enum Halt {
     /// instance wrote them, or the store lost data): start over from what
     /// the store holds.
     Resync,
+    /// The log of a partition is not the one the store was built from (see
+    /// [`Resume`]); its offset is gone from the store: start over, reading
+    /// that partition from the start of the log.
+    Replaced,
 }
 
 /// A batch read from the log, each record sorted: the orders to store (each
@@ -789,9 +970,11 @@ impl ConsumerLoop {
             tokio::select! {
                 result = self.consume(&shutdown) => match result {
                     Ok(Halt::Shutdown) => break Ok(()),
-                    Ok(Halt::Resync) => {
-                        metrics::counter!("consumer_resyncs_total").increment(1);
-                        tracing::warn!("the store's offsets moved under this consumer (another instance wrote them, or the store lost data): reading them again");
+                    Ok(halt @ (Halt::Resync | Halt::Replaced)) => {
+                        if halt == Halt::Resync {
+                            metrics::counter!("consumer_resyncs_total").increment(1);
+                            tracing::warn!("the store's offsets moved under this consumer (another instance wrote them, or the store lost data): reading them again");
+                        }
                         self.status.set(ConsumerState::Starting);
                         tokio::select! {
                             () = shutdown.cancelled() => break Ok(()),
@@ -842,6 +1025,14 @@ impl ConsumerLoop {
         let mut errors = ErrorLog::default();
         let mut resume = Resume::new(&stored, rewind);
         let mut last_commit = Instant::now();
+        let mut log_ends = LogEnds::default();
+        let confirm = if grouped {
+            SHORTER_LOG_CONFIRM
+        } else {
+            Duration::ZERO
+        };
+        let mut log_check = tokio::time::interval(Duration::from_millis(500));
+        log_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // A rebalance (which librdkafka runs inside `recv`) wakes the
             // loop too, so partitions are taken over with no record waiting.
@@ -849,6 +1040,14 @@ impl ConsumerLoop {
                 () = shutdown.cancelled() => break,
                 () = consumer.context().changed() => None,
                 message = consumer.recv() => Some(message),
+                // A replaced log that ends below the stored offset delivers
+                // nothing at all: only the clock notices.
+                _ = log_check.tick() => {
+                    match log_ends.shorter(&consumer, &topic, &self.status.stored(), confirm) {
+                        Some((partition, why)) => return Ok(self.log_replaced(&topic, partition, &why, shutdown).await),
+                        None => continue,
+                    }
+                }
             };
             let mut messages = Vec::with_capacity(self.settings.batch_max);
             let rebalanced = first.is_none();
@@ -872,7 +1071,21 @@ impl ConsumerLoop {
                     Err(halt) => return Ok(halt),
                 }
             }
-            resume.admit(&consumer, &topic, &mut messages);
+            let samples = resume.admit(&consumer, &topic, &mut messages);
+            for (partition, ids) in samples {
+                let sampled = ids.len();
+                let Ok(known) = self
+                    .retry(shutdown, "checking the log against the store", || {
+                        self.store.known(ids.clone())
+                    })
+                    .await
+                else {
+                    return Ok(Halt::Shutdown);
+                };
+                if let Some(why) = resume.checked(partition, sampled, known.len()) {
+                    return Ok(self.log_replaced(&topic, partition, &why, shutdown).await);
+                }
+            }
             if messages.is_empty() {
                 // Only errors: back off a little instead of spinning on them.
                 if failed {
@@ -886,7 +1099,7 @@ impl ConsumerLoop {
             let offsets = match self.process(&topic, &messages, shutdown).await {
                 Ok(offsets) => offsets,
                 Err(Halt::Shutdown) => break,
-                Err(Halt::Resync) => return Ok(Halt::Resync),
+                Err(halt @ (Halt::Resync | Halt::Replaced)) => return Ok(halt),
             };
             self.status.record_stored(&offsets);
             if last_commit.elapsed() >= BROKER_COMMIT_EVERY {
@@ -895,6 +1108,32 @@ impl ConsumerLoop {
             }
         }
         Ok(Halt::Shutdown)
+    }
+
+    /// A partition's log is not the one the store was built from: says so
+    /// loudly and makes the store forget that partition's offset, so the
+    /// consumer starts over and reads the new log from its start. The
+    /// orders, fills and trades stored from the old log stay; ids are
+    /// unique, so an order on both logs is stored once.
+    async fn log_replaced(
+        &self,
+        topic: &str,
+        partition: i32,
+        why: &LogCheck,
+        shutdown: &CancellationToken,
+    ) -> Halt {
+        metrics::counter!("consumer_log_replaced_total").increment(1);
+        tracing::error!(partition, %why, "the log is not the one the store was built from: it was replaced (a broker keeping its log in memory restarted, or the topic was created again); reading this partition from the start of the log, the orders stored from the old one stay");
+        let partitions = [partition];
+        match self
+            .retry(shutdown, "forgetting the replaced log's offset", || {
+                self.store.forget_offsets(topic, &partitions)
+            })
+            .await
+        {
+            Ok(()) => Halt::Replaced,
+            Err(halt) => halt,
+        }
     }
 
     /// Assign mode: every partition of the topic, each from a little before
@@ -1402,5 +1641,59 @@ pub async fn watch_log(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_known_order_before_the_stored_offset_shows_the_same_log() {
+        let mut resume = Resume::new(&Offsets::from([(0, 500), (1, 0)]), 100);
+        assert!(resume.unverified.contains_key(&0));
+        assert!(
+            !resume.unverified.contains_key(&1),
+            "nothing stored: nothing to check"
+        );
+        assert_eq!(resume.checked(0, 10, 1), None);
+        assert!(resume.unverified.is_empty(), "checked once, for good");
+        assert_eq!(resume.checked(0, 10, 0), None, "no second verdict");
+    }
+
+    #[test]
+    fn orders_the_store_does_not_know_show_another_log() {
+        let mut resume = Resume::new(&Offsets::from([(0, 500)]), 100);
+        assert_eq!(
+            resume.checked(0, 1, 0),
+            None,
+            "one unknown order may be one the store dead-lettered"
+        );
+        assert_eq!(
+            resume.checked(0, LOG_CHECK_UNKNOWN - 1, 0),
+            Some(LogCheck::Unknown {
+                checked: LOG_CHECK_UNKNOWN,
+                stored: 500
+            })
+        );
+    }
+
+    #[test]
+    fn a_log_with_fewer_orders_than_the_threshold_is_judged_on_all_of_them() {
+        let mut resume = Resume::new(&Offsets::from([(2, 2)]), 100);
+        assert_eq!(
+            resume.checked(2, 2, 0),
+            Some(LogCheck::Unknown {
+                checked: 2,
+                stored: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_partition_given_up_is_not_checked() {
+        let mut resume = Resume::new(&Offsets::from([(0, 500)]), 100);
+        resume.forget(&[0]);
+        assert_eq!(resume.checked(0, 64, 0), None);
     }
 }

@@ -93,6 +93,50 @@ pub async fn a_writer_whose_offsets_are_stale_is_refused(engine: impl Engine) {
     assert_eq!(store.offsets(TOPIC).await.expect("offsets")[&0], 8);
 }
 
+/// A log that was replaced starts again at offset 0: forgetting a
+/// partition's offset lets its new records in (fenced writers included),
+/// keeps every row, and leaves the other partitions where they were.
+pub async fn forgotten_offsets_start_again_and_keep_the_rows(engine: impl Engine) {
+    let store = engine.open().await;
+    let old: Vec<_> = (0..6).map(|n| order(("USD", "EUR"), n)).collect();
+    store
+        .apply(fenced(old.clone(), &[(0, 40), (1, 50)], &[]))
+        .await
+        .expect("the old log's batch");
+
+    store
+        .forget_offsets(TOPIC, &[1])
+        .await
+        .expect("forget partition 1");
+    assert_eq!(
+        store.offsets(TOPIC).await.expect("offsets"),
+        [(0, 40)].into_iter().collect(),
+        "only partition 1 is forgotten"
+    );
+    store
+        .forget_offsets(TOPIC, &[1, 2])
+        .await
+        .expect("forgetting again (or a partition never stored) is harmless");
+
+    let new: Vec<_> = (6..9).map(|n| order(("GBP", "JPY"), n)).collect();
+    let mut again = old[..2].to_vec();
+    again.extend(new.clone());
+    let applied = store
+        .apply(fenced(again, &[(1, 3)], &[]))
+        .await
+        .expect("the new log's first batch, fenced as starting from nothing");
+    assert_eq!(applied.inserted, 3, "the new orders");
+    assert_eq!(applied.duplicates, 2, "orders the old log had stay once");
+    assert_eq!(store.count().await.expect("count"), 9);
+    for row in old.iter().chain(&new) {
+        assert!(store.get(row.order.id).await.expect("get").is_some());
+    }
+    assert_eq!(
+        store.offsets(TOPIC).await.expect("offsets"),
+        [(0, 40), (1, 3)].into_iter().collect()
+    );
+}
+
 pub async fn applies_rows_and_offsets_together(engine: impl Engine) {
     let store = engine.open().await;
     assert_eq!(store.offsets(TOPIC).await.expect("offsets"), Offsets::new());
@@ -516,6 +560,10 @@ macro_rules! store_contract_tests {
             #[tokio::test]
             async fn fills_and_trades_commit_with_the_batch() {
                 c::fills_and_trades_commit_with_the_batch($engine().await).await;
+            }
+            #[tokio::test]
+            async fn forgotten_offsets_start_again_and_keep_the_rows() {
+                c::forgotten_offsets_start_again_and_keep_the_rows($engine().await).await;
             }
             #[tokio::test]
             async fn reopening_keeps_everything() {

@@ -277,6 +277,12 @@ pub trait Store: Send + Sync + 'static {
     /// The offsets last applied for `topic` (empty when the store is new).
     async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError>;
 
+    /// Drops the offsets of `partitions`, so they are read again from the
+    /// start of the log; the orders, fills and trades stay. Offsets only
+    /// ever move forward otherwise: this is for a log that was replaced
+    /// (see `broker::consumer`'s log check), whose offsets start again at 0.
+    async fn forget_offsets(&self, topic: &str, partitions: &[i32]) -> Result<(), StoreError>;
+
     /// One order by id, with its fill.
     async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError>;
 

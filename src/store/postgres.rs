@@ -398,6 +398,16 @@ impl Store for PostgresStore {
         Ok(rows.into_iter().collect())
     }
 
+    async fn forget_offsets(&self, topic: &str, partitions: &[i32]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM log_offsets WHERE topic = $1 AND partition = ANY($2)")
+            .bind(topic)
+            .bind(partitions)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
         let row: Option<Row> =
             sqlx::query_as(&format!("SELECT {COLUMNS} FROM {FROM} WHERE o.id = $1"))

@@ -282,6 +282,21 @@ impl Store for RedbStore {
         .await
     }
 
+    async fn forget_offsets(&self, topic: &str, partitions: &[i32]) -> Result<(), StoreError> {
+        let (topic, partitions) = (topic.to_owned(), partitions.to_vec());
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(classify)?;
+            {
+                let mut offsets = tx.open_table(OFFSETS).map_err(classify)?;
+                for p in partitions {
+                    offsets.remove((topic.as_str(), p)).map_err(classify)?;
+                }
+            }
+            tx.commit().map_err(classify)
+        })
+        .await
+    }
+
     async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(classify)?;

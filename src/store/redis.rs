@@ -449,6 +449,15 @@ impl Store for RedisStore {
         Ok(raw.into_iter().collect())
     }
 
+    async fn forget_offsets(&self, topic: &str, partitions: &[i32]) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .hdel(self.offsets_key(topic), partitions)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
         Ok(self
             .orders(&[id.hyphenated().to_string()])

@@ -352,6 +352,18 @@ impl Store for SledStore {
         .await
     }
 
+    async fn forget_offsets(&self, topic: &str, partitions: &[i32]) -> Result<(), StoreError> {
+        let keys: Vec<Vec<u8>> = partitions.iter().map(|p| offset_key(topic, *p)).collect();
+        self.blocking(move |s| {
+            for key in keys {
+                s.offsets.remove(key).map_err(classify)?;
+            }
+            s.db.flush().map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
         self.blocking(move |s| read_order(s, &id.as_u128().to_be_bytes()))
             .await

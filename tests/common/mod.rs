@@ -219,6 +219,18 @@ impl TestApp {
         }
     }
 
+    /// The sum of every `/metrics` series whose line starts with `prefix`
+    /// (`consumer_lag{` sums the partitions); `None` when there is none.
+    pub async fn metric_sum(&self, prefix: &str) -> Option<f64> {
+        let text = self.get("/metrics").await.text().await.ok()?;
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
     /// Waits until `GET /orders/{id}` answers 200 and returns the order.
     pub async fn wait_for_order(&self, id: Uuid, within: Duration) -> Option<Value> {
         eventually(within, || async move {
