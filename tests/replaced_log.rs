@@ -180,3 +180,76 @@ async fn produce_directly(cfg: &Settings, n: u64) -> BTreeSet<Uuid> {
     }
     ids
 }
+
+/// The memory broker restarted under a running oms: both sides heal by
+/// themselves. The producer, whose id the new broker does not know (and
+/// which librdkafka would only re-number under the same id), is replaced
+/// once the broker answers but acknowledges nothing; the consumer sees the
+/// log end fall below its stored offset and reads the new log from its
+/// start. Trades (matching is on) are published by the other producer,
+/// which heals the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_broker_restarted_under_a_running_oms_is_healed_on_both_sides() {
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let mut tansu = Tansu::start_with(broker_dir.path(), BrokerEngine::Memory);
+    let cfg = settings(&tansu.bootstrap(), store_dir.path());
+    let app = TestApp::spawn(cfg.clone()).await;
+    let mut old = BTreeSet::new();
+    for n in 0..OLD {
+        old.insert(app.accept(&order_body(n)).await);
+    }
+    app.wait_caught_up(Duration::from_secs(60)).await;
+
+    tansu.stop();
+    tansu.restart();
+    oms::broker::admin::create_topics(&cfg.broker)
+        .await
+        .expect("topics on the new log");
+
+    // Orders are accepted again without restarting oms (503 meanwhile).
+    let first = eventually(Duration::from_secs(60), || async {
+        let resp = app.post_json(&order_body(0)).await;
+        if resp.status() == 202 {
+            Some(accepted_id(resp).await)
+        } else {
+            None
+        }
+    })
+    .await
+    .expect("orders acknowledged again within 60 s of the broker's restart");
+    let mut new = BTreeSet::from([first]);
+    for n in 1..OLD / 3 {
+        new.insert(app.accept(&order_body(n)).await);
+    }
+
+    let all: Vec<Uuid> = old.iter().chain(&new).copied().collect();
+    let stored = eventually(Duration::from_secs(60), || async {
+        let known = app.store.known(all.clone()).await.ok()?;
+        (known.len() == all.len()).then_some(())
+    })
+    .await;
+    let known = app.store.known(all.clone()).await.expect("known");
+    assert!(
+        stored.is_some(),
+        "{} of {} orders on the new log never reached the store",
+        new.iter().filter(|id| !known.contains(id)).count(),
+        new.len()
+    );
+    assert!(
+        app.metric_sum("producer_replaced_total").await >= Some(1.0),
+        "the refused producer was replaced"
+    );
+    assert_eq!(
+        app.metric_sum("consumer_log_replaced_total").await,
+        Some(1.0)
+    );
+    let settled = eventually(Duration::from_secs(30), || async {
+        let lag = app.metric_sum("consumer_lag{").await?;
+        let ready = app.get("/readyz").await.status() == 200;
+        (lag == 0.0 && ready).then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "lag back to 0 and /readyz 200");
+    app.stop().await.expect("clean stop");
+}

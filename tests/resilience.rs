@@ -265,14 +265,21 @@ async fn resume_inside_a_batch(engine: common::BrokerEngine, rewind: i64) {
     assert!(delivered.iter().all(|d| d.partition == partition));
     let first = delivered.iter().map(|d| d.offset).min().expect("offsets");
 
-    // A store that already holds the first five (as after a crash).
+    // A store that already holds the first five and their offset (as
+    // after a crash).
     {
         let store = RedbStore::open(store_dir.path()).await.expect("store");
         let offsets = Offsets::from([(partition, first + 5)]);
+        let rows = orders
+            .iter()
+            .zip(&delivered)
+            .take(5)
+            .map(|(o, d)| oms::store::StoredOrder::new(o.clone(), d.partition, d.offset))
+            .collect();
         store
             .apply(std::sync::Arc::new(Batch::new(
                 &cfg.broker.topic,
-                Vec::new(),
+                rows,
                 offsets,
             )))
             .await
@@ -289,7 +296,12 @@ async fn resume_inside_a_batch(engine: common::BrokerEngine, rewind: i64) {
     app.wait_for_order(trailing.id, Duration::from_secs(20))
         .await
         .expect("the next batch stored");
-    assert_eq!(app.store.count().await.expect("count"), 6);
+    assert_eq!(app.store.count().await.expect("count"), 11);
+    assert_eq!(
+        app.metric_sum("consumer_log_replaced_total").await,
+        Some(0.0),
+        "the same log, resumed: not taken for another one"
+    );
     app.stop().await.expect("clean stop");
 }
 
