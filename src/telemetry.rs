@@ -319,12 +319,6 @@ fn register_zeroes() {
     }
     metrics::counter!("orders_replayed_total").absolute(0);
     metrics::counter!("consumer_log_replaced_total").absolute(0);
-    for client in [
-        crate::broker::producer::CLIENT_ID,
-        crate::broker::dlq::CLIENT_ID,
-    ] {
-        metrics::counter!("producer_replaced_total", "client" => client).absolute(0);
-    }
     for name in [
         "orders_matched_total",
         "orders_cancelled_total",

@@ -86,13 +86,10 @@ pub fn replay_count(message: &impl Message) -> u32 {
         .unwrap_or(0)
 }
 
-/// The client id of the dead-letter writer's producer (a metric label too).
-pub const CLIENT_ID: &str = "oms-dlq";
-
 impl DeadLetterWriter {
     pub fn new(settings: &BrokerSettings) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: LogProducer::new(settings, CLIENT_ID)?,
+            producer: LogProducer::new(settings, "oms-dlq")?,
             topic: settings.dlq_topic.clone(),
         })
     }

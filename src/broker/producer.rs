@@ -19,34 +19,17 @@
 //! queued records still timed out and the bump still happened.
 //!
 //! So oms never lets librdkafka time a record out (`message.timeout.ms = 0`,
-//! infinite) and keeps one producer for the life of the process — unless
-//! the broker no longer knows it (see below). The HTTP
+//! infinite) and keeps one producer for the life of the process. The HTTP
 //! deadline is oms' own: at `produce_timeout_ms` the request is answered
 //! `503` while the record stays queued and lands when the broker answers —
 //! which the 503 already says may happen (clients retry with the same
 //! `client_order_id`, and the order id absorbs the second copy). The queue
 //! is bounded (`QUEUE_MAX_MESSAGES`, `QUEUE_MAX_KBYTES`): when a long outage
 //! fills it, requests are answered `503` at once instead of piling up.
-//!
-//! # When a producer is replaced
-//!
-//! A broker that restarts without its state (tansu `memory://`, a lost
-//! database) no longer knows the producer's id and refuses every batch with
-//! `UNKNOWN_PRODUCER_ID`. librdkafka's answer for an idempotent producer is
-//! to bump the epoch of the *same* id itself (`rd_kafka_idemp_drain_done`),
-//! which the broker does not know either: the producer is refused for ever
-//! while the broker serves everyone else. So each producer is watched: when
-//! records have waited [`REFUSED_AFTER`] with not one acknowledged while the
-//! broker answers a metadata request, the producer is replaced by a new one
-//! (a new id from the broker). The old one is dropped — its queue purged,
-//! nothing more sent, so no bumped epoch ever reaches a broker — and its
-//! waiting records fail: their requests were answered `503` long before.
-//! A broker that is down, or whose storage stopped (metadata fails too), is
-//! not a reason: a new producer would not help.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -66,10 +49,6 @@ const QUEUE_MAX_MESSAGES: u32 = 100_000;
 /// Most bytes it holds: 64 MiB instead of librdkafka's 1 GiB, so a long
 /// outage costs bounded memory and then answers `503` at once.
 const QUEUE_MAX_KBYTES: u32 = 64 * 1024;
-
-/// How long records may wait with none acknowledged, while the broker
-/// answers, before the producer is replaced (module docs).
-pub const REFUSED_AFTER: Duration = Duration::from_secs(10);
 
 /// Where the broker put an acknowledged record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,89 +147,13 @@ impl ProduceEvidence {
 }
 
 /// An idempotent `acks=all` producer that answers within its timeout.
-/// One per process and purpose, replaced only when the broker no longer
-/// knows it (see the module docs). Cheap to clone.
+/// One per process and purpose, never replaced (see the module docs).
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct LogProducer {
-    current: Arc<Current>,
+    producer: Arc<FutureProducer>,
     timeout: Duration,
     evidence: Arc<ProduceEvidence>,
-}
-
-/// The librdkafka producer in use, and how to make its successor.
-struct Current {
-    producer: RwLock<Arc<FutureProducer>>,
-    config: ClientConfig,
-    client_id: String,
-}
-
-impl Current {
-    fn get(&self) -> Arc<FutureProducer> {
-        self.producer
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Swaps in a new producer; the old one is dropped off the async
-    /// workers (its drop purges its queue and waits up to 500 ms for the
-    /// purged records' reports).
-    fn replace(&self, waiting: usize, waited: Duration) {
-        let new = match self.config.create::<FutureProducer>() {
-            Ok(new) => Arc::new(new),
-            Err(err) => {
-                tracing::warn!(client = %self.client_id, error = %err, "could not create a producer to replace the refused one");
-                return;
-            }
-        };
-        let old = std::mem::replace(
-            &mut *self.producer.write().unwrap_or_else(|p| p.into_inner()),
-            new,
-        );
-        metrics::counter!("producer_replaced_total", "client" => self.client_id.clone())
-            .increment(1);
-        tracing::warn!(client = %self.client_id, waiting, waited_s = waited.as_secs_f64(), "the broker answers but acknowledged none of the waiting records (it no longer knows this producer: restarted without its state?); replacing the producer — the waiting records fail, their requests were answered 503");
-        tokio::task::spawn_blocking(move || drop(old));
-    }
-}
-
-/// Replaces `current`'s producer when records wait [`REFUSED_AFTER`] with
-/// none acknowledged while the broker answers; ends with the last
-/// [`LogProducer`] clone.
-async fn watch_refusals(current: Weak<Current>, evidence: Arc<ProduceEvidence>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // Since when records wait, and the last ack seen then.
-    let mut waiting: Option<(Instant, u64)> = None;
-    loop {
-        tick.tick().await;
-        let Some(current) = current.upgrade() else {
-            return;
-        };
-        let producer = current.get();
-        let in_flight = usize::try_from(producer.in_flight_count()).unwrap_or_default();
-        let last_ack = evidence.last_ack.load(Ordering::Relaxed);
-        match waiting {
-            _ if in_flight == 0 => waiting = None,
-            Some((since, ack)) if ack == last_ack => {
-                if since.elapsed() < REFUSED_AFTER {
-                    continue;
-                }
-                let answers = tokio::task::spawn_blocking(move || {
-                    producer
-                        .client()
-                        .fetch_metadata(None, super::METADATA_TIMEOUT)
-                        .is_ok()
-                })
-                .await
-                .unwrap_or(false);
-                if answers {
-                    current.replace(in_flight, since.elapsed());
-                    waiting = None;
-                }
-            }
-            _ => waiting = Some((Instant::now(), last_ack)),
-        }
-    }
 }
 
 impl std::fmt::Debug for LogProducer {
@@ -283,22 +186,11 @@ pub fn producer_config(settings: &BrokerSettings, client_id: &str) -> ClientConf
 
 impl LogProducer {
     /// Creates the producer; it connects lazily, so this works with the broker down.
-    /// Inside a tokio runtime it is watched for refusals (module docs).
     pub fn new(settings: &BrokerSettings, client_id: &str) -> Result<Self, KafkaError> {
-        let config = producer_config(settings, client_id);
-        let current = Arc::new(Current {
-            producer: RwLock::new(Arc::new(config.create()?)),
-            config,
-            client_id: client_id.to_owned(),
-        });
-        let evidence = Arc::<ProduceEvidence>::default();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(watch_refusals(Arc::downgrade(&current), evidence.clone()));
-        }
         Ok(Self {
-            current,
+            producer: Arc::new(producer_config(settings, client_id).create()?),
             timeout: Duration::from_millis(settings.produce_timeout_ms),
-            evidence,
+            evidence: Arc::default(),
         })
     }
 
@@ -312,7 +204,7 @@ impl LogProducer {
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
-        self.current.get().send_result(record).map_err(|(err, _)| {
+        self.producer.send_result(record).map_err(|(err, _)| {
             use rdkafka::types::RDKafkaErrorCode;
             if err.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
                 ProduceError::QueueFull
@@ -385,7 +277,7 @@ impl LogProducer {
     /// Why producing is not working right now, if it is not: records wait
     /// in the queue and none was acknowledged since a request gave up.
     pub fn stalled(&self) -> Option<String> {
-        let waiting = self.current.get().in_flight_count();
+        let waiting = self.producer.in_flight_count();
         let since = self.evidence.waiting_since_timeout()?;
         (waiting > 0).then(|| {
             format!(
@@ -397,12 +289,12 @@ impl LogProducer {
 
     /// Waits for every queued record to be acknowledged (on shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.current.get().flush(Timeout::After(timeout))
+        self.producer.flush(Timeout::After(timeout))
     }
 
     /// Asks the broker for `topic`'s metadata: is the log reachable?
     pub async fn probe(&self, topic: &str) -> Result<(), KafkaError> {
-        let producer = self.current.get();
+        let producer = self.producer.clone();
         let topic = topic.to_owned();
         // fetch_metadata blocks; keep it off the async workers.
         tokio::task::spawn_blocking(move || {
@@ -416,9 +308,6 @@ impl LogProducer {
     }
 }
 
-/// The client id of the order producer (a metric label too).
-pub const CLIENT_ID: &str = "oms-producer";
-
 /// Appends orders to the orders topic (key `SRC-DST`, JSON value).
 #[derive(Clone, Debug)]
 pub struct OrderProducer {
@@ -429,7 +318,7 @@ pub struct OrderProducer {
 impl OrderProducer {
     pub fn new(settings: &BrokerSettings) -> Result<Self, KafkaError> {
         Ok(Self {
-            log: LogProducer::new(settings, CLIENT_ID)?,
+            log: LogProducer::new(settings, "oms-producer")?,
             topic: settings.topic.clone(),
         })
     }
