@@ -1210,15 +1210,34 @@ pub async fn check_matching(app: &TestApp, symbols: &[&str]) -> MatchCheck {
         let mut want: Vec<_> = reference.trades.iter().copied().map(key).collect();
         got.sort();
         want.sort();
-        assert_eq!(
-            got.len(),
-            want.len(),
-            "{symbol}: trades stored vs the reference matcher"
-        );
-        assert!(
-            got == want,
-            "{symbol}: the stored trades differ from the reference matcher's"
-        );
+        if got != want {
+            // Name the trades that differ by their orders' log positions,
+            // so a failure says where matching went another way.
+            let offset: std::collections::HashMap<Uuid, i64> =
+                orders.iter().map(|o| (o.order.id, o.offset)).collect();
+            let only = |a: &[(Uuid, Uuid, Decimal, Decimal)],
+                        b: &[(Uuid, Uuid, Decimal, Decimal)]| {
+                let mut rest: Vec<_> = b.to_vec();
+                a.iter()
+                    .filter(|t| match rest.iter().position(|r| r == *t) {
+                        Some(i) => {
+                            rest.swap_remove(i);
+                            false
+                        }
+                        None => true,
+                    })
+                    .take(5)
+                    .map(|(b, s, p, q)| format!("buy@{} sell@{} {q} at {p}", offset[b], offset[s]))
+                    .collect::<Vec<_>>()
+            };
+            panic!(
+                "{symbol}: {} trades stored, {} by the reference matcher; only stored: {:?}; only in the reference: {:?}",
+                got.len(),
+                want.len(),
+                only(&got, &want),
+                only(&want, &got)
+            );
+        }
         for o in &orders {
             let filled = reference.filled[&o.order.id];
             let quantity = o.order.quantity.value();
