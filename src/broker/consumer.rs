@@ -1345,20 +1345,9 @@ impl ConsumerLoop {
         shutdown: &CancellationToken,
     ) -> Result<Result<Applied, String>, Halt> {
         let engine = self.store.engine();
-        // Attempts after the first may find their own first attempt applied
-        // (its answer lost): only they accept the store at the batch's target.
-        let mut attempts = 0_u32;
-        let retried = std::sync::OnceLock::new();
         let outcome = self
             .retry(shutdown, "store unavailable", || {
-                attempts += 1;
-                let batch = if attempts == 1 {
-                    batch.clone()
-                } else {
-                    retried
-                        .get_or_init(|| Arc::new(batch.as_ref().clone().retried()))
-                        .clone()
-                };
+                let batch = batch.clone();
                 async move {
                     let started = Instant::now();
                     let outcome = self.store.apply(batch).await;

@@ -75,19 +75,12 @@ pub struct Batch {
     /// For every partition in `offsets`, the next offset the writer believes
     /// the store holds now (absent: none stored yet). When set, the store
     /// refuses the whole batch with [`StoreError::Diverged`] unless each
-    /// partition is at that offset — or, for a [`Batch::retried`] batch,
-    /// already at the batch's own target (its first attempt was applied and
-    /// the answer lost). That check runs inside the same transaction as the
-    /// write: an instance that lost a partition (a zombie) can never write
-    /// after its new owner, and a store that lost data behind oms' back is
-    /// noticed instead of being written on top of.
+    /// partition is at that offset — or already at the batch's own target (a
+    /// retry after an answer was lost). That check runs inside the same
+    /// transaction as the write: an instance that lost a partition (a zombie)
+    /// can never write after its new owner, and a store that lost data behind
+    /// oms' back is noticed instead of being written on top of.
     pub expected: Option<Offsets>,
-    /// A second or later attempt of the same batch (see `expected`). A first
-    /// attempt that finds the store at its target is refused: another writer
-    /// applied that range, and this writer's books missed it (it skipped
-    /// those orders as already stored), so what it matched after them would
-    /// be wrong.
-    pub retry: bool,
     /// Fault injection for the contract tests: the engine writes everything,
     /// then fails instead of committing, so atomicity can be observed.
     #[cfg(test)]
@@ -104,7 +97,6 @@ impl Batch {
             trades: Vec::new(),
             offsets,
             expected: None,
-            retry: false,
             #[cfg(test)]
             fail_before_commit: false,
         }
@@ -123,13 +115,6 @@ impl Batch {
         self
     }
 
-    /// The same batch, attempted again after a failure whose outcome is
-    /// unknown (see [`Batch::retry`]).
-    pub fn retried(mut self) -> Self {
-        self.retry = true;
-        self
-    }
-
     /// Checks the store's current offsets of the batch's partitions
     /// (`current`, read inside the write transaction) against `expected`.
     pub fn check(&self, current: &Offsets) -> Result<(), StoreError> {
@@ -138,21 +123,16 @@ impl Batch {
         };
         let off = self.offsets.iter().find(|(p, target)| {
             let now = current.get(p);
-            now != expected.get(p) && !(self.retry && now == Some(target))
+            now != expected.get(p) && now != Some(target)
         });
         match off {
             None => Ok(()),
             Some((p, target)) => Err(StoreError::Diverged {
                 what: format!(
-                    "{} partition {p} is at {} in the store; this writer expected {}{}",
+                    "{} partition {p} is at {} in the store; this writer expected {} (or {target} if this batch was applied)",
                     self.topic,
                     show(current.get(p)),
                     show(expected.get(p)),
-                    if self.retry {
-                        format!(" (or {target} if this batch was applied)")
-                    } else {
-                        String::new()
-                    }
                 ),
             }),
         }
