@@ -1382,9 +1382,25 @@ impl ConsumerLoop {
         letter: &DeadLetter,
         shutdown: &CancellationToken,
     ) -> Result<(), Halt> {
-        tokio::select! {
-            () = shutdown.cancelled() => Err(Halt::Shutdown),
-            sent = self.retry(shutdown, "writing to the dead-letter topic", || self.dlq.send(letter)) => sent,
+        let send = self.retry(shutdown, "writing to the dead-letter topic", || {
+            self.dlq.send(letter)
+        });
+        tokio::pin!(send);
+        let mut waiting = tokio::time::interval(Duration::from_secs(1));
+        waiting.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(Halt::Shutdown),
+                sent = &mut send => return sent,
+                // Waiting for the broker's ack is life, not a stall: a new
+                // consumer would only write the letter a second time.
+                _ = waiting.tick() => {
+                    self.status.beat();
+                    self.status.set(ConsumerState::Waiting {
+                        reason: "writing to the dead-letter topic: waiting for the broker's ack".into(),
+                    });
+                }
+            }
         }
     }
 
