@@ -41,12 +41,7 @@ async fn metric(base: &str, prefix: &str) -> Option<f64> {
         .text()
         .await
         .ok()?;
-    Some(
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    Some(common::sum_series(&text, prefix).unwrap_or(0.0))
 }
 
 /// `consumer_assigned_partitions` of one instance.

@@ -222,13 +222,7 @@ impl TestApp {
     /// The sum of every `/metrics` series whose line starts with `prefix`
     /// (`consumer_lag{` sums the partitions); `None` when there is none.
     pub async fn metric_sum(&self, prefix: &str) -> Option<f64> {
-        let text = self.get("/metrics").await.text().await.ok()?;
-        let values: Vec<f64> = text
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
+        sum_series(&self.get("/metrics").await.text().await.ok()?, prefix)
     }
 
     /// Waits until `GET /orders/{id}` answers 200 and returns the order.
@@ -243,6 +237,17 @@ impl TestApp {
         })
         .await
     }
+}
+
+/// The sum of the series in a `/metrics` text whose line starts with
+/// `prefix`; `None` when there is none.
+pub fn sum_series(text: &str, prefix: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// The order id of a `202 Accepted` answer (panics on any other answer).
