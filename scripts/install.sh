@@ -5,23 +5,45 @@
 # Usage: scripts/install.sh [tansu] [postgres] [redis] …   (no argument: the stack's)
 source "$(dirname "$0")/lib.sh"
 
+# tansu is built from crates.io's sources with our patch to its storage crate
+# (deployment/tansu/README.md says what it changes and why). The stamp names
+# version, features and patch, so a changed patch rebuilds — incrementally,
+# in a target folder kept next to the binary.
+tansu_stamp() {
+  echo "tansu $TANSU_VERSION features $TANSU_FEATURES patch $(sha256sum "$TANSU_PATCH" | cut -c1-16)"
+}
+
 install_tansu() {
-  if [[ -x "$TANSU_BIN" ]] && "$TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  local stamp_file="$OMS_TOOLS/tansu.stamp"
+  if [[ -x "$TANSU_BIN" ]] && [[ "$(cat "$stamp_file" 2>/dev/null)" == "$(tansu_stamp)" ]]; then
     return 0
   fi
-  local log="$OMS_TOOLS/tansu-build.log"
-  mkdir -p "$OMS_TOOLS"
-  say "building tansu $TANSU_VERSION (features $TANSU_FEATURES) into $OMS_TOOLS"
-  say "this takes about 10 minutes on 2 cores, once per machine; build log: $log"
-  cargo install --locked tansu --version "$TANSU_VERSION" --features "$TANSU_FEATURES" \
-    --root "$OMS_TOOLS" >"$log" 2>&1 &
+  local log="$OMS_TOOLS/tansu-build.log" crate="$OMS_TOOLS/src/tansu-storage-$TANSU_VERSION.crate"
+  local src="$OMS_TOOLS/src/tansu-storage-$TANSU_VERSION"
+  mkdir -p "$OMS_TOOLS/src"
+  if ! echo "$TANSU_STORAGE_SHA256  $crate" | sha256sum --check --status 2>/dev/null; then
+    say "downloading tansu-storage $TANSU_VERSION from crates.io"
+    curl -sSfL --retry 3 -o "$crate.part" "https://static.crates.io/crates/tansu-storage/$TANSU_VERSION/download"
+    echo "$TANSU_STORAGE_SHA256  $crate.part" | sha256sum --check --status \
+      || die "tansu-storage $TANSU_VERSION from crates.io does not have the pinned checksum $TANSU_STORAGE_SHA256"
+    mv "$crate.part" "$crate"
+  fi
+  rm -rf "$src"
+  tar -xzf "$crate" -C "$OMS_TOOLS/src"
+  patch --quiet -p1 -d "$src" <"$TANSU_PATCH" || die "the tansu patch $TANSU_PATCH does not apply to tansu-storage $TANSU_VERSION"
+  say "building tansu $TANSU_VERSION (features $TANSU_FEATURES, patched storage) into $OMS_TOOLS"
+  say "this takes about 10 minutes on 2 cores the first time (a changed patch: a few); build log: $log"
+  cargo install --locked --force tansu --version "$TANSU_VERSION" --features "$TANSU_FEATURES" \
+    --config "patch.crates-io.tansu-storage.path=\"$src\"" \
+    --target-dir "$OMS_TOOLS/tansu-target" --root "$OMS_TOOLS" >"$log" 2>&1 &
   local build=$! started=$SECONDS
   while kill -0 "$build" 2>/dev/null; do
     sleep 30
     kill -0 "$build" 2>/dev/null && say "still building tansu ($(( (SECONDS - started) / 60 )) min so far): $(tail -n 1 "$log" | cut -c1-80)"
   done
   wait "$build" || { tail -n 30 "$log" >&2; die "building tansu failed (log: $log)"; }
-  say "tansu $TANSU_VERSION installed in $(( (SECONDS - started) / 60 )) min"
+  tansu_stamp >"$stamp_file"
+  say "tansu $TANSU_VERSION (patched) installed in $(( (SECONDS - started) / 60 )) min"
 }
 
 apt_install() {

@@ -12,6 +12,10 @@ OMS_TOOLS="${OMS_TOOLS:-$HOME/.cache/oms/tools}"
 # Pinned versions.
 TANSU_VERSION="0.6.0"
 TANSU_FEATURES="libsql,dynostore"
+# tansu-storage is rebuilt from its crates.io source with our patch; this is
+# the crate's checksum in tansu 0.6.0's own Cargo.lock.
+TANSU_STORAGE_SHA256="720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d"
+TANSU_PATCH="$OMS_ROOT/deployment/tansu/tansu-storage-0.6.0.patch"
 PG_MAJOR="15"
 # Debian bookworm's redis-server (BSD-licensed 7.0).
 REDIS_SERIES="7.0"
