@@ -268,11 +268,14 @@ pub struct BrokerSettings {
     pub replication: i32,
     /// Longest a `POST /orders` waits for the broker's ack before answering 503.
     pub produce_timeout_ms: u64,
-    /// Producer `linger.ms`: how long records wait to be batched. Below
+    /// Producer `linger.ms`: how long records wait to be batched. With a
+    /// closed-loop client every ms of it is latency and so throughput. Below
     /// the broker's produce latency, librdkafka's broker thread busy-polls
     /// whenever a partition has its 5 idempotent requests in flight and a
-    /// batch past its linger (measured on tansu: 1 ms cost 209 µs of oms CPU
-    /// per order, 5 ms 94 µs — see bench/REPORT.md).
+    /// batch past its linger: on the unpatched tansu (~7 ms per produce) 1 ms
+    /// cost 209 µs of oms CPU per order; on the patched one (deployment/tansu)
+    /// 2 ms costs what 5 ms did and serves 1.6× the orders at 35 connections
+    /// (bench/analysis.md).
     pub linger_ms: u64,
     /// Producer `compression.type`: none, lz4, zstd, snappy or gzip. `none`
     /// on loopback: tansu inflates every batch on produce and serves records
@@ -295,7 +298,7 @@ impl Default for BrokerSettings {
             partitions: 3,
             replication: 1,
             produce_timeout_ms: 2_000,
-            linger_ms: 5,
+            linger_ms: 2,
             compression: "none".into(),
             retry_after_secs: 1,
             dlq_max_replays: 3,
@@ -414,11 +417,22 @@ pub struct EmbeddedStoreSettings {
     /// Page cache, MiB. The engines' defaults (1 GiB) only pay off for data
     /// larger than RAM; the files are on tmpfs, where a miss is a memory copy.
     pub cache_mib: u32,
+    /// How long a commit may stay in memory only: a batch's rows and
+    /// offsets commit together, and at most this often the commit is made
+    /// durable (redb: `Durability::Immediate`, the others `None`; sled: its
+    /// `flush_every_ms`). A kill -9 loses the last moments of the *store*,
+    /// never of the log: the consumer resumes from the durable offsets and
+    /// reads those records again. Writing every commit through (0) cost redb
+    /// ~20 µs of CPU per order at 8,000 orders/s with small batches.
+    pub durable_every_ms: u64,
 }
 
 impl Default for EmbeddedStoreSettings {
     fn default() -> Self {
-        Self { cache_mib: 32 }
+        Self {
+            cache_mib: 32,
+            durable_every_ms: 500,
+        }
     }
 }
 

@@ -2,10 +2,13 @@
 //! batch. redb is synchronous, so every call runs on the blocking pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use uuid::Uuid;
 
 use std::collections::HashSet;
@@ -38,7 +41,50 @@ pub const FILE_NAME: &str = "orders.redb";
 /// A redb database holding the orders view.
 pub struct RedbStore {
     db: Arc<Database>,
+    durable: Arc<DurableEvery>,
     path: PathBuf,
+}
+
+/// When the next batch commit is made durable. Between durable commits redb
+/// keeps commits in memory (`Durability::None`): readers in this process see
+/// them, a kill -9 loses them — rows and offsets alike, so the consumer reads
+/// those records again from the log. Writing each small batch's pages through
+/// was most of redb's cost per order under load.
+#[derive(Debug)]
+struct DurableEvery {
+    every: Duration,
+    last: Mutex<Instant>,
+}
+
+impl DurableEvery {
+    fn due(&self) -> bool {
+        self.every.is_zero()
+            || self
+                .last
+                .lock()
+                .is_ok_and(|last| last.elapsed() >= self.every)
+    }
+
+    fn done(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Instant::now();
+        }
+    }
+}
+
+impl Drop for RedbStore {
+    /// A clean stop leaves nothing in memory only: an empty durable commit
+    /// writes every commit before it through.
+    fn drop(&mut self) {
+        let flushed = self
+            .db
+            .begin_write()
+            .map_err(redb::Error::from)
+            .and_then(|tx| tx.commit().map_err(redb::Error::from));
+        if let Err(err) = flushed {
+            tracing::warn!(error = %err, "redb: the last commits were not made durable on close; the consumer reads them again from the log");
+        }
+    }
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -100,6 +146,7 @@ impl RedbStore {
         settings: &EmbeddedStoreSettings,
     ) -> Result<Self, StoreError> {
         let cache_mib = settings.cache_mib;
+        let durable_every_ms = settings.durable_every_ms;
         let dir = dir.to_owned();
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| {
@@ -122,6 +169,10 @@ impl RedbStore {
             tx.commit().map_err(classify)?;
             Ok(RedbStore {
                 db: Arc::new(db),
+                durable: Arc::new(DurableEvery {
+                    every: Duration::from_millis(durable_every_ms),
+                    last: Mutex::new(Instant::now()),
+                }),
                 path,
             })
         })
@@ -146,8 +197,12 @@ impl RedbStore {
     }
 }
 
-fn apply_in(db: &Database, batch: &Batch) -> Result<Applied, StoreError> {
-    let tx = db.begin_write().map_err(classify)?;
+fn apply_in(db: &Database, batch: &Batch, durable: bool) -> Result<Applied, StoreError> {
+    let mut tx = db.begin_write().map_err(classify)?;
+    if !durable {
+        tx.set_durability(Durability::None)
+            .map_err(|e| StoreError::permanent("redb refused a non-durable commit", e))?;
+    }
     let mut applied = Applied::default();
     {
         let mut orders = tx.open_table(ORDERS).map_err(classify)?;
@@ -261,7 +316,14 @@ impl Store for RedbStore {
     }
 
     async fn apply(&self, batch: Arc<Batch>) -> Result<Applied, StoreError> {
-        self.blocking(move |db| apply_in(db, &batch)).await
+        let durable = self.durable.due();
+        let applied = self
+            .blocking(move |db| apply_in(db, &batch, durable))
+            .await?;
+        if durable {
+            self.durable.done();
+        }
+        Ok(applied)
     }
 
     async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError> {

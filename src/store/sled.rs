@@ -31,6 +31,8 @@ pub struct SledStore {
     /// [`fill_key`], [`resting_key`], [`trade_key`], [`trade_index_key`]):
     /// one tree keeps the batch transaction to four trees.
     matching: sled::Tree,
+    /// `durable_every_ms` was 0: every batch is flushed before it counts.
+    flush_each_batch: bool,
     path: PathBuf,
 }
 
@@ -162,11 +164,13 @@ impl SledStore {
         settings: &EmbeddedStoreSettings,
     ) -> Result<Self, StoreError> {
         let cache_mib = settings.cache_mib;
+        let durable_every_ms = settings.durable_every_ms;
         let path = dir.join(DIR_NAME);
         tokio::task::spawn_blocking(move || {
             let db = sled::Config::new()
                 .path(&path)
                 .cache_capacity(u64::from(cache_mib) * 1024 * 1024)
+                .flush_every_ms((durable_every_ms > 0).then_some(durable_every_ms))
                 .open()
                 .map_err(|e| match e {
                     // Another process holds the lock: it may go away (a restart).
@@ -188,6 +192,7 @@ impl SledStore {
                 by_symbol,
                 offsets,
                 matching,
+                flush_each_batch: durable_every_ms == 0,
                 path,
             })
         })
@@ -208,6 +213,7 @@ impl SledStore {
             by_symbol: self.by_symbol.clone(),
             offsets: self.offsets.clone(),
             matching: self.matching.clone(),
+            flush_each_batch: self.flush_each_batch,
             path: self.path.clone(),
         };
         tokio::task::spawn_blocking(move || work(&me))
@@ -316,8 +322,11 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
     };
     // No flush per batch: a transaction is atomic in sled's log, so a kill -9
     // loses the rows *and* the offsets of what was not flushed yet (sled
-    // flushes every 500 ms), and the consumer reads those records again. The
-    // kill -9 crash test holds sled to that.
+    // flushes every `durable_every_ms`), and the consumer reads those records
+    // again. The kill -9 crash test holds sled to that.
+    if store.flush_each_batch {
+        store.db.flush().map_err(classify)?;
+    }
     Ok(applied)
 }
 
