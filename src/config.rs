@@ -423,7 +423,7 @@ pub struct EmbeddedStoreSettings {
     /// `flush_every_ms`). A kill -9 loses the last moments of the *store*,
     /// never of the log: the consumer resumes from the durable offsets and
     /// reads those records again. Writing every commit through (0) cost redb
-    /// ~20 µs of CPU per order at 8,000 orders/s with small batches.
+    /// ~6 µs more CPU per order at ~8,500 orders/s (bench/analysis.md).
     pub durable_every_ms: u64,
 }
 

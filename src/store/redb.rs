@@ -48,8 +48,8 @@ pub struct RedbStore {
 /// When the next batch commit is made durable. Between durable commits redb
 /// keeps commits in memory (`Durability::None`): readers in this process see
 /// them, a kill -9 loses them — rows and offsets alike, so the consumer reads
-/// those records again from the log. Writing each small batch's pages through
-/// was most of redb's cost per order under load.
+/// those records again from the log. Writing each small batch through cost
+/// ~6 µs of CPU per order under load (bench/analysis.md).
 #[derive(Debug)]
 struct DurableEvery {
     every: Duration,
