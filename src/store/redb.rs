@@ -41,7 +41,7 @@ pub const FILE_NAME: &str = "orders.redb";
 /// A redb database holding the orders view.
 pub struct RedbStore {
     db: Arc<Database>,
-    durable: Arc<DurableEvery>,
+    durable: DurableEvery,
     path: PathBuf,
 }
 
@@ -169,10 +169,10 @@ impl RedbStore {
             tx.commit().map_err(classify)?;
             Ok(RedbStore {
                 db: Arc::new(db),
-                durable: Arc::new(DurableEvery {
+                durable: DurableEvery {
                     every: Duration::from_millis(durable_every_ms),
                     last: Mutex::new(Instant::now()),
-                }),
+                },
                 path,
             })
         })
