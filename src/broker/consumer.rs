@@ -753,6 +753,47 @@ impl ConsumerContext for Rebalances {
     }
 }
 
+/// How long a stopping instance waits for the group to take its
+/// partitions back before it closes anyway (then they move when the
+/// coordinator notices the member is gone).
+const LEAVE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Hands this instance's partitions back to the group before it stops, so
+/// the others take them over now. librdkafka closes a static member
+/// (`group.instance.id`) without a `LeaveGroup` (KIP-345: a bounce should
+/// not rebalance) and tansu 0.6 never evicts a static member that stopped
+/// heartbeating (see docs/architecture.md), so a graceful stop would leave
+/// its partitions unread. Unsubscribing first revokes them (the revoke
+/// commits the stored offsets, [`Rebalances::pre_rebalance`]) and then sends
+/// `LeaveGroup`, static member or not; the rebalance callbacks run inside
+/// `recv`, so it is polled until the assignment is empty.
+async fn leave_group(consumer: &LogConsumer) {
+    consumer.unsubscribe();
+    let deadline = tokio::time::Instant::now() + LEAVE_WITHIN;
+    loop {
+        let owned = consumer.assignment().map_or(0, |a| a.count());
+        if owned == 0 {
+            tracing::info!("left the consumer group: its partitions are handed over");
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            tracing::warn!(
+                partitions = owned,
+                "the group did not take the partitions back in time; closing anyway"
+            );
+            return;
+        }
+        // Only rebalance events arrive now; a record still queued is
+        // dropped (not stored, so its next owner reads it again).
+        let _ = tokio::time::timeout(
+            (deadline - now).min(Duration::from_millis(50)),
+            consumer.recv(),
+        )
+        .await;
+    }
+}
+
 /// Why the loop stops working on the batch in hand. Nothing more of it is
 /// stored, and it is read again (a batch and its offsets commit together).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1106,6 +1147,9 @@ impl ConsumerLoop {
                 self.report_lag(&consumer, &topic, &self.status.stored());
                 last_commit = Instant::now();
             }
+        }
+        if grouped {
+            leave_group(&consumer).await;
         }
         Ok(Halt::Shutdown)
     }
