@@ -321,10 +321,10 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
         Err(TransactionError::Storage(err)) => return Err(classify(err)),
     };
     // No flush per batch (unless `durable_every_ms` is 0): a transaction is
-    // atomic in sled's log, so a kill -9
-    // loses the rows *and* the offsets of what was not flushed yet (sled
-    // flushes every `durable_every_ms`), and the consumer reads those records
-    // again. The kill -9 crash test holds sled to that.
+    // atomic in sled's log, so a kill -9 loses the rows *and* the offsets of
+    // what was not flushed yet (sled flushes every `durable_every_ms`), and
+    // the consumer reads those records again. The kill -9 crash test holds
+    // sled to that.
     if store.flush_each_batch {
         store.db.flush().map_err(classify)?;
     }
