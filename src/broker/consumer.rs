@@ -1074,18 +1074,20 @@ impl ConsumerLoop {
         };
         let mut log_check = tokio::time::interval(Duration::from_millis(500));
         log_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        // Every way out of the loop is a `Halt`, so a stop leaves the group
+        // whether it came mid-batch or while a retry waited.
+        let halt = 'consume: loop {
             // A rebalance (which librdkafka runs inside `recv`) wakes the
             // loop too, so partitions are taken over with no record waiting.
             let first = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => break 'consume Halt::Shutdown,
                 () = consumer.context().changed() => None,
                 message = consumer.recv() => Some(message),
                 // A replaced log that ends below the stored offset delivers
                 // nothing at all: only the clock notices.
                 _ = log_check.tick() => {
                     match log_ends.shorter(&consumer, &topic, &self.status.stored(), confirm) {
-                        Some((partition, why)) => return Ok(self.log_replaced(&topic, partition, &why, shutdown).await),
+                        Some((partition, why)) => break 'consume self.log_replaced(&topic, partition, &why, shutdown).await,
                         None => continue,
                     }
                 }
@@ -1109,7 +1111,7 @@ impl ConsumerLoop {
                     .await
                 {
                     Ok(()) => {}
-                    Err(halt) => return Ok(halt),
+                    Err(halt) => break 'consume halt,
                 }
             }
             let samples = resume.admit(&consumer, &topic, &mut messages);
@@ -1121,17 +1123,17 @@ impl ConsumerLoop {
                     })
                     .await
                 else {
-                    return Ok(Halt::Shutdown);
+                    break 'consume Halt::Shutdown;
                 };
                 if let Some(why) = resume.checked(partition, sampled, known.len()) {
-                    return Ok(self.log_replaced(&topic, partition, &why, shutdown).await);
+                    break 'consume self.log_replaced(&topic, partition, &why, shutdown).await;
                 }
             }
             if messages.is_empty() {
                 // Only errors: back off a little instead of spinning on them.
                 if failed {
                     tokio::select! {
-                        () = shutdown.cancelled() => break,
+                        () = shutdown.cancelled() => break 'consume Halt::Shutdown,
                         () = tokio::time::sleep(Duration::from_millis(self.settings.retry_min_ms)) => {}
                     }
                 }
@@ -1139,19 +1141,19 @@ impl ConsumerLoop {
             }
             let offsets = match self.process(&topic, &messages, shutdown).await {
                 Ok(offsets) => offsets,
-                Err(Halt::Shutdown) => break,
-                Err(halt @ (Halt::Resync | Halt::Replaced)) => return Ok(halt),
+                Err(Halt::Shutdown) => break 'consume Halt::Shutdown,
+                Err(halt @ (Halt::Resync | Halt::Replaced)) => break 'consume halt,
             };
             self.status.record_stored(&offsets);
             if last_commit.elapsed() >= BROKER_COMMIT_EVERY {
                 self.report_lag(&consumer, &topic, &self.status.stored());
                 last_commit = Instant::now();
             }
-        }
-        if grouped {
+        };
+        if grouped && halt == Halt::Shutdown {
             leave_group(&consumer).await;
         }
-        Ok(Halt::Shutdown)
+        Ok(halt)
     }
 
     /// A partition's log is not the one the store was built from: says so
