@@ -1391,9 +1391,17 @@ impl ConsumerLoop {
         shutdown: &CancellationToken,
     ) -> Result<Result<Applied, String>, Halt> {
         let engine = self.store.engine();
+        let mut attempts = 0;
         let outcome = self
             .retry(shutdown, "store unavailable", || {
-                let batch = batch.clone();
+                // A failed attempt may have committed before its answer was
+                // lost; only a retry may find the store at its own target.
+                attempts += 1;
+                let batch = if attempts == 1 {
+                    batch.clone()
+                } else {
+                    Arc::new(batch.retry())
+                };
                 async move {
                     let started = Instant::now();
                     let outcome = self.store.apply(batch).await;
@@ -1464,6 +1472,10 @@ impl ConsumerLoop {
     ) -> Result<(), Halt> {
         let partitions: Vec<i32> = batch.offsets.keys().copied().collect();
         self.load_books(&partitions, shutdown).await?;
+        // Each record alone is fenced like the batch (its offsets "move" to
+        // where they are): the books were just read from the store, and a
+        // fill matched from them must not land after another writer's.
+        let fence = batch.expected.clone().unwrap_or_default();
         for event in events {
             let rows = match &event.event {
                 Event::Order(order) => vec![StoredOrder::new(
@@ -1478,8 +1490,9 @@ impl ConsumerLoop {
                 .match_events(std::slice::from_ref(event), shutdown)
                 .await?;
             let single = Arc::new(
-                Batch::new(&batch.topic, rows, Offsets::new())
-                    .matched(matched.states, matched.trades),
+                Batch::new(&batch.topic, rows, fence.clone())
+                    .matched(matched.states, matched.trades)
+                    .expecting(fence.clone()),
             );
             let Err(reason) = self.store_batch(&single, shutdown).await? else {
                 continue;
@@ -1501,12 +1514,13 @@ impl ConsumerLoop {
         }
         let mut offsets_only = Batch::new(&batch.topic, Vec::new(), batch.offsets.clone());
         offsets_only.expected = batch.expected.clone();
-        let offsets_only = Arc::new(offsets_only);
-        self.retry(shutdown, "storing offsets", || {
-            self.store.apply(offsets_only.clone())
-        })
-        .await
-        .map(drop)
+        match self.store_batch(&Arc::new(offsets_only), shutdown).await? {
+            Ok(_) => Ok(()),
+            Err(reason) => {
+                tracing::error!(%reason, "the store refused the batch's offsets; reading them again from the store");
+                Err(Halt::Resync)
+            }
+        }
     }
 
     /// Commits the stored offsets broker-side, so standard Kafka tools can

@@ -51,7 +51,9 @@ pub fn fenced(
 /// Fencing: a writer whose idea of the store's offsets is stale (it lost
 /// the partition to another instance, or the store lost data behind its
 /// back) is refused as a whole — no row, no offset — while a writer that
-/// knows where the store is goes on, and repeating its batch is harmless.
+/// knows where the store is goes on, and repeating its batch after a lost
+/// answer is harmless. The same records from another writer are refused even
+/// when they end where the store is.
 pub async fn a_writer_whose_offsets_are_stale_is_refused(engine: impl Engine) {
     let store = engine.open().await;
     let first: Vec<_> = (0..5).map(|n| order(("USD", "EUR"), n)).collect();
@@ -84,8 +86,15 @@ pub async fn a_writer_whose_offsets_are_stale_is_refused(engine: impl Engine) {
 
     let next = fenced(zombie.clone(), &[(0, 8)], &[(0, 5)]);
     store.apply(next.clone()).await.expect("the owner goes on");
+    // The same records, matched by another writer that still believes the
+    // store at 5: its books never saw what the owner wrote.
+    let err = store
+        .apply(next.clone())
+        .await
+        .expect_err("another writer's batch that ends where the owner's did");
+    assert!(matches!(err, StoreError::Diverged { .. }), "{err}");
     let again = store
-        .apply(next)
+        .apply(Arc::new(next.retry()))
         .await
         .expect("the same batch again (answer lost)");
     assert_eq!(again.inserted, 0);

@@ -40,12 +40,13 @@ use crate::matching::{Fill, StoredTrade};
 /// One batch. KEYS = the offsets hash, the count, the fills hash, the
 /// trades hash; per order its key and its symbol's index; per fill its
 /// partition's resting index; per trade its symbol's trade index. ARGV =
-/// fenced (1/0), number of partitions, a (partition, target, expected or "")
+/// fenced (0: no, 1: at the expected offsets, 2: there or already at the
+/// batch's targets — a retry), number of partitions, a (partition, target, expected or "")
 /// triple per partition, fail-before-write (tests), the numbers of orders,
 /// fills and trades; per order its id and JSON; per fill the order id, the
 /// fill's JSON and live (1/0); per trade its id and JSON.
 const APPLY: &str = r#"#!lua
-local fenced, partitions = ARGV[1] == '1', tonumber(ARGV[2])
+local fenced, retried, partitions = ARGV[1] ~= '0', ARGV[1] == '2', tonumber(ARGV[2])
 local offsets_key, fills_key, trades_key = KEYS[1], KEYS[3], KEYS[4]
 local function check(key, want)
   local t = redis.call('TYPE', key).ok
@@ -62,10 +63,10 @@ local a = 3
 for _ = 1, partitions do
   local p, target, expected = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local current = redis.call('HGET', offsets_key, p)
-  if fenced and (current or '') ~= expected and current ~= target then
+  if fenced and (current or '') ~= expected and not (retried and current == target) then
     return redis.error_reply('DIVERGED partition ' .. p .. ' is at ' .. (current or 'nothing stored')
       .. ' in the store; this writer expected ' .. (expected == '' and 'nothing stored' or expected)
-      .. ' (or ' .. target .. ' if this batch was applied)')
+      .. (retried and (' (or ' .. target .. ' if this batch was applied)') or ''))
   end
   if not current or tonumber(current) <= tonumber(target) then
     moves[#moves + 1] = {p, target}
@@ -389,8 +390,12 @@ impl Store for RedisStore {
         let mut call = self.apply.prepare_invoke();
         call.key(self.offsets_key(&batch.topic))
             .key(self.count_key());
-        call.arg(if batch.expected.is_some() { "1" } else { "0" })
-            .arg(batch.offsets.len());
+        call.arg(match (&batch.expected, batch.retried) {
+            (None, _) => "0",
+            (Some(_), false) => "1",
+            (Some(_), true) => "2",
+        })
+        .arg(batch.offsets.len());
         for (partition, target) in &batch.offsets {
             let expected = batch
                 .expected
