@@ -887,10 +887,12 @@ impl ConsumerLoop {
 
     /// Matches a batch's events into the books and publishes the trades.
     /// An order the store already holds (a repeated record) is not matched
-    /// again.
+    /// again. `fence` is the batch these events will be written with: its
+    /// trades are published only while the store is still where it expects.
     async fn match_events(
         &self,
         events: &[Positioned],
+        fence: &Batch,
         shutdown: &CancellationToken,
     ) -> Result<Outcome, Halt> {
         if !self.settings.matching || events.is_empty() {
@@ -923,12 +925,33 @@ impl ConsumerLoop {
         metrics::counter!("trades_total").increment(outcome.trades.len() as u64);
         metrics::gauge!("book_resting_orders").set(resting as f64);
         if !outcome.trades.is_empty() {
+            self.still_current(fence, shutdown).await?;
             self.retry(shutdown, "publishing trades", || {
                 self.publish(&outcome.trades)
             })
             .await?;
         }
         Ok(outcome)
+    }
+
+    /// Checks, after `known` was read, that the store is still where `fence`
+    /// expects. Only then are the books those trades came from the store's
+    /// own, and matching is a function of the books and the records, so any
+    /// writer of these records publishes the very same trades. A store that
+    /// moved on means another writer (this instance's replacement, when it
+    /// was frozen) stored some of these records and `known` made matching
+    /// skip them: trades from such books exist nowhere else and the store
+    /// will refuse them, so they must never reach the topic.
+    async fn still_current(&self, fence: &Batch, shutdown: &CancellationToken) -> Result<(), Halt> {
+        let now = self
+            .retry(shutdown, "reading offsets from the store", || {
+                self.store.offsets(&fence.topic)
+            })
+            .await?;
+        fence.check(&now).map_err(|moved| {
+            tracing::warn!(reason = %moved, "the store moved on while matching; its trades are not published");
+            Halt::Resync
+        })
     }
 
     /// Appends trades to the `trades` topic (key `SRC-DST`, JSON, the
@@ -1304,12 +1327,9 @@ impl ConsumerLoop {
             tracing::warn!(partition = m.partition(), offset = m.offset(), kind = letter.kind.as_str(), reason = %letter.reason, trace_id, "dead-lettering a record");
             self.dead_letter(letter, shutdown).await?;
         }
-        let matched = self.match_events(&events, shutdown).await?;
-        let batch = Arc::new(
-            Batch::new(topic, rows, offsets.clone())
-                .matched(matched.states, matched.trades)
-                .expecting(self.expected(&offsets)),
-        );
+        let batch = Batch::new(topic, rows, offsets.clone()).expecting(self.expected(&offsets));
+        let matched = self.match_events(&events, &batch, shutdown).await?;
+        let batch = Arc::new(batch.matched(matched.states, matched.trades));
         match self.store_batch(&batch, shutdown).await? {
             Ok(applied) => {
                 let engine = self.store.engine();
@@ -1486,14 +1506,11 @@ impl ConsumerLoop {
                 Event::Cancel(_) if self.settings.matching => Vec::new(),
                 Event::Cancel(_) => continue,
             };
+            let single = Batch::new(&batch.topic, rows, fence.clone()).expecting(fence.clone());
             let matched = self
-                .match_events(std::slice::from_ref(event), shutdown)
+                .match_events(std::slice::from_ref(event), &single, shutdown)
                 .await?;
-            let single = Arc::new(
-                Batch::new(&batch.topic, rows, fence.clone())
-                    .matched(matched.states, matched.trades)
-                    .expecting(fence.clone()),
-            );
+            let single = Arc::new(single.matched(matched.states, matched.trades));
             let Err(reason) = self.store_batch(&single, shutdown).await? else {
                 continue;
             };
