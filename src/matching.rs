@@ -86,6 +86,12 @@ pub struct Fill {
 }
 
 impl Fill {
+    /// Open with nothing filled: what an order without a stored fill is, so
+    /// an engine need not write this one.
+    pub fn is_untouched(&self) -> bool {
+        self.status == Status::Open && self.filled.is_zero()
+    }
+
     /// What can still trade: nothing once filled or cancelled.
     pub fn remaining(&self, quantity: Decimal) -> Decimal {
         if self.status.is_live() {

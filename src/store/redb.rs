@@ -220,12 +220,18 @@ fn apply_in(db: &Database, batch: &Batch, durable: bool) -> Result<Applied, Stor
         batch.check(&current)?;
         for stored in &batch.orders {
             let key = stored.order.id.as_u128();
-            if orders.get(key).map_err(classify)?.is_some() {
+            let value = to_json("an order", stored)?;
+            // One B-tree walk for the common case (a new id); a repeated id
+            // (rare) gets its first copy back: the first write wins.
+            let previous = orders
+                .insert(key, value.as_slice())
+                .map_err(classify)?
+                .map(|first| first.value().to_vec());
+            if let Some(first) = previous {
+                orders.insert(key, first.as_slice()).map_err(classify)?;
                 applied.duplicates += 1;
                 continue;
             }
-            let value = to_json("an order", stored)?;
-            orders.insert(key, value.as_slice()).map_err(classify)?;
             by_symbol
                 .insert((stored.order.symbol().as_str(), key), ())
                 .map_err(classify)?;
@@ -240,9 +246,13 @@ fn apply_in(db: &Database, batch: &Batch, durable: bool) -> Result<Applied, Stor
         let mut resting = tx.open_table(RESTING).map_err(classify)?;
         for state in &batch.states {
             let key = state.id.as_u128();
-            fills
-                .insert(key, to_json("a fill", &state.fill)?.as_slice())
-                .map_err(classify)?;
+            // Fills only grow, so an untouched one belongs to an order new in
+            // this batch, which has no fill row to replace.
+            if !state.fill.is_untouched() {
+                fills
+                    .insert(key, to_json("a fill", &state.fill)?.as_slice())
+                    .map_err(classify)?;
+            }
             if state.fill.status.is_live() {
                 resting
                     .insert((state.partition, key), ())

@@ -1,0 +1,140 @@
+//! What the consumer asks of an embedded store per order, without a broker:
+//! `cargo bench --bench store_apply` (prints one JSON line per engine;
+//! `OMS_BENCH_ORDERS`, default 200,000; `OMS_BENCH_BATCH`, default 100;
+//! `OMS_BENCH_ENGINES`, default `redb,sled`).
+//!
+//! The orders are the load generators' (`k6/orders.js`, `bench/wrk/orders.lua`:
+//! six symbols, prices cycling over 900 levels, alternating sides), on three
+//! partitions. Each batch goes the consumer's way: `known` for its ids, the
+//! books, then one fenced `apply` with the fills and trades — so the numbers
+//! are the store's share of oms' CPU per order, free of HTTP and broker
+//! noise. For instruction counts that repeat exactly, run the binary under
+//! `valgrind --tool=callgrind` with a smaller `OMS_BENCH_ORDERS`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use oms::config::{Engine, StoreSettings, StoreUrl};
+use oms::matching::{Matcher, Positioned};
+use oms::order::{Event, NewOrder, Order};
+use oms::store::{Batch, StoredOrder};
+
+const SYMBOLS: [&str; 6] = ["USD", "GBP", "JPY", "CHF", "AUD", "CAD"];
+const TOPIC: &str = "orders";
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU seconds this process has used, every thread (the blocking pool too).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which ends at the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn order(n: usize) -> Order {
+    NewOrder::from_value(serde_json::json!({
+        "src_currency": SYMBOLS[n % SYMBOLS.len()],
+        "dst_currency": "EUR",
+        "side": if n % 2 == 0 { "buy" } else { "sell" },
+        "price": format!("{}.25", 100 + n % 900),
+        "quantity": format!("{}", 1 + n % 50),
+        "channel": 11,
+        "description": "store bench",
+        "client_order_id": format!("store-bench-{n}"),
+    }))
+    .and_then(|o| o.accept(Utc::now()))
+    .unwrap_or_else(|e| panic!("a valid order: {e:?}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let orders = env_usize("OMS_BENCH_ORDERS", 200_000);
+    let batch_size = env_usize("OMS_BENCH_BATCH", 100).max(1);
+    let engines = std::env::var("OMS_BENCH_ENGINES").unwrap_or_else(|_| "redb,sled".into());
+    // Prebuilt, so the clock measures the consumer's side only.
+    let events: Vec<Positioned> = (0..orders)
+        .map(|n| {
+            let partition = (n % SYMBOLS.len() % 3) as i32;
+            Positioned {
+                partition,
+                offset: (n / 3) as i64,
+                event: Event::Order(order(n)),
+            }
+        })
+        .collect();
+    for name in engines.split(',') {
+        let engine =
+            <Engine as clap::ValueEnum>::from_str(name.trim(), true).map_err(anyhow::Error::msg)?;
+        let folder = PathBuf::from(format!(
+            "/dev/shm/oms-bench/{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        let settings = StoreSettings {
+            url: StoreUrl::embedded(engine, &folder).map_err(anyhow::Error::msg)?,
+            ..StoreSettings::default()
+        };
+        let store = oms::store::open(&settings).await?;
+        let mut books = Matcher::new();
+        let mut stored: BTreeMap<i32, i64> = BTreeMap::new();
+        let (mut trades, mut store_seconds) = (0usize, 0.0f64);
+        let cpu = cpu_seconds();
+        let started = Instant::now();
+        for chunk in events.chunks(batch_size) {
+            let mut offsets = BTreeMap::new();
+            let mut rows = Vec::with_capacity(chunk.len());
+            let mut ids = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                offsets.insert(e.partition, e.offset + 1);
+                if let Event::Order(o) = &e.event {
+                    ids.push(o.id);
+                    rows.push(StoredOrder::new(o.clone(), e.partition, e.offset));
+                }
+            }
+            let timed = Instant::now();
+            let known: HashSet<_> = store.known(ids).await?;
+            store_seconds += timed.elapsed().as_secs_f64();
+            let outcome = books.run(chunk, &known);
+            trades += outcome.trades.len();
+            let expected = offsets
+                .keys()
+                .filter_map(|p| stored.get(p).map(|o| (*p, *o)))
+                .collect();
+            let batch = Batch::new(TOPIC, rows, offsets.clone())
+                .matched(outcome.states, outcome.trades)
+                .expecting(expected);
+            let timed = Instant::now();
+            store.apply(Arc::new(batch)).await?;
+            store_seconds += timed.elapsed().as_secs_f64();
+            stored.extend(offsets);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu;
+        println!(
+            "{{\"engine\": \"{name}\", \"orders\": {orders}, \"batch\": {batch_size}, \"trades\": {trades}, \"seconds\": {seconds:.3}, \"cpu_us_per_order\": {:.1}, \"store_us_per_order\": {:.1}}}",
+            cpu * 1e6 / orders as f64,
+            store_seconds * 1e6 / orders as f64,
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&folder);
+    }
+    Ok(())
+}
