@@ -44,6 +44,10 @@ bench-rebuild orders="1000000":
     scripts/stack.sh start postgres
     OMS_BENCH_ORDERS={{orders}} OMS_BENCH_DATABASE_URL=postgres://oms:oms@127.0.0.1:5432/postgres cargo bench --bench rebuild
 
+# Store CPU per order without broker or HTTP: known + books + apply into redb and sled (one JSON line per engine and order stream)
+bench-store orders="200000":
+    OMS_BENCH_ORDERS={{orders}} cargo bench --bench store_apply
+
 # Generate the Python and TypeScript clients from openapi/oms.yaml (into .oms/clients and clients/ts/generated)
 clients:
     scripts/clients.sh

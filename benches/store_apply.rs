@@ -3,9 +3,11 @@
 //! `OMS_BENCH_ORDERS`, default 200,000; `OMS_BENCH_BATCH`, default 100;
 //! `OMS_BENCH_ENGINES`, default `redb,sled`).
 //!
-//! The orders are the load generators' (`k6/orders.js`, `bench/wrk/orders.lua`:
-//! six symbols, prices cycling over 900 levels, alternating sides), on three
-//! partitions. Each batch goes the consumer's way: `known` for its ids, the
+//! Two order streams, on three partitions: the load generators'
+//! (`k6/orders.js`, `bench/wrk/orders.lua`: six symbols, prices cycling over
+//! 900 levels, alternating sides — so each symbol only ever gets one side
+//! and nothing trades: every order rests), and `crossing`, the same with the
+//! side alternating per symbol, so most orders trade. Each batch goes the consumer's way: `known` for its ids, the
 //! books, then one fenced `apply` with the fills and trades — so the numbers
 //! are the store's share of oms' CPU per order, free of HTTP and broker
 //! noise. For instruction counts that repeat exactly, run the binary under
@@ -50,11 +52,12 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn order(n: usize) -> Order {
+fn order(n: usize, crossing: bool) -> Order {
+    let turn = if crossing { n / SYMBOLS.len() } else { n };
     NewOrder::from_value(serde_json::json!({
         "src_currency": SYMBOLS[n % SYMBOLS.len()],
         "dst_currency": "EUR",
-        "side": if n % 2 == 0 { "buy" } else { "sell" },
+        "side": if turn % 2 == 0 { "buy" } else { "sell" },
         "price": format!("{}.25", 100 + n % 900),
         "quantity": format!("{}", 1 + n % 50),
         "channel": 11,
@@ -70,71 +73,81 @@ async fn main() -> anyhow::Result<()> {
     let orders = env_usize("OMS_BENCH_ORDERS", 200_000);
     let batch_size = env_usize("OMS_BENCH_BATCH", 100).max(1);
     let engines = std::env::var("OMS_BENCH_ENGINES").unwrap_or_else(|_| "redb,sled".into());
-    // Prebuilt, so the clock measures the consumer's side only.
-    let events: Vec<Positioned> = (0..orders)
-        .map(|n| {
-            let partition = (n % SYMBOLS.len() % 3) as i32;
-            Positioned {
-                partition,
+    for (profile, crossing) in [("load generators", false), ("crossing", true)] {
+        // Prebuilt, so the clock measures the consumer's side only.
+        let events: Vec<Positioned> = (0..orders)
+            .map(|n| Positioned {
+                partition: (n % SYMBOLS.len() % 3) as i32,
                 offset: (n / 3) as i64,
-                event: Event::Order(order(n)),
-            }
-        })
-        .collect();
-    for name in engines.split(',') {
-        let engine =
-            <Engine as clap::ValueEnum>::from_str(name.trim(), true).map_err(anyhow::Error::msg)?;
-        let folder = PathBuf::from(format!(
-            "/dev/shm/oms-bench/{}",
-            uuid::Uuid::now_v7().simple()
-        ));
-        let settings = StoreSettings {
-            url: StoreUrl::embedded(engine, &folder).map_err(anyhow::Error::msg)?,
-            ..StoreSettings::default()
-        };
-        let store = oms::store::open(&settings).await?;
-        let mut books = Matcher::new();
-        let mut stored: BTreeMap<i32, i64> = BTreeMap::new();
-        let (mut trades, mut store_seconds) = (0usize, 0.0f64);
-        let cpu = cpu_seconds();
-        let started = Instant::now();
-        for chunk in events.chunks(batch_size) {
-            let mut offsets = BTreeMap::new();
-            let mut rows = Vec::with_capacity(chunk.len());
-            let mut ids = Vec::with_capacity(chunk.len());
-            for e in chunk {
-                offsets.insert(e.partition, e.offset + 1);
-                if let Event::Order(o) = &e.event {
-                    ids.push(o.id);
-                    rows.push(StoredOrder::new(o.clone(), e.partition, e.offset));
-                }
-            }
-            let timed = Instant::now();
-            let known: HashSet<_> = store.known(ids).await?;
-            store_seconds += timed.elapsed().as_secs_f64();
-            let outcome = books.run(chunk, &known);
-            trades += outcome.trades.len();
-            let expected = offsets
-                .keys()
-                .filter_map(|p| stored.get(p).map(|o| (*p, *o)))
-                .collect();
-            let batch = Batch::new(TOPIC, rows, offsets.clone())
-                .matched(outcome.states, outcome.trades)
-                .expecting(expected);
-            let timed = Instant::now();
-            store.apply(Arc::new(batch)).await?;
-            store_seconds += timed.elapsed().as_secs_f64();
-            stored.extend(offsets);
+                event: Event::Order(order(n, crossing)),
+            })
+            .collect();
+        for name in engines.split(',') {
+            run(name.trim(), profile, &events, batch_size).await?;
         }
-        let seconds = started.elapsed().as_secs_f64();
-        let cpu = cpu_seconds() - cpu;
-        println!(
-            "{{\"engine\": \"{name}\", \"orders\": {orders}, \"batch\": {batch_size}, \"trades\": {trades}, \"seconds\": {seconds:.3}, \"cpu_us_per_order\": {:.1}, \"store_us_per_order\": {:.1}}}",
-            cpu * 1e6 / orders as f64,
-            store_seconds * 1e6 / orders as f64,
-        );
-        drop(store);
-        let _ = std::fs::remove_dir_all(&folder);
     }
+    Ok(())
+}
+
+/// One engine through every batch of `events`; prints its JSON line.
+async fn run(
+    name: &str,
+    profile: &str,
+    events: &[Positioned],
+    batch_size: usize,
+) -> anyhow::Result<()> {
+    let orders = events.len();
+    let engine = <Engine as clap::ValueEnum>::from_str(name, true).map_err(anyhow::Error::msg)?;
+    let folder = PathBuf::from(format!(
+        "/dev/shm/oms-bench/{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let settings = StoreSettings {
+        url: StoreUrl::embedded(engine, &folder).map_err(anyhow::Error::msg)?,
+        ..StoreSettings::default()
+    };
+    let store = oms::store::open(&settings).await?;
+    let mut books = Matcher::new();
+    let mut stored: BTreeMap<i32, i64> = BTreeMap::new();
+    let (mut trades, mut store_seconds) = (0usize, 0.0f64);
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    for chunk in events.chunks(batch_size) {
+        let mut offsets = BTreeMap::new();
+        let mut rows = Vec::with_capacity(chunk.len());
+        let mut ids = Vec::with_capacity(chunk.len());
+        for e in chunk {
+            offsets.insert(e.partition, e.offset + 1);
+            if let Event::Order(o) = &e.event {
+                ids.push(o.id);
+                rows.push(StoredOrder::new(o.clone(), e.partition, e.offset));
+            }
+        }
+        let timed = Instant::now();
+        let known: HashSet<_> = store.known(ids).await?;
+        store_seconds += timed.elapsed().as_secs_f64();
+        let outcome = books.run(chunk, &known);
+        trades += outcome.trades.len();
+        let expected = offsets
+            .keys()
+            .filter_map(|p| stored.get(p).map(|o| (*p, *o)))
+            .collect();
+        let batch = Batch::new(TOPIC, rows, offsets.clone())
+            .matched(outcome.states, outcome.trades)
+            .expecting(expected);
+        let timed = Instant::now();
+        store.apply(Arc::new(batch)).await?;
+        store_seconds += timed.elapsed().as_secs_f64();
+        stored.extend(offsets);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
+    println!(
+        "{{\"engine\": \"{name}\", \"profile\": \"{profile}\", \"orders\": {orders}, \"batch\": {batch_size}, \"trades\": {trades}, \"seconds\": {seconds:.3}, \"cpu_us_per_order\": {:.1}, \"store_us_per_order\": {:.1}}}",
+        cpu * 1e6 / orders as f64,
+        store_seconds * 1e6 / orders as f64,
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&folder);
     Ok(())
 }
