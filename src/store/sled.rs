@@ -239,9 +239,16 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
     let mut fills = Vec::with_capacity(batch.states.len());
     for state in &batch.states {
         let id = state.id.as_u128();
+        // Fills only grow, so an untouched one belongs to an order new in
+        // this batch: no fill to write (absent reads as open, nothing filled).
+        let fill = if state.fill.is_untouched() {
+            None
+        } else {
+            Some(to_json("a fill", &state.fill)?)
+        };
         fills.push((
             fill_key(id),
-            to_json("a fill", &state.fill)?,
+            fill,
             resting_key(state.partition, id),
             state.fill.status.is_live(),
         ));
@@ -279,11 +286,13 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
             let mut applied = Applied::default();
             for (id, index_key, value) in &rows {
                 let key = id.to_be_bytes();
-                if orders.get(key)?.is_some() {
+                // One lookup for the common case (a new id); a repeated id
+                // gets its first copy back: the first write wins.
+                if let Some(first) = orders.insert(&key[..], value.as_slice())? {
+                    orders.insert(&key[..], first)?;
                     applied.duplicates += 1;
                     continue;
                 }
-                orders.insert(&key[..], value.as_slice())?;
                 by_symbol.insert(index_key.as_slice(), &[][..])?;
                 applied.inserted += 1;
             }
@@ -294,7 +303,9 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
                 )?;
             }
             for (key, fill, resting, live) in &fills {
-                matching.insert(&key[..], fill.as_slice())?;
+                if let Some(fill) = fill {
+                    matching.insert(&key[..], fill.as_slice())?;
+                }
                 if *live {
                     matching.insert(&resting[..], &[][..])?;
                 } else {
