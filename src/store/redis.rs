@@ -44,7 +44,8 @@ use crate::matching::{Fill, StoredTrade};
 /// batch's targets — a retry), number of partitions, a (partition, target, expected or "")
 /// triple per partition, fail-before-write (tests), the numbers of orders,
 /// fills and trades; per order its id and JSON; per fill the order id, the
-/// fill's JSON and live (1/0); per trade its id and JSON.
+/// fill's JSON (empty for an untouched one: nothing to write) and live
+/// (1/0); per trade its id and JSON.
 const APPLY: &str = r#"#!lua
 local fenced, retried, partitions = ARGV[1] ~= '0', ARGV[1] == '2', tonumber(ARGV[2])
 local offsets_key, fills_key, trades_key = KEYS[1], KEYS[3], KEYS[4]
@@ -103,7 +104,9 @@ end
 arg = arg + 2 * orders
 for j = 0, fills - 1 do
   local i = arg + 3 * j
-  redis.call('HSET', fills_key, ARGV[i], ARGV[i + 1])
+  if ARGV[i + 1] ~= '' then
+    redis.call('HSET', fills_key, ARGV[i], ARGV[i + 1])
+  end
   if ARGV[i + 2] == '1' then
     redis.call('ZADD', KEYS[indexes + j], 0, ARGV[i])
   else
@@ -422,7 +425,13 @@ impl Store for RedisStore {
         for state in &batch.states {
             call.key(self.resting_key(state.partition))
                 .arg(state.id.hyphenated().to_string())
-                .arg(to_json("a fill", &state.fill)?)
+                // Fills only grow, so an untouched one belongs to an order
+                // new in this batch: absent reads as open, nothing filled.
+                .arg(if state.fill.is_untouched() {
+                    Vec::new()
+                } else {
+                    to_json("a fill", &state.fill)?
+                })
                 .arg(if state.fill.status.is_live() {
                     "1"
                 } else {
