@@ -86,8 +86,10 @@ pub struct Fill {
 }
 
 impl Fill {
-    /// Open with nothing filled: what an order without a stored fill is, so
-    /// an engine need not write this one.
+    /// Open with nothing filled: what an order without a stored fill reads
+    /// as. Fills only grow, so an untouched fill belongs to an order new in
+    /// its batch, which has no stored fill to replace: the engines skip
+    /// writing it (one random write less per order that rests).
     pub fn is_untouched(&self) -> bool {
         self.status == Status::Open && self.filled.is_zero()
     }

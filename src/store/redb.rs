@@ -246,8 +246,6 @@ fn apply_in(db: &Database, batch: &Batch, durable: bool) -> Result<Applied, Stor
         let mut resting = tx.open_table(RESTING).map_err(classify)?;
         for state in &batch.states {
             let key = state.id.as_u128();
-            // Fills only grow, so an untouched one belongs to an order new in
-            // this batch, which has no fill row to replace.
             if !state.fill.is_untouched() {
                 fills
                     .insert(key, to_json("a fill", &state.fill)?.as_slice())

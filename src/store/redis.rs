@@ -425,8 +425,6 @@ impl Store for RedisStore {
         for state in &batch.states {
             call.key(self.resting_key(state.partition))
                 .arg(state.id.hyphenated().to_string())
-                // Fills only grow, so an untouched one belongs to an order
-                // new in this batch: absent reads as open, nothing filled.
                 .arg(if state.fill.is_untouched() {
                     Vec::new()
                 } else {

@@ -239,8 +239,6 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
     let mut fills = Vec::with_capacity(batch.states.len());
     for state in &batch.states {
         let id = state.id.as_u128();
-        // Fills only grow, so an untouched one belongs to an order new in
-        // this batch: no fill to write (absent reads as open, nothing filled).
         let fill = if state.fill.is_untouched() {
             None
         } else {
