@@ -48,7 +48,9 @@ fn cpu_seconds() -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    // utime and stime are fields 14 and 15 of the line; the slice starts at
+    // field 3, so they sit at 11 and 12. /proc counts in USER_HZ, which
+    // Linux fixes at 100 for userspace.
     (ticks(11) + ticks(12)) / 100.0
 }
 
