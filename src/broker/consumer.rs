@@ -753,6 +753,67 @@ impl ConsumerContext for Rebalances {
     }
 }
 
+/// How long dropping the broker consumer may hold the loop. rdkafka closes a
+/// consumer in its `Drop` and waits for librdkafka's close without a bound;
+/// that close waits for the group coordinator (an offset commit queued for
+/// it), which never answers once the broker is gone: an oms stopped with
+/// SIGTERM right after its broker hung there for 20 minutes (gdb: `drop` of
+/// the `StreamConsumer`, polling `rd_kafka_consumer_closed`).
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Owns a broker consumer and closes it, when dropped, on a thread of its
+/// own, waiting at most a bound. A close that finishes in time keeps every
+/// ordering the inline close had (the old consumer is gone before a new one
+/// is made under the same `group.instance.id`); one that does not is left
+/// to finish on its thread (or to the process' exit) with a warning. Only
+/// the lag commits it may cut short are at stake: offsets live in the store.
+struct Bounded<T: Send + 'static> {
+    inner: Option<T>,
+    within: Duration,
+}
+
+impl<T: Send + 'static> Bounded<T> {
+    fn new(inner: T, within: Duration) -> Self {
+        Self {
+            inner: Some(inner),
+            within,
+        }
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for Bounded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.inner
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only by drop"))
+    }
+}
+
+impl<T: Send + 'static> Drop for Bounded<T> {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let (closed, done) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("consumer close".into())
+            .spawn(move || {
+                drop(inner);
+                let _ = closed.send(());
+            });
+        if let Err(err) = spawned {
+            // The consumer went down with the closure: closed inline.
+            tracing::warn!(error = %err, "no thread to close the broker consumer on");
+        } else if done.recv_timeout(self.within).is_err() {
+            tracing::warn!(
+                within = ?self.within,
+                "the broker consumer did not close in time (broker unreachable?); left to close on its own"
+            );
+        }
+    }
+}
+
 /// How long a stopping instance waits for the group to take its
 /// partitions back before it closes anyway (then they move when the
 /// coordinator notices the member is gone).
@@ -1059,7 +1120,7 @@ impl ConsumerLoop {
     }
 
     async fn consume(&self, shutdown: &CancellationToken) -> Result<Halt, ConsumerError> {
-        let consumer = self.create_consumer()?;
+        let consumer = Bounded::new(self.create_consumer()?, CLOSE_WITHIN);
         let topic = self.broker.topic.clone();
         // Books are rebuilt from the store with the partitions they belong to.
         self.lock_books().clear();
@@ -1740,6 +1801,42 @@ pub async fn watch_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_consumer_that_never_closes_holds_its_dropper_no_longer_than_the_bound() {
+        struct NeverCloses;
+        impl Drop for NeverCloses {
+            fn drop(&mut self) {
+                loop {
+                    std::thread::park();
+                }
+            }
+        }
+        let started = Instant::now();
+        drop(Bounded::new(NeverCloses, Duration::from_millis(200)));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(5),
+            "dropping took {took:?}"
+        );
+    }
+
+    #[test]
+    fn a_consumer_that_closes_is_closed_when_its_drop_returns() {
+        struct Closes(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Closes {
+            fn drop(&mut self) {
+                std::thread::sleep(Duration::from_millis(50));
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        drop(Bounded::new(
+            Closes(closed.clone()),
+            Duration::from_secs(30),
+        ));
+        assert!(closed.load(std::sync::atomic::Ordering::SeqCst));
+    }
 
     #[test]
     fn a_known_order_before_the_stored_offset_shows_the_same_log() {
