@@ -238,10 +238,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             args.store.overrides(&mut overrides);
             args.broker.overrides(&mut overrides);
             let (settings, _telemetry) = load(&cli, &overrides)?;
+            let wanted = settings.broker.partitions;
             for (topic, outcome) in admin::create_topics(&settings.broker).await? {
                 match outcome {
                     TopicOutcome::Created => println!("created topic {topic}"),
-                    TopicOutcome::AlreadyExisted => println!("topic {topic} already exists"),
+                    TopicOutcome::AlreadyExisted { partitions } => {
+                        println!("topic {topic} already exists (partitions: {partitions})");
+                        if topic == settings.broker.topic
+                            && partitions < usize::try_from(wanted).unwrap_or(0)
+                        {
+                            eprintln!(
+                                "warning: topic {topic} keeps its partition count, {partitions} (broker.partitions = {wanted} applies only when it is created): in group mode at most {partitions} instance(s) share the load"
+                            );
+                        }
+                    }
                 }
             }
             if settings.store.engine() == Engine::Postgres {

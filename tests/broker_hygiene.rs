@@ -60,3 +60,50 @@ async fn the_durable_broker_serves_with_the_header_index() {
     );
     app.stop().await.expect("clean stop");
 }
+
+/// `broker.partitions` applies when the orders topic is created; an existing
+/// topic keeps its count (`just up` makes one partition for one instance),
+/// and `oms migrate` says so, warning when group mode would leave instances
+/// without a partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_reports_the_partitions_an_existing_topic_keeps() {
+    use oms::broker::admin::{TopicOutcome, create_topics};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = settings(&common::bootstrap(), &dir.path().join("store"));
+    cfg.broker.partitions = 1;
+    let created = create_topics(&cfg.broker).await.expect("create the topics");
+    assert!(
+        created.iter().all(|(_, o)| *o == TopicOutcome::Created),
+        "{created:?}"
+    );
+    cfg.broker.partitions = 3;
+    let again = create_topics(&cfg.broker).await.expect("migrate again");
+    let orders = again
+        .iter()
+        .find(|(topic, _)| *topic == cfg.broker.topic)
+        .map(|(_, outcome)| outcome.clone());
+    assert_eq!(orders, Some(TopicOutcome::AlreadyExisted { partitions: 1 }));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_oms"))
+        .args(["migrate", "--bootstrap", &cfg.broker.bootstrap])
+        .args(["--topic", &cfg.broker.topic])
+        .args(["--dlq-topic", &cfg.broker.dlq_topic])
+        .args(["--trades-topic", &cfg.broker.trades_topic])
+        .env("OMS__BROKER__PARTITIONS", "3")
+        .output()
+        .expect("oms migrate");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains(&format!(
+            "topic {} already exists (partitions: 1)",
+            cfg.broker.topic
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("keeps its partition count, 1 (broker.partitions = 3"),
+        "{stderr}"
+    );
+}

@@ -5,7 +5,8 @@
 #   bench/wrk/run.sh LABEL [OMS__SECTION__KEY=value ...]
 #
 # Environment: ENGINE (sqlite|memory, default sqlite), STORE (redb), CONNS
-# (wrk connections, default 35), SECONDS_ (default 20), WARMUP (3 s);
+# (wrk connections, default 35), SECONDS_ (default 20), WARMUP (3 s), PARTITIONS
+# (of the orders topic, default 1 as `just up` makes it);
 # LOAD=k6 runs the seed's own k6 profile instead (0 → 35 VUs over 2 min). Prints
 # one line: label, req/s, p50/p99 ms, non-202, CPU µs per order of oms and
 # of tansu, oms' peak RSS. Alternatives are compared by running this several

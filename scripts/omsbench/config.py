@@ -40,6 +40,11 @@ TARGET_RPS = 5059.0
 TARGET_P95_MS = 5.68
 
 
+# Partitions of the orders topic in the ingest and capacity steps: one, as
+# `just up` creates it for one instance (scripts/stack.sh says why). The
+# scale step's topic is written by rawlog with its own count.
+INGEST_PARTITIONS = 1
+
 # Capacity: wrk connection counts tried, lowest first; the capacity is the
 # highest rate whose p99 stays within CAPACITY_P99_MS.
 CAPACITY_CONNECTIONS = [4, 8, 16, 35, 64]

@@ -11,8 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
-from .config import (BROKER_PORT, CAPACITY_CONNECTIONS, CAPACITY_P99_MS, MATCHING, OMS, OMS_PORT, RAWLOG, ROOT,
-                     SCALE_BACKLOG, SCALE_CONNECTIONS, SCALE_INSTANCES, STATE, STORE_TITLES)
+from .config import (BROKER_PORT, CAPACITY_CONNECTIONS, CAPACITY_P99_MS, INGEST_PARTITIONS, MATCHING, OMS, OMS_PORT,
+                     RAWLOG, ROOT, SCALE_BACKLOG, SCALE_CONNECTIONS, SCALE_INSTANCES, STATE, STORE_TITLES)
 from .procs import (Proc, cpu_seconds, reaped_children_cpu, reset_child_cpu, rss_peak_mib, start, step, stop,
                     tree_cpu_seconds, wait_until)
 from .results import (Capacity, CapacityStep, CpuCores, CpuPerOrder, Drain, LoadRun, Machine, MatchingBench, Profile,
@@ -133,7 +133,8 @@ def k6_against_fresh_oms(script: str, store_name: str, profile: Profile, mode: s
     topic = f"{label}-{uuid.uuid4().hex[:6]}"
     try:
         subprocess.run([OMS, "migrate", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
-                        "--dlq-topic", f"{topic}.dlq", "--trades-topic", f"{topic}.trades"], check=True, stdout=subprocess.DEVNULL)
+                        "--dlq-topic", f"{topic}.dlq", "--trades-topic", f"{topic}.trades"], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "OMS__BROKER__PARTITIONS": str(INGEST_PARTITIONS)})
         store = fresh_store(store_name, f"{label}_{mode}")
         try:
             oms = start_oms(store, topic, f"{label}-{mode}")
@@ -260,7 +261,8 @@ def capacity(mode: str, smoke: bool) -> Capacity:
     steps = []
     try:
         subprocess.run([OMS, "migrate", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
-                        "--dlq-topic", f"{topic}.dlq", "--trades-topic", f"{topic}.trades"], check=True, stdout=subprocess.DEVNULL)
+                        "--dlq-topic", f"{topic}.dlq", "--trades-topic", f"{topic}.trades"], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "OMS__BROKER__PARTITIONS": str(INGEST_PARTITIONS)})
         store = fresh_store("redb", f"capacity_{mode}")
         try:
             oms = start_oms(store, topic, f"capacity-{mode}")

@@ -42,7 +42,11 @@ pub enum AdminError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicOutcome {
     Created,
-    AlreadyExisted,
+    /// It was there: its partition count is the one it was created with
+    /// (`broker.partitions` applies only when a topic is created).
+    AlreadyExisted {
+        partitions: usize,
+    },
 }
 
 /// Creates the orders and dead-letter topics; existing topics are left alone.
@@ -74,16 +78,27 @@ pub async fn create_topics(
         .create_topics(&topics, &options)
         .await
         .map_err(|source| unreachable(settings, source))?;
-    results
-        .into_iter()
-        .map(|result| match result {
-            Ok(topic) => Ok((topic, TopicOutcome::Created)),
+    let mut outcomes = Vec::with_capacity(results.len());
+    let mut reader: Option<BaseConsumer> = None;
+    for result in results {
+        outcomes.push(match result {
+            Ok(topic) => (topic, TopicOutcome::Created),
             Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                Ok((topic, TopicOutcome::AlreadyExisted))
+                let reader = match reader.as_ref() {
+                    Some(reader) => reader,
+                    None => reader.insert(
+                        client_config(settings, "oms-admin")
+                            .create()
+                            .map_err(|source| unreachable(settings, source))?,
+                    ),
+                };
+                let partitions = partitions(reader, settings, &topic)?.len();
+                (topic, TopicOutcome::AlreadyExisted { partitions })
             }
-            Err((topic, code)) => Err(AdminError::Create { topic, code }),
-        })
-        .collect()
+            Err((topic, code)) => return Err(AdminError::Create { topic, code }),
+        });
+    }
+    Ok(outcomes)
 }
 
 fn unreachable(settings: &BrokerSettings, source: KafkaError) -> AdminError {
