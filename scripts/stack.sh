@@ -153,9 +153,8 @@ start_oms() {
   # The orders topic gets one partition per instance that shares it (group
   # mode on a shared store), else one: librdkafka sends a produce request
   # per partition, and each costs the broker a transaction whatever it
-  # carries, so 35 clients' orders split over 3 partitions cost oms ~25 %
-  # and tansu ~45 % more CPU per order than over one (docs/benchmarks.md).
-  # Replicas of an embedded store read every partition anyway.
+  # carries (measured: bench/analysis.md). Replicas of an embedded store
+  # read every partition anyway.
   local partitions=1
   [[ $store == postgres || $store == redis ]] && partitions="$OMS_INSTANCES"
   say "creating topics ($partitions partition(s) for orders)$([[ $store == postgres ]] && echo ' and the Postgres schema')"

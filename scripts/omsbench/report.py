@@ -25,6 +25,9 @@ def report(results: Results, out: Path, command: str) -> str:
         f"- Machine: {m.cores} cores ({m.cpu}), {m.memory_gib} GiB, {m.os}, kernel {m.kernel}; "
         "broker, PostgreSQL, oms and k6 all on this one machine (shared, noisy: compare the ratios "
         "within this run, not absolute numbers across runs)",
+        *([f"- Machine speed: the CPU-only book benchmark (\"Matching in process\" below) ran at "
+           f"{fmt(results.matching.orders_per_second)} orders/s — a fixed workload, so when two reports "
+           "differ, compare this first"] if results.matching else []),
         f"- Versions: oms {m.oms} (release build), tansu {m.tansu}, PostgreSQL {m.postgres}, "
         f"k6 {m.k6}",
         f"- Command: `{command}`",
