@@ -753,12 +753,12 @@ impl ConsumerContext for Rebalances {
     }
 }
 
-/// How long dropping the broker consumer may hold the loop. rdkafka closes a
-/// consumer in its `Drop` and waits for librdkafka's close without a bound;
-/// that close waits for the group coordinator (an offset commit queued for
-/// it), which never answers once the broker is gone: an oms stopped with
-/// SIGTERM right after its broker hung there for 20 minutes (gdb: `drop` of
-/// the `StreamConsumer`, polling `rd_kafka_consumer_closed`).
+/// How long dropping the broker consumer may hold the loop (and the thread
+/// it runs on). rdkafka closes a consumer in its `Drop` and waits for
+/// librdkafka's close without a bound, and that close can wait for ever
+/// once the broker is gone: an oms stopped with SIGTERM right after its
+/// broker hung there for 20 minutes (gdb: `drop` of the `StreamConsumer`,
+/// polling `rd_kafka_consumer_closed`).
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Owns a broker consumer and closes it, when dropped, on a thread of its
