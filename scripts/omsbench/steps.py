@@ -125,6 +125,14 @@ def load(script: str, profile: Profile, label: str, broker: Proc, oms: Proc, tra
     return result
 
 
+def make_topics(topic: str) -> None:
+    """The orders topic (and its dead-letter and trades topics) for an ingest
+    or capacity step, with the partitions `just up` gives one instance."""
+    subprocess.run([OMS, "migrate", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
+                    "--dlq-topic", f"{topic}.dlq", "--trades-topic", f"{topic}.trades"], check=True,
+                   stdout=subprocess.DEVNULL, env={**os.environ, "OMS__BROKER__PARTITIONS": str(INGEST_PARTITIONS)})
+
+
 def k6_against_fresh_oms(script: str, store_name: str, profile: Profile, mode: str, label: str) -> LoadRun:
     """A fresh broker (an empty log: tansu's sqlite engine slows down as its
     file grows, so no run inherits another's records), an empty store, a
@@ -132,9 +140,7 @@ def k6_against_fresh_oms(script: str, store_name: str, profile: Profile, mode: s
     broker = start_broker(mode)
     topic = f"{label}-{uuid.uuid4().hex[:6]}"
     try:
-        subprocess.run([OMS, "migrate", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
-                        "--dlq-topic", f"{topic}.dlq", "--trades-topic", f"{topic}.trades"], check=True, stdout=subprocess.DEVNULL,
-                       env={**os.environ, "OMS__BROKER__PARTITIONS": str(INGEST_PARTITIONS)})
+        make_topics(topic)
         store = fresh_store(store_name, f"{label}_{mode}")
         try:
             oms = start_oms(store, topic, f"{label}-{mode}")
@@ -260,9 +266,7 @@ def capacity(mode: str, smoke: bool) -> Capacity:
     topic = f"capacity-{uuid.uuid4().hex[:6]}"
     steps = []
     try:
-        subprocess.run([OMS, "migrate", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
-                        "--dlq-topic", f"{topic}.dlq", "--trades-topic", f"{topic}.trades"], check=True, stdout=subprocess.DEVNULL,
-                       env={**os.environ, "OMS__BROKER__PARTITIONS": str(INGEST_PARTITIONS)})
+        make_topics(topic)
         store = fresh_store("redb", f"capacity_{mode}")
         try:
             oms = start_oms(store, topic, f"capacity-{mode}")

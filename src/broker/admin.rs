@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -78,27 +78,17 @@ pub async fn create_topics(
         .create_topics(&topics, &options)
         .await
         .map_err(|source| unreachable(settings, source))?;
-    let mut outcomes = Vec::with_capacity(results.len());
-    let mut reader: Option<BaseConsumer> = None;
-    for result in results {
-        outcomes.push(match result {
-            Ok(topic) => (topic, TopicOutcome::Created),
+    results
+        .into_iter()
+        .map(|result| match result {
+            Ok(topic) => Ok((topic, TopicOutcome::Created)),
             Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                let reader = match reader.as_ref() {
-                    Some(reader) => reader,
-                    None => reader.insert(
-                        client_config(settings, "oms-admin")
-                            .create()
-                            .map_err(|source| unreachable(settings, source))?,
-                    ),
-                };
-                let partitions = partitions(reader, settings, &topic)?.len();
-                (topic, TopicOutcome::AlreadyExisted { partitions })
+                let partitions = partitions(admin.inner(), settings, &topic)?.len();
+                Ok((topic, TopicOutcome::AlreadyExisted { partitions }))
             }
-            Err((topic, code)) => return Err(AdminError::Create { topic, code }),
-        });
-    }
-    Ok(outcomes)
+            Err((topic, code)) => Err(AdminError::Create { topic, code }),
+        })
+        .collect()
 }
 
 fn unreachable(settings: &BrokerSettings, source: KafkaError) -> AdminError {
@@ -108,13 +98,14 @@ fn unreachable(settings: &BrokerSettings, source: KafkaError) -> AdminError {
     }
 }
 
-/// The partition ids of `topic`, read from broker metadata.
-pub fn partitions(
-    consumer: &BaseConsumer,
+/// The partition ids of `topic`, read from broker metadata by any client
+/// (a consumer's, or the admin client that just tried to create it).
+pub fn partitions<C: ClientContext>(
+    client: &Client<C>,
     settings: &BrokerSettings,
     topic: &str,
 ) -> Result<Vec<i32>, AdminError> {
-    let metadata = consumer
+    let metadata = client
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(|source| unreachable(settings, source))?;
     let partitions: Vec<i32> = metadata
@@ -137,7 +128,7 @@ pub fn probe(settings: &BrokerSettings) -> Result<String, AdminError> {
     let consumer: BaseConsumer = client_config(settings, "oms-probe")
         .create()
         .map_err(|source| unreachable(settings, source))?;
-    let partitions = match partitions(&consumer, settings, &settings.topic) {
+    let partitions = match partitions(consumer.client(), settings, &settings.topic) {
         Ok(partitions) => partitions,
         Err(AdminError::MissingTopic(_)) => {
             return Ok(format!(

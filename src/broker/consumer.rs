@@ -1284,7 +1284,7 @@ impl ConsumerLoop {
                 let topic = topic.to_owned();
                 async move {
                     tokio::task::spawn_blocking(move || {
-                        admin::partitions(client.as_ref(), &broker, &topic)
+                        admin::partitions(client.client(), &broker, &topic)
                     })
                     .await
                     .unwrap_or_else(|e| Err(AdminError::Task(e)))
@@ -1705,7 +1705,8 @@ fn watermarks(
     broker: &BrokerSettings,
 ) -> Result<Vec<(i32, i64, i64)>, String> {
     let topic = &broker.topic;
-    let partitions = admin::partitions(client, broker, topic).map_err(|e| Chain(&e).to_string())?;
+    let partitions =
+        admin::partitions(client.client(), broker, topic).map_err(|e| Chain(&e).to_string())?;
     partitions
         .into_iter()
         .map(|p| {
