@@ -56,6 +56,34 @@ async fn lag(base: &str) -> Option<f64> {
     metric(base, "consumer_lag{").await
 }
 
+/// How many rebalances one instance has been through (each assignment or
+/// revocation it applied); `None` when it does not answer.
+async fn rebalances(base: &str) -> Option<f64> {
+    metric(base, "consumer_rebalance_seconds_count").await
+}
+
+/// Waits until every instance has applied a rebalance since `before` (its
+/// count then; an instance that has just joined: 0), so the group is no
+/// longer forming. tansu 0.6 keeps a forming group's leader when that
+/// member leaves (`Inner<Forming>::leave`), and a group without its leader
+/// never gets an assignment again: a member may leave only a formed group
+/// (docs/architecture.md).
+async fn rebalanced(bases: &[String], before: &[f64]) {
+    let done = eventually(Duration::from_secs(90), || async {
+        for (base, before) in bases.iter().zip(before) {
+            if rebalances(base).await? <= *before {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "not every instance applied the rebalance within 90 s"
+    );
+}
+
 /// Waits until the instances own all `partitions` between them, each at
 /// most once; returns how long that took.
 async fn settled(bases: &[String], partitions: u32) -> Duration {
@@ -127,11 +155,16 @@ async fn instances_share_the_partitions_through_kill_add_and_remove() {
         .await;
 
     // A fourth joins (with three partitions, one instance idles).
+    let mut before = Vec::new();
+    for base in &bases[..3] {
+        before.push(rebalances(base).await.unwrap_or_default());
+    }
+    before.push(0.0);
+    let joining = Instant::now();
     instances.push(Some(start(3, ports[3]).await));
-    report.push(format!(
-        "a 4th joins: {:.1?}",
-        settled(&bases, partitions).await
-    ));
+    rebalanced(&bases, &before).await;
+    settled(&bases, partitions).await;
+    report.push(format!("a 4th joins: {:.1?}", joining.elapsed()));
     load.wait_submitted(load.submitted() + 1_000, Duration::from_secs(120))
         .await;
 

@@ -816,8 +816,12 @@ impl<T: Send + 'static> Drop for Bounded<T> {
 
 /// How long a stopping instance waits for the group to take its
 /// partitions back before it closes anyway (then they move when the
-/// coordinator notices the member is gone).
-const LEAVE_WITHIN: Duration = Duration::from_secs(5);
+/// coordinator notices the member is gone). librdkafka holds an unsubscribe
+/// until a rebalance in progress has finished, and a static member's join
+/// takes tansu ~5 s: with 5 s here, a SIGTERM during a join closed without
+/// leaving and its partition stayed unread. With the close bound
+/// ([`CLOSE_WITHIN`]) it stays below `just down`'s 20 s grace.
+const LEAVE_WITHIN: Duration = Duration::from_secs(14);
 
 /// Hands this instance's partitions back to the group before it stops, so
 /// the others take them over now. librdkafka closes a static member
