@@ -65,9 +65,9 @@ async fn rebalances(base: &str) -> Option<f64> {
 /// Waits until every instance has applied a rebalance since `before` (its
 /// count then; an instance that has just joined: 0), so the group is no
 /// longer forming. tansu 0.6 keeps a forming group's leader when that
-/// member leaves (`Inner<Forming>::leave`), and a group without its leader
-/// never gets an assignment again: a member may leave only a formed group
-/// (docs/architecture.md).
+/// member leaves (`Inner<Forming>::leave`), and the joins that follow name
+/// a leader that is gone, so no member gets an assignment: a member may
+/// leave only a formed group (docs/architecture.md).
 async fn rebalanced(bases: &[String], before: &[f64]) {
     let done = eventually(Duration::from_secs(90), || async {
         for (base, before) in bases.iter().zip(before) {
