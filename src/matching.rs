@@ -17,7 +17,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::order::{Event, Side};
+use crate::order::{Amount, Event, Side};
 use crate::store::StoredOrder;
 
 /// Namespace of trade ids: a trade is named by its taker and its maker,
@@ -166,11 +166,87 @@ pub struct Execution {
     pub maker_remaining: Decimal,
 }
 
-/// Where a resting order sits, to cancel it without a scan of the book.
-#[derive(Debug, Clone, Copy)]
-struct Place {
-    side: Side,
-    price: Decimal,
+/// Orders per chunk of a [`Queue`]: 64 × 48 bytes, one 3 KiB allocation.
+const CHUNK: usize = 64;
+
+/// The orders resting at one price, oldest first, in chunks of at most
+/// [`CHUNK`]. A level is a queue that can grow to thousands of orders; one
+/// `VecDeque` would double as it grows (1,100 orders in 2,048 slots, ~90
+/// bytes per 48-byte order) and copy itself each time, while chunks of a
+/// fixed size are never copied and waste at most the free slots of the
+/// last chunk, plus the gaps cancels leave, which [`Queue::remove`] keeps
+/// merged.
+#[derive(Debug, Default)]
+struct Queue {
+    chunks: VecDeque<VecDeque<Resting>>,
+    len: usize,
+}
+
+impl Queue {
+    fn push_back(&mut self, order: Resting) {
+        match self.chunks.back_mut() {
+            Some(last) if last.len() < CHUNK => last.push_back(order),
+            _ => {
+                let mut chunk = VecDeque::with_capacity(CHUNK);
+                chunk.push_back(order);
+                self.chunks.push_back(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// The oldest order.
+    fn front_mut(&mut self) -> Option<&mut Resting> {
+        self.chunks.front_mut().and_then(VecDeque::front_mut)
+    }
+
+    fn pop_front(&mut self) -> Option<Resting> {
+        let first = self.chunks.front_mut()?;
+        let order = first.pop_front()?;
+        if first.is_empty() {
+            self.chunks.pop_front();
+        }
+        self.len -= 1;
+        Some(order)
+    }
+
+    /// Takes order `id` out (a cancel: a scan of this one price).
+    fn remove(&mut self, id: Uuid) -> Option<Resting> {
+        let (at, chunk) = self
+            .chunks
+            .iter()
+            .enumerate()
+            .find_map(|(at, chunk)| Some((at, chunk.iter().position(|r| r.id == id)?)))?;
+        let order = self.chunks[at].remove(chunk)?;
+        self.len -= 1;
+        // Keep chunks dense: an emptied chunk goes, a thinned one joins its
+        // neighbour when both fit in one (cancels scattered through a deep
+        // level would otherwise leave it one order per chunk).
+        if self.chunks[at].is_empty() {
+            self.chunks.remove(at);
+        } else if at > 0 && self.chunks[at - 1].len() + self.chunks[at].len() <= CHUNK {
+            let thinned = self.chunks.remove(at).unwrap_or_default();
+            self.chunks[at - 1].extend(thinned);
+        } else if at + 1 < self.chunks.len()
+            && self.chunks[at].len() + self.chunks[at + 1].len() <= CHUNK
+        {
+            let next = self.chunks.remove(at + 1).unwrap_or_default();
+            self.chunks[at].extend(next);
+        }
+        Some(order)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Resting> {
+        self.chunks.iter().flatten()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// One aggregated price level, for `GET /orderbook/{symbol}`.
@@ -193,14 +269,18 @@ pub enum Cancelled {
     NotResting,
 }
 
-/// The book of one symbol.
+/// The book of one symbol. It holds each resting order once, in its price
+/// level, and nothing else: about 50 bytes per order (a million resting
+/// orders in ~50 MiB). There is no index by id: a cancel names the side and
+/// price its order rests at, so it scans one level.
 #[derive(Debug, Default)]
 pub struct Book {
     /// Best bid first (highest price).
-    bids: BTreeMap<Reverse<Decimal>, VecDeque<Resting>>,
+    bids: BTreeMap<Reverse<Decimal>, Queue>,
     /// Best ask first (lowest price).
-    asks: BTreeMap<Decimal, VecDeque<Resting>>,
-    resting: HashMap<Uuid, Place>,
+    asks: BTreeMap<Decimal, Queue>,
+    /// Orders resting on both sides.
+    orders: usize,
 }
 
 impl Book {
@@ -209,8 +289,9 @@ impl Book {
     }
 
     /// Matches an incoming limit order, rests what is left, and returns
-    /// the trades in the order they happened. An id already resting is
-    /// ignored (a record read twice must not trade twice).
+    /// the trades in the order they happened. The caller submits an id once:
+    /// [`Matcher::run`] drops an order the store or the batch has seen
+    /// before (a record read twice must not trade twice).
     pub fn submit(
         &mut self,
         id: Uuid,
@@ -219,14 +300,14 @@ impl Book {
         quantity: Decimal,
         at: DateTime<Utc>,
     ) -> Vec<Execution> {
-        if self.resting.contains_key(&id) || quantity <= Decimal::ZERO {
+        if quantity <= Decimal::ZERO {
             return Vec::new();
         }
         // One key per price, whatever its written scale ("1.50" = "1.5").
         let price = price.normalize();
         let mut trades = Vec::new();
         let taker = Taker { id, side, at };
-        let left = match side {
+        let (left, filled) = match side {
             Side::Buy => sweep(
                 &mut self.asks,
                 |p| *p,
@@ -234,7 +315,6 @@ impl Book {
                 quantity,
                 taker,
                 &mut trades,
-                &mut self.resting,
             ),
             Side::Sell => sweep(
                 &mut self.bids,
@@ -243,9 +323,9 @@ impl Book {
                 quantity,
                 taker,
                 &mut trades,
-                &mut self.resting,
             ),
         };
+        self.orders -= filled;
         if left > Decimal::ZERO {
             self.rest(id, side, price, quantity, left);
         }
@@ -263,10 +343,9 @@ impl Book {
         quantity: Decimal,
         remaining: Decimal,
     ) {
-        if self.resting.contains_key(&id) || remaining <= Decimal::ZERO {
-            return;
+        if remaining > Decimal::ZERO {
+            self.rest(id, side, price.normalize(), quantity, remaining);
         }
-        self.rest(id, side, price.normalize(), quantity, remaining);
     }
 
     fn rest(&mut self, id: Uuid, side: Side, price: Decimal, quantity: Decimal, left: Decimal) {
@@ -283,42 +362,45 @@ impl Book {
                 .push_back(resting),
             Side::Sell => self.asks.entry(price).or_default().push_back(resting),
         }
-        self.resting.insert(id, Place { side, price });
+        self.orders += 1;
     }
 
-    /// Takes a resting order out of the book.
-    pub fn cancel(&mut self, id: Uuid) -> Cancelled {
-        let Some(place) = self.resting.remove(&id) else {
-            return Cancelled::NotResting;
-        };
-        let removed = match place.side {
-            Side::Buy => take(&mut self.bids, &Reverse(place.price), id),
-            Side::Sell => take(&mut self.asks, &place.price, id),
+    /// Takes a resting order out of the book. `at` is the side and price it
+    /// rests at, as a cancel record names them: one level is scanned.
+    /// Without it (a cancel written before records named them) the whole
+    /// book is.
+    pub fn cancel(&mut self, id: Uuid, at: Option<(Side, Decimal)>) -> Cancelled {
+        let removed = match at {
+            Some((Side::Buy, price)) => take(&mut self.bids, Some(Reverse(price.normalize())), id),
+            Some((Side::Sell, price)) => take(&mut self.asks, Some(price.normalize()), id),
+            None => take(&mut self.bids, None, id).or_else(|| take(&mut self.asks, None, id)),
         };
         match removed {
-            Some((quantity, remaining)) => Cancelled::Removed {
-                quantity,
-                remaining,
-            },
-            // The index and the levels always agree; if they did not, the
-            // order is not resting either way.
+            Some(order) => {
+                self.orders -= 1;
+                Cancelled::Removed {
+                    quantity: order.quantity,
+                    remaining: order.remaining,
+                }
+            }
             None => Cancelled::NotResting,
         }
     }
 
-    /// What is left of a resting order.
-    pub fn remaining(&self, id: Uuid) -> Option<Decimal> {
-        let place = self.resting.get(&id)?;
-        let level = match place.side {
-            Side::Buy => self.bids.get(&Reverse(place.price))?,
-            Side::Sell => self.asks.get(&place.price)?,
-        };
-        level.iter().find(|r| r.id == id).map(|r| r.remaining)
+    /// What is left of a resting order (a scan of the book: for tests).
+    #[cfg(test)]
+    fn remaining(&self, id: Uuid) -> Option<Decimal> {
+        self.bids
+            .values()
+            .chain(self.asks.values())
+            .flat_map(Queue::iter)
+            .find(|r| r.id == id)
+            .map(|r| r.remaining)
     }
 
     /// The best `depth` levels of each side, best first.
     pub fn depth(&self, depth: usize) -> (Vec<Level>, Vec<Level>) {
-        let level = |price: Decimal, orders: &VecDeque<Resting>| Level {
+        let level = |price: Decimal, orders: &Queue| Level {
             price,
             quantity: orders.iter().map(|r| r.remaining).sum(),
             orders: orders.len(),
@@ -339,11 +421,11 @@ impl Book {
 
     /// Orders resting in the book.
     pub fn len(&self) -> usize {
-        self.resting.len()
+        self.orders
     }
 
     pub fn is_empty(&self) -> bool {
-        self.resting.is_empty()
+        self.orders == 0
     }
 }
 
@@ -512,8 +594,10 @@ impl Matcher {
                     if let Cancelled::Removed {
                         quantity,
                         remaining,
-                    } = book.cancel(cancel.order_id)
-                    {
+                    } = book.cancel(
+                        cancel.order_id,
+                        cancel.side.zip(cancel.price.map(Amount::value)),
+                    ) {
                         out.cancelled += 1;
                         set(
                             cancel.order_id,
@@ -556,16 +640,17 @@ struct Taker {
 }
 
 /// Fills `left` against the opposite side, best level first while its price
-/// `crosses`, oldest order first within a level; returns what is unfilled.
+/// `crosses`, oldest order first within a level; returns what is unfilled
+/// and how many resting orders it filled (out of the book).
 fn sweep<K: Ord + Copy>(
-    levels: &mut BTreeMap<K, VecDeque<Resting>>,
+    levels: &mut BTreeMap<K, Queue>,
     price_of: impl Fn(&K) -> Decimal,
     crosses: impl Fn(Decimal) -> bool,
     mut left: Decimal,
     taker: Taker,
     trades: &mut Vec<Execution>,
-    resting: &mut HashMap<Uuid, Place>,
-) -> Decimal {
+) -> (Decimal, usize) {
+    let mut filled = 0;
     while left > Decimal::ZERO {
         let Some(mut level) = levels.first_entry() else {
             break;
@@ -600,29 +685,30 @@ fn sweep<K: Ord + Copy>(
                 maker_remaining: maker.remaining,
             });
             if maker.remaining.is_zero() {
-                resting.remove(&maker.id);
                 orders.pop_front();
+                filled += 1;
             }
         }
         if orders.is_empty() {
             level.remove();
         }
     }
-    left
+    (left, filled)
 }
 
-fn take<K: Ord>(
-    side: &mut BTreeMap<K, VecDeque<Resting>>,
-    key: &K,
-    id: Uuid,
-) -> Option<(Decimal, Decimal)> {
-    let level = side.get_mut(key)?;
-    let at = level.iter().position(|r| r.id == id)?;
-    let removed = level.remove(at).map(|r| (r.quantity, r.remaining));
-    if level.is_empty() {
-        side.remove(key);
+/// Takes order `id` out of the level at `key`, or out of whichever level
+/// holds it when `key` is `None`; a level left empty goes.
+fn take<K: Ord + Copy>(side: &mut BTreeMap<K, Queue>, key: Option<K>, id: Uuid) -> Option<Resting> {
+    let (key, removed) = match key {
+        Some(key) => (key, side.get_mut(&key)?.remove(id)?),
+        None => side
+            .iter_mut()
+            .find_map(|(key, level)| Some((*key, level.remove(id)?)))?,
+    };
+    if side.get(&key).is_some_and(Queue::is_empty) {
+        side.remove(&key);
     }
-    removed
+    Some(removed)
 }
 
 #[cfg(test)]
@@ -698,31 +784,116 @@ mod tests {
     fn a_cancelled_order_no_longer_trades_and_cancelling_twice_is_harmless() {
         let mut book = Book::new();
         book.submit(id(1), Side::Sell, d("5"), d("2"), at());
+        book.submit(id(3), Side::Sell, d("5"), d("1"), at());
+        // The cancel names the price as the order was written ("5.00" and
+        // "5" are one level).
         assert_eq!(
-            book.cancel(id(1)),
+            book.cancel(id(1), Some((Side::Sell, d("5.00")))),
             Cancelled::Removed {
                 quantity: d("2"),
                 remaining: d("2")
             }
         );
-        assert_eq!(book.cancel(id(1)), Cancelled::NotResting);
+        assert_eq!(
+            book.cancel(id(1), Some((Side::Sell, d("5")))),
+            Cancelled::NotResting
+        );
+        // A cancel without side and price (an older record) finds it anyway.
+        assert_eq!(
+            book.cancel(id(3), None),
+            Cancelled::Removed {
+                quantity: d("1"),
+                remaining: d("1")
+            }
+        );
+        assert_eq!(book.cancel(id(3), None), Cancelled::NotResting);
+        assert!(book.is_empty());
         assert!(
             book.submit(id(2), Side::Buy, d("6"), d("1"), at())
                 .is_empty()
         );
-        assert!(book.depth(10).1.is_empty());
+        assert!(book.depth(10).1.is_empty(), "no empty level is left");
+        assert_eq!(
+            book.cancel(id(2), Some((Side::Sell, d("6")))),
+            Cancelled::NotResting,
+            "the wrong side is not searched"
+        );
+        assert_eq!(book.len(), 1);
+    }
+
+    fn order(side: &str, price: &str, quantity: &str) -> crate::order::Order {
+        crate::order::NewOrder::from_value(serde_json::json!({
+            "src_currency": "USD",
+            "dst_currency": "EUR",
+            "side": side,
+            "price": price,
+            "quantity": quantity,
+            "channel": 11,
+        }))
+        .and_then(|o| o.accept(at()))
+        .expect("valid order")
     }
 
     #[test]
     fn an_order_seen_twice_trades_once() {
-        let mut book = Book::new();
-        book.submit(id(1), Side::Sell, d("5"), d("2"), at());
-        book.submit(id(2), Side::Buy, d("4"), d("1"), at());
-        assert!(
-            book.submit(id(2), Side::Buy, d("4"), d("1"), at())
-                .is_empty()
+        let (sell, buy) = (order("sell", "5", "2"), order("buy", "5", "1"));
+        let at = |offset: i64, order: &crate::order::Order| Positioned {
+            partition: 0,
+            offset,
+            event: Event::Order(order.clone()),
+        };
+        let mut matcher = Matcher::new();
+        let first = matcher.run(&[at(0, &sell), at(1, &buy), at(2, &buy)], &HashSet::new());
+        assert_eq!(
+            first.trades.len(),
+            1,
+            "the copy in the batch does not trade"
         );
-        assert_eq!(book.len(), 2);
+        assert_eq!(first.orders, 2);
+        // A later batch repeats it (a client retry): the store knows it.
+        let again = matcher.run(&[at(3, &buy)], &HashSet::from([buy.id]));
+        assert!(again.trades.is_empty() && again.states.is_empty());
+        assert_eq!(matcher.resting(), 1, "the sell, half filled");
+    }
+
+    #[test]
+    fn a_deep_level_stays_in_order_and_dense_through_cancels() {
+        let mut book = Book::new();
+        let n = 20 * CHUNK as u128;
+        for i in 0..n {
+            book.submit(id(i), Side::Buy, d("7"), d("1"), at());
+        }
+        let level = |book: &Book| {
+            let queue = &book.bids[&Reverse(d("7"))];
+            (
+                queue.iter().map(|r| r.id).collect::<Vec<_>>(),
+                queue.chunks.len(),
+            )
+        };
+        assert_eq!(level(&book).1, 20, "full chunks");
+        // Cancel three orders of every four, scattered through the level.
+        for i in (0..n).filter(|i| i % 4 != 0) {
+            assert!(matches!(
+                book.cancel(id(i), Some((Side::Buy, d("7")))),
+                Cancelled::Removed { .. }
+            ));
+        }
+        let (ids, chunks) = level(&book);
+        assert_eq!(
+            ids,
+            (0..n).step_by(4).map(id).collect::<Vec<_>>(),
+            "oldest first"
+        );
+        assert!(
+            chunks <= 2 * ids.len().div_ceil(CHUNK),
+            "{chunks} chunks for {} orders",
+            ids.len()
+        );
+        // A seller takes them oldest first, across chunk boundaries.
+        let trades = book.submit(id(n), Side::Sell, d("7"), d("100"), at());
+        let makers: Vec<_> = trades.iter().map(|t| t.trade.buy_order_id).collect();
+        assert_eq!(makers, ids[..100]);
+        assert_eq!(book.len(), ids.len() - 100);
     }
 
     /// A tiny deterministic generator (the tests need no crate for it).
@@ -738,11 +909,27 @@ mod tests {
         }
     }
 
+    /// One step of a generated workload.
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Submit(Uuid, Side, Decimal, Decimal),
+        /// Cancel an earlier order, naming where it rests (or not, as an
+        /// older cancel record).
+        Cancel(Uuid, Side, Decimal, bool),
+    }
+
     /// The obvious matcher: scan every resting order for the best one.
-    fn reference(events: &[(Uuid, Side, Decimal, Decimal)]) -> Vec<(Uuid, Uuid, Decimal, Decimal)> {
+    fn reference(events: &[Op]) -> Vec<(Uuid, Uuid, Decimal, Decimal)> {
         let mut resting: Vec<(u64, Uuid, Side, Decimal, Decimal)> = Vec::new();
         let mut out = Vec::new();
-        for (seq, (id, side, price, qty)) in events.iter().enumerate() {
+        for (seq, op) in events.iter().enumerate() {
+            let (id, side, price, qty) = match op {
+                Op::Submit(id, side, price, qty) => (id, side, price, qty),
+                Op::Cancel(id, ..) => {
+                    resting.retain(|r| r.1 != *id);
+                    continue;
+                }
+            };
             let mut left = *qty;
             loop {
                 let best = resting
@@ -780,27 +967,49 @@ mod tests {
     #[test]
     fn the_book_agrees_with_the_obvious_matcher_and_replays_identically() {
         let mut rng = Lcg(7);
-        let events: Vec<_> = (0..3_000u128)
+        let mut submitted: Vec<(Uuid, Side, Decimal)> = Vec::new();
+        let events: Vec<_> = (0..6_000u128)
             .map(|n| {
+                // One step in five cancels an earlier order (resting,
+                // filled or cancelled already).
+                if !submitted.is_empty() && rng.next(5) == 0 {
+                    let (id, side, price) = submitted[rng.next(submitted.len() as u64) as usize];
+                    return Op::Cancel(id, side, price, rng.next(4) != 0);
+                }
                 let side = if rng.next(2) == 0 {
                     Side::Buy
                 } else {
                     Side::Sell
                 };
-                let price = Decimal::new(9_900 + rng.next(200) as i64, 2);
+                // Few levels, so levels grow deep (several chunks).
+                let price = Decimal::new(9_990 + rng.next(20) as i64, 2);
                 let qty = Decimal::new(1 + rng.next(500) as i64, 1);
-                (id(n + 1), side, price, qty)
+                submitted.push((id(n + 1), side, price));
+                Op::Submit(id(n + 1), side, price, qty)
             })
             .collect();
         let run = || {
             let mut book = Book::new();
-            events
-                .iter()
-                .flat_map(|(id, side, price, qty)| book.submit(*id, *side, *price, *qty, at()))
-                .map(|e| e.trade)
-                .collect::<Vec<_>>()
+            let mut trades = Vec::new();
+            let mut cancelled = 0;
+            for op in &events {
+                match *op {
+                    Op::Submit(id, side, price, qty) => trades.extend(
+                        book.submit(id, side, price, qty, at())
+                            .into_iter()
+                            .map(|e| e.trade),
+                    ),
+                    Op::Cancel(id, side, price, named) => {
+                        let rests_at = named.then_some((side, price));
+                        if book.cancel(id, rests_at) != Cancelled::NotResting {
+                            cancelled += 1;
+                        }
+                    }
+                }
+            }
+            (trades, cancelled, book.len())
         };
-        let trades = run();
+        let (trades, cancelled, left) = run();
         let expected = reference(&events);
         let got: Vec<_> = trades
             .iter()
@@ -819,6 +1028,8 @@ mod tests {
             })
             .collect();
         assert!(trades.len() > 500, "the workload crosses: {}", trades.len());
+        assert!(cancelled > 100, "cancels take orders out: {cancelled}");
+        assert!(left > 2 * CHUNK, "levels span chunks: {left} resting");
         assert_eq!(got.len(), expected.len());
         for (g, e) in got.iter().zip(&expected) {
             assert_eq!(
@@ -826,7 +1037,11 @@ mod tests {
                 (e.0, e.1, e.2.normalize(), e.3)
             );
         }
-        assert_eq!(run(), trades, "a replay gives the same trades, same ids");
+        assert_eq!(
+            run(),
+            (trades.clone(), cancelled, left),
+            "a replay gives the same trades, same ids"
+        );
         let ids: std::collections::HashSet<_> = trades.iter().map(|t| t.id).collect();
         assert_eq!(ids.len(), trades.len(), "trade ids are unique");
     }

@@ -108,8 +108,11 @@ def report(results: Results, out: Path, command: str) -> str:
                   f"`cargo bench --bench matching` ({x.orders:,} limit orders into one symbol's book, "
                   f"starting at {x.resting_before:,} resting orders on 400 price levels, prices within "
                   f"±1.00 of the mid): **{fmt(x.orders_per_second)} orders/s, {x.ns_per_order:.0f} ns per "
-                  f"order**, {x.trades:,} trades, {x.resting_after:,} orders resting at the end. The "
-                  "ingest and drain tables above compare redb with matching on (the default) and off.", ""]
+                  f"order**, {x.trades:,} trades, {x.resting_after:,} orders resting at the end"
+                  + (f" ({x.book_bytes_per_order:.0f} bytes of heap per resting order)"
+                     if x.book_bytes_per_order else "")
+                  + ". The ingest and drain tables above compare redb with matching on (the default) "
+                  "and off.", ""]
     lines += ["## Charts", "", "![throughput](throughput.png)", "", "![latency](latency.png)", "",
               "![drain](drain.png)", ""]
     if results.dashboard:

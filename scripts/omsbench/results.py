@@ -184,6 +184,8 @@ class MatchingBench:
     trades: int
     resting_before: int
     resting_after: int
+    # Heap the book holds per resting order (reports before it was measured lack it).
+    book_bytes_per_order: Optional[float] = None
 
 
 @dataclass

@@ -499,6 +499,8 @@ impl OrdersApi {
         let cancel = Cancel {
             order_id: id.0,
             symbol: Symbol::new(&stored.order.src_currency, &stored.order.dst_currency),
+            side: Some(stored.order.side),
+            price: Some(stored.order.price),
             // Microseconds, as every order time.
             requested_at: Utc::now().trunc_subsecs(6),
         };

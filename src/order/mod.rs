@@ -326,6 +326,14 @@ pub struct Cancel {
     pub order_id: Uuid,
     /// The order's `SRC-DST`: the record's key and the book it rests in.
     pub symbol: Symbol,
+    /// The order's side and limit price: the one price level of the book
+    /// its order can rest at, so matching finds it there without an index
+    /// of every resting order. Absent from cancels written before oms wrote
+    /// them; the whole book is searched for those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<Side>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Amount>,
     pub requested_at: DateTime<Utc>,
 }
 
@@ -355,9 +363,12 @@ pub enum Event {
     Cancel(Cancel),
 }
 
-/// The events of envelope version [`EVENT_VERSION`].
+/// The events of envelope version [`EVENT_VERSION`]. A field this oms does
+/// not know is ignored, so a later one can add an optional field (as `side`
+/// and `price` were added to cancels) without every reader upgrading first;
+/// a change a reader must not ignore bumps the version.
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 enum Envelope {
     Cancel {
         #[allow(dead_code)]
@@ -633,16 +644,45 @@ mod tests {
         let cancel = Cancel {
             order_id: order.id,
             symbol: "USD-EUR".parse().expect("symbol"),
+            side: Some(order.side),
+            price: Some(order.price),
             requested_at: Utc::now().trunc_subsecs(6),
         };
         let record = cancel.to_record();
         let doc: Value = serde_json::from_slice(&record).expect("json");
         assert_eq!(
-            (&doc["v"], &doc["type"]),
-            (&json!(EVENT_VERSION), &json!("cancel"))
+            (&doc["v"], &doc["type"], &doc["side"], &doc["price"]),
+            (
+                &json!(EVENT_VERSION),
+                &json!("cancel"),
+                &json!("buy"),
+                &json!("1.25")
+            )
         );
         assert_eq!(
             Event::from_record(&record).expect("a cancel"),
+            Event::Cancel(cancel.clone())
+        );
+        // A cancel written before cancels named side and price still
+        // decodes (matching then searches the whole book), and a field this
+        // oms does not know yet is ignored.
+        let mut older = doc.clone();
+        older.as_object_mut().map(|m| {
+            m.remove("side");
+            m.remove("price")
+        });
+        assert_eq!(
+            Event::from_record(older.to_string().as_bytes()).expect("an older cancel"),
+            Event::Cancel(Cancel {
+                side: None,
+                price: None,
+                ..cancel.clone()
+            })
+        );
+        let mut newer = doc.clone();
+        newer["reason"] = "a later field".into();
+        assert_eq!(
+            Event::from_record(newer.to_string().as_bytes()).expect("a newer cancel"),
             Event::Cancel(cancel)
         );
         // An order reader (an older oms) refuses an event by its version.

@@ -492,6 +492,8 @@ pub async fn fills_and_trades_commit_with_the_batch(engine: impl Engine) {
     let cancel = Cancel {
         order_id: sell.order.id,
         symbol: Symbol::new(&sell.order.src_currency, &sell.order.dst_currency),
+        side: Some(sell.order.side),
+        price: Some(sell.order.price),
         requested_at: Utc::now(),
     };
     let mut failing = matched(
