@@ -217,6 +217,7 @@ pub struct Settings {
     pub consumer: ConsumerSettings,
     pub store: StoreSettings,
     pub telemetry: TelemetrySettings,
+    pub memory: MemorySettings,
     /// What the operator should change (deprecated keys), to log once
     /// logging is set up.
     #[serde(skip)]
@@ -624,6 +625,23 @@ impl Default for TelemetrySettings {
             otlp_endpoint: String::new(),
             service_name: "oms".into(),
             sample_ratio: 1.0,
+        }
+    }
+}
+
+/// `[memory]`: the process' heap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemorySettings {
+    /// Every this often, freed heap pages go back to the system
+    /// (`malloc_trim`; glibc keeps them otherwise). 0: never.
+    pub trim_every_ms: u64,
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        Self {
+            trim_every_ms: 1_000,
         }
     }
 }

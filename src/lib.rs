@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod matching;
+pub mod memory;
 pub mod order;
 pub mod store;
 pub mod telemetry;

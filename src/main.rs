@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -225,6 +226,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve(args) => {
             let (settings, telemetry) = load(&cli, &args.overrides())?;
+            oms::memory::trim_every(Duration::from_millis(settings.memory.trim_every_ms))
+                .context("starting the heap trimmer")?;
             let app = Application::build(settings).await?;
             let shutdown = CancellationToken::new();
             cancel_on_signal(shutdown.clone())?;
