@@ -714,6 +714,7 @@ fn take<K: Ord + Copy>(side: &mut BTreeMap<K, Queue>, key: Option<K>, id: Uuid) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::contract;
     use std::str::FromStr;
 
     fn d(s: &str) -> Decimal {
@@ -821,22 +822,12 @@ mod tests {
         assert_eq!(book.len(), 1);
     }
 
-    fn order(side: &str, price: &str, quantity: &str) -> crate::order::Order {
-        crate::order::NewOrder::from_value(serde_json::json!({
-            "src_currency": "USD",
-            "dst_currency": "EUR",
-            "side": side,
-            "price": price,
-            "quantity": quantity,
-            "channel": 11,
-        }))
-        .and_then(|o| o.accept(at()))
-        .expect("valid order")
-    }
-
     #[test]
     fn an_order_seen_twice_trades_once() {
-        let (sell, buy) = (order("sell", "5", "2"), order("buy", "5", "1"));
+        let sell = contract::order(("USD", "EUR"), 5).order; // sells 3 at 5.5
+        let mut buy = contract::order(("USD", "EUR"), 6).order;
+        buy.side = Side::Buy; // buys 1 at 6.5
+        buy.quantity = Amount::try_from(Decimal::ONE).expect("amount");
         let at = |offset: i64, order: &crate::order::Order| Positioned {
             partition: 0,
             offset,
@@ -853,7 +844,7 @@ mod tests {
         // A later batch repeats it (a client retry): the store knows it.
         let again = matcher.run(&[at(3, &buy)], &HashSet::from([buy.id]));
         assert!(again.trades.is_empty() && again.states.is_empty());
-        assert_eq!(matcher.resting(), 1, "the sell, half filled");
+        assert_eq!(matcher.resting(), 1, "the sell, partly filled");
     }
 
     #[test]

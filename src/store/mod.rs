@@ -15,7 +15,7 @@ pub mod redis;
 pub mod sled;
 
 #[cfg(test)]
-mod contract;
+pub(crate) mod contract;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
