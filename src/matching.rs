@@ -175,11 +175,10 @@ const CHUNK: usize = 64;
 /// bytes per 48-byte order) and copy itself each time, while chunks of a
 /// fixed size are never copied and waste at most the free slots of the
 /// last chunk, plus the gaps cancels leave, which [`Queue::remove`] keeps
-/// merged.
+/// merged. No chunk is ever empty: one that empties goes.
 #[derive(Debug, Default)]
 struct Queue {
     chunks: VecDeque<VecDeque<Resting>>,
-    len: usize,
 }
 
 impl Queue {
@@ -192,7 +191,6 @@ impl Queue {
                 self.chunks.push_back(chunk);
             }
         }
-        self.len += 1;
     }
 
     /// The oldest order.
@@ -200,14 +198,14 @@ impl Queue {
         self.chunks.front_mut().and_then(VecDeque::front_mut)
     }
 
-    fn pop_front(&mut self) -> Option<Resting> {
-        let first = self.chunks.front_mut()?;
-        let order = first.pop_front()?;
-        if first.is_empty() {
-            self.chunks.pop_front();
+    /// Drops the oldest order (it filled).
+    fn pop_front(&mut self) {
+        if let Some(first) = self.chunks.front_mut() {
+            first.pop_front();
+            if first.is_empty() {
+                self.chunks.pop_front();
+            }
         }
-        self.len -= 1;
-        Some(order)
     }
 
     /// Takes order `id` out (a cancel: a scan of this one price).
@@ -218,7 +216,6 @@ impl Queue {
             .enumerate()
             .find_map(|(at, chunk)| Some((at, chunk.iter().position(|r| r.id == id)?)))?;
         let order = self.chunks[at].remove(chunk)?;
-        self.len -= 1;
         // Keep chunks dense: an emptied chunk goes, a thinned one joins its
         // neighbour when both fit in one (cancels scattered through a deep
         // level would otherwise leave it one order per chunk).
@@ -241,11 +238,11 @@ impl Queue {
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.chunks.iter().map(VecDeque::len).sum()
     }
 
     fn is_empty(&self) -> bool {
-        self.len == 0
+        self.chunks.is_empty()
     }
 }
 
