@@ -159,7 +159,10 @@ def check_smoke(results: Results, out: Path, scaled: bool) -> None:
         if cap is None or not cap.steps or any(x.requests == 0 for x in cap.steps):
             problems.append(f"{mode}: a capacity step had no requests")
         elif cap.ryw_idle.failures or cap.ryw_load.failures:
-            problems.append(f"{mode}: a read after a 202 was not 200: {cap.ryw_idle} {cap.ryw_load}")
+            # A 503 read again after its Retry-After is the protocol working (the debug
+            # build's consumer can trail wrk by more than http.read_wait_ms); anything
+            # else, a 404 above all, is not.
+            problems.append(f"{mode}: a read after a 202 never answered 200: {cap.ryw_idle} {cap.ryw_load}")
         for i in r.ingest:
             if (i.stored or 0) < i.requests:
                 problems.append(f"{mode}: {i.store} stored {i.stored} of {i.requests} accepted orders")

@@ -82,7 +82,9 @@ def report(results: Results, out: Path, command: str) -> str:
                       f"p50 {cap.ryw_idle.p50_ms} / p99 {cap.ryw_idle.p99_ms} ms; at "
                       f"{fmt(cap.ryw_load.rps)} req/s p50 {cap.ryw_load.p50_ms} / p99 "
                       f"{cap.ryw_load.p99_ms} ms; answers other than 200: "
-                      f"{cap.ryw_idle.failures + cap.ryw_load.failures}. oms peak RSS {cap.oms_rss_mib:.0f} MiB."]
+                      f"{cap.ryw_idle.failures + cap.ryw_load.failures}, read only after a 503's "
+                      f"`Retry-After`: {cap.ryw_idle.retried + cap.ryw_load.retried}. "
+                      f"oms peak RSS {cap.oms_rss_mib:.0f} MiB."]
         lines += ["", f"Raw broker, same settings, no HTTP: **{fmt(raw_p.per_second)} orders/s produced** "
                   f"(asynchronously, {raw_p.seconds:.1f} s for {raw_p.produced:,}). Best ingest "
                   f"rate = {max(i.rps for i in r.ingest) / raw_p.per_second:.2f} × that.", "",
@@ -190,10 +192,10 @@ def targets(r: ModeResult) -> list[str]:
         out.append(f"CPU per order at capacity ≤ 40 µs oms and ≤ 60 µs broker ({u.oms:.0f} / {u.tansu:.0f} µs "
                    f"at {fmt(top.rps)} req/s): " + ok(u.oms <= 40 and u.tansu <= 60))
         i, b = cap.ryw_idle, cap.ryw_load
+        missed = i.failures + b.failures + i.retried + b.retried
         out.append(f"read-your-writes: never anything but 200, p99 ≤ 20 ms idle and ≤ 50 ms under load "
-                   f"({i.p99_ms} / {b.p99_ms} ms, {i.failures + b.failures} not 200): "
-                   + ok(i.failures + b.failures == 0 and (i.p99_ms or 1e9) <= 20
-                        and (b.p99_ms or 1e9) <= 50))
+                   f"({i.p99_ms} / {b.p99_ms} ms, {missed} not 200 at first): "
+                   + ok(missed == 0 and (i.p99_ms or 1e9) <= 20 and (b.p99_ms or 1e9) <= 50))
     if "redb" in drains:
         out.append(f"redb drains at ≥ 90 % of the raw consume rate: {drains['redb'] / raw:.1%}: "
                    + ok(drains['redb'] >= 0.9 * raw))

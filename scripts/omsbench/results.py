@@ -108,6 +108,8 @@ class ReadAfterWrite:
     p50_ms: Optional[float]
     p99_ms: Optional[float]
     rps: Optional[float] = None
+    # Samples answered 503 (consumer behind) at first and read after Retry-After.
+    retried: int = 0
 
 
 @dataclass

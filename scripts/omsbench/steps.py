@@ -294,7 +294,8 @@ def capacity(mode: str, smoke: bool) -> Capacity:
             busy = from_json(ReadAfterWrite, json.loads(loaded.communicate()[0]))
             busy.rps = under["requests"] / under["seconds"]
             step(f"  read after 202: idle p50 {idle.p50_ms} p99 {idle.p99_ms} ms; at {busy.rps:,.0f} req/s "
-                 f"p50 {busy.p50_ms} p99 {busy.p99_ms} ms; not 200: {idle.failures + busy.failures}")
+                 f"p50 {busy.p50_ms} p99 {busy.p99_ms} ms; not 200: {idle.failures + busy.failures}, "
+                 f"503 then 200 after Retry-After: {idle.retried + busy.retried}")
             rss = rss_peak_mib(oms.pid)
             stop(oms)
         finally:
