@@ -16,11 +16,11 @@ cd "$OMS_ROOT"
 # `just test` already has will do, and spares CI a release build.
 profile=release
 [[ " $* " == *" --smoke "* ]] && profile=debug
-say "building oms and the raw-broker client ($profile)"
+say "building oms, the raw-broker client and the bare relay ($profile)"
 if [[ $profile == release ]]; then
-  cargo build --release --quiet --bin oms --example rawlog
+  cargo build --release --quiet --bin oms --example rawlog --example relay
 else
-  cargo build --quiet --bin oms --example rawlog
+  cargo build --quiet --bin oms --example rawlog --example relay
 fi
 
 # The matching benchmark is always an optimised build (cargo's bench profile).
@@ -33,6 +33,7 @@ for line in sys.stdin:
 export OMS_MATCHING_BIN
 export OMS_BIN="$OMS_TARGET_DIR/$profile/oms"
 export OMS_RAWLOG_BIN="$OMS_TARGET_DIR/$profile/examples/rawlog"
+export OMS_RELAY_BIN="$OMS_TARGET_DIR/$profile/examples/relay"
 export OMS_TANSU_BIN="$TANSU_BIN" OMS_PG_BIN="$PG_BIN"
 export OMS_TANSU_VERSION="$TANSU_VERSION" OMS_K6_VERSION="$K6_VERSION" OMS_PG_MAJOR="$PG_MAJOR"
 PYTHONPATH="$OMS_ROOT/scripts${PYTHONPATH:+:$PYTHONPATH}" exec python3 -m omsbench "$@"

@@ -156,8 +156,8 @@ def check_smoke(results: Results, out: Path, scaled: bool) -> None:
                 problems.append(f"{mode}: scale step with {x.instances} instance(s): {x}")
         if scaled and mode == next(iter(results.modes)) and not r.scale:
             problems.append(f"{mode}: no scale step")
-        if cap is None or not cap.steps or any(x.requests == 0 for x in cap.steps):
-            problems.append(f"{mode}: a capacity step had no requests")
+        if cap is None or not cap.steps or not cap.relay or any(x.requests == 0 for x in cap.steps + cap.relay):
+            problems.append(f"{mode}: a capacity or bare-relay step had no requests")
         elif cap.ryw_idle.failures or cap.ryw_load.failures:
             # A 503 read again after its Retry-After is the protocol working (the debug
             # build's consumer can trail wrk by more than http.read_wait_ms); anything

@@ -11,6 +11,7 @@ STATE = Path(os.environ.get("OMS_STATE", ROOT / ".oms" / "bench"))
 OMS = os.environ.get("OMS_BIN", str(ROOT / "target" / "release" / "oms"))
 MATCHING = os.environ.get("OMS_MATCHING_BIN", "")
 RAWLOG = os.environ.get("OMS_RAWLOG_BIN", str(ROOT / "target" / "release" / "examples" / "rawlog"))
+RELAY = os.environ.get("OMS_RELAY_BIN", str(ROOT / "target" / "release" / "examples" / "relay"))
 TANSU = os.environ.get("OMS_TANSU_BIN", str(Path.home() / ".cache/oms/tools/bin/tansu"))
 PG_BIN = Path(os.environ.get("OMS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -49,6 +50,9 @@ INGEST_PARTITIONS = 1
 # highest rate whose p99 stays within CAPACITY_P99_MS.
 CAPACITY_CONNECTIONS = [4, 8, 16, 35, 64]
 CAPACITY_P99_MS = 10.0
+# The bare relay (examples/relay.rs: HTTP → log, nothing else) on the same
+# broker, right after oms: the floor under oms' CPU per order on this machine.
+RELAY_CONNECTIONS = [35, 64]
 
 # Scale: how many oms instances share the partitions (group mode, Postgres,
 # nginx in front), the backlog they drain and the wrk connections they serve.

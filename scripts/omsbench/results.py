@@ -119,6 +119,8 @@ class Capacity:
     ryw_idle: ReadAfterWrite
     ryw_load: ReadAfterWrite
     oms_rss_mib: float
+    # The bare relay at RELAY_CONNECTIONS (cpu_us_per_order.oms is the relay's).
+    relay: list[CapacityStep] = field(default_factory=list)
 
 
 @dataclass

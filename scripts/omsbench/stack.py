@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import BROKER_PORT, OMS, OMS_PORT, PG_BIN, PG_PORTS, REDIS_PERSISTENCE, REDIS_PORT, ROOT, STATE, TANSU
+from .config import (BROKER_PORT, OMS, OMS_PORT, PG_BIN, PG_PORTS, REDIS_PERSISTENCE, REDIS_PORT, RELAY, ROOT, STATE,
+                     TANSU)
 from .procs import Proc, http_get, port_open, start, stop, wait_until
 
 def stack(action: str, component: str, **env: str) -> None:
@@ -113,6 +114,22 @@ def start_oms(store: Store, topic: str, label: str, port: int = OMS_PORT,
         return http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
 
     wait_until("oms to answer /healthz", answers, 60)
+    return proc
+
+
+def start_relay(topic: str) -> Proc:
+    """The bare HTTP → log relay (examples/relay.rs) on OMS_PORT."""
+    if port_open(OMS_PORT):
+        raise RuntimeError(f"port {OMS_PORT} is taken")
+    proc = start("relay", [RELAY, "serve", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
+                           "--http-addr", f"127.0.0.1:{OMS_PORT}"], STATE / "log" / f"relay-{topic}.log")
+
+    def answers() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"the relay exited (log: {proc.log})")
+        return http_get(f"http://127.0.0.1:{OMS_PORT}/healthz")[0] == 200
+
+    wait_until("the relay to answer /healthz", answers, 60)
     return proc
 
 

@@ -12,12 +12,13 @@ import uuid
 from pathlib import Path
 
 from .config import (BROKER_PORT, CAPACITY_CONNECTIONS, CAPACITY_P99_MS, INGEST_PARTITIONS, MATCHING, OMS, OMS_PORT,
-                     RAWLOG, ROOT, SCALE_BACKLOG, SCALE_CONNECTIONS, SCALE_INSTANCES, STATE, STORE_TITLES)
+                     RAWLOG, RELAY_CONNECTIONS, ROOT, SCALE_BACKLOG, SCALE_CONNECTIONS, SCALE_INSTANCES, STATE,
+                     STORE_TITLES)
 from .procs import (Proc, cpu_seconds, reaped_children_cpu, reset_child_cpu, rss_peak_mib, start, step, stop,
                     tree_cpu_seconds, wait_until)
 from .results import (Capacity, CapacityStep, CpuCores, CpuPerOrder, Drain, LoadRun, Machine, MatchingBench, Profile,
                       RawConsume, RawProduce, ReadAfterWrite, ScaleCpu, ScaleRun, from_json)
-from .stack import fresh_store, postgres_pid, scrape, start_broker, start_lb, start_oms, stored
+from .stack import fresh_store, postgres_pid, scrape, start_broker, start_lb, start_oms, start_relay, stored
 
 def rawlog(*args: str) -> dict:
     out = subprocess.run([RAWLOG, *args], capture_output=True, text=True)
@@ -272,18 +273,7 @@ def capacity(mode: str, smoke: bool) -> Capacity:
             oms = start_oms(store, topic, f"capacity-{mode}")
             wrk_run(8, 1 if smoke else 3)  # warm-up
             for conns in CAPACITY_CONNECTIONS:
-                before = {"oms": cpu_seconds(oms.pid), "tansu": cpu_seconds(broker.pid)}
-                w = wrk_run(conns, seconds)
-                accepted = max(1, w["requests"] - w["rejected"])
-                r = CapacityStep(
-                    connections=conns, requests=w["requests"], rejected=w["rejected"], seconds=w["seconds"],
-                    rps=w["requests"] / w["seconds"], p50_ms=w["p50_ms"], p95_ms=w["p95_ms"], p99_ms=w["p99_ms"],
-                    cpu_us_per_order=CpuPerOrder(oms=(cpu_seconds(oms.pid) - before["oms"]) / accepted * 1e6,
-                                                 tansu=(cpu_seconds(broker.pid) - before["tansu"]) / accepted * 1e6))
-                steps.append(r)
-                step(f"  {conns} connections: {r.rps:,.0f} req/s, p50 {r.p50_ms:.2f} p99 {r.p99_ms:.2f} ms, "
-                     f"{r.rejected} not 202; CPU per order oms {r.cpu_us_per_order.oms:.0f} µs, "
-                     f"tansu {r.cpu_us_per_order.tansu:.0f} µs")
+                steps.append(wrk_step("oms", oms.pid, broker.pid, conns, seconds))
             samples = "20" if smoke else "300"
             ryw = ROOT / "bench" / "read_after_write.py"
             base = f"http://127.0.0.1:{OMS_PORT}"
@@ -300,11 +290,42 @@ def capacity(mode: str, smoke: bool) -> Capacity:
             stop(oms)
         finally:
             store.cleanup()
+        relay = bare_relay(broker.pid, seconds, smoke)
     finally:
         stop(broker)
     within = [x for x in steps if x.p99_ms <= CAPACITY_P99_MS and x.rejected == 0]
     best = max(within, key=lambda x: x.rps) if within else None
-    return Capacity(steps=steps, best=best, ryw_idle=idle, ryw_load=busy, oms_rss_mib=rss)
+    return Capacity(steps=steps, best=best, ryw_idle=idle, ryw_load=busy, oms_rss_mib=rss, relay=relay)
+
+
+def wrk_step(name: str, pid: int, broker_pid: int, conns: int, seconds: int) -> CapacityStep:
+    """One wrk run against the process on OMS_PORT, with its CPU and the
+    broker's per accepted order."""
+    before = (cpu_seconds(pid), cpu_seconds(broker_pid))
+    w = wrk_run(conns, seconds)
+    accepted = max(1, w["requests"] - w["rejected"])
+    r = CapacityStep(
+        connections=conns, requests=w["requests"], rejected=w["rejected"], seconds=w["seconds"],
+        rps=w["requests"] / w["seconds"], p50_ms=w["p50_ms"], p95_ms=w["p95_ms"], p99_ms=w["p99_ms"],
+        cpu_us_per_order=CpuPerOrder(oms=(cpu_seconds(pid) - before[0]) / accepted * 1e6,
+                                     tansu=(cpu_seconds(broker_pid) - before[1]) / accepted * 1e6))
+    step(f"  {name}, {conns} connections: {r.rps:,.0f} req/s, p50 {r.p50_ms:.2f} p99 {r.p99_ms:.2f} ms, "
+         f"{r.rejected} not 202; CPU per order {name} {r.cpu_us_per_order.oms:.0f} µs, "
+         f"tansu {r.cpu_us_per_order.tansu:.0f} µs")
+    return r
+
+
+def bare_relay(broker_pid: int, seconds: int, smoke: bool) -> list[CapacityStep]:
+    """examples/relay.rs on the same broker, a topic of its own: what HTTP
+    and librdkafka alone cost per order here — the floor under oms'."""
+    topic = f"relay-{uuid.uuid4().hex[:6]}"
+    make_topics(topic)
+    relay = start_relay(topic)
+    try:
+        wrk_run(8, 1 if smoke else 3)  # warm-up
+        return [wrk_step("relay", relay.pid, broker_pid, conns, seconds) for conns in RELAY_CONNECTIONS]
+    finally:
+        stop(relay)
 
 
 def seed_profile(mode: str, smoke: bool) -> LoadRun:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import ROOT
 from .report import report, targets
-from .results import Results, ScaleCpu, ScaleRun, from_json, to_json
+from .results import CapacityStep, CpuPerOrder, Results, ScaleCpu, ScaleRun, from_json, to_json
 
 COMMITTED = ROOT / "bench"
 
@@ -53,6 +53,33 @@ class ReportTest(unittest.TestCase):
         self.assertIn("No step kept p99 ≤ 10 ms.", text)
         line = next(t for t in targets(results.modes["sqlite"]) if t.startswith("capacity"))
         self.assertIn("none within the p99", line)
+        self.assertTrue(line.endswith("**missed**"), line)
+
+    def test_the_bare_relay_is_shown_beside_oms_as_the_floor(self):
+        results = committed()
+        cap = results.modes["sqlite"].capacity
+        assert cap is not None
+        cap.relay = [CapacityStep(connections=c, requests=100_000, rejected=0, seconds=10.0, rps=10_000.0,
+                                  p50_ms=4.0, p95_ms=6.0, p99_ms=8.0,
+                                  cpu_us_per_order=CpuPerOrder(oms=us, tansu=25.0)) for c, us in ((35, 48.0), (64, 43.0))]
+        text = report(results, COMMITTED, results.command)
+        self.assertIn("| bare relay, 64 | 10,000 | 4.00 | 6.00 | 8.00 | 0 | 43 / 25 |", text)
+        line = next(t for t in targets(results.modes["sqlite"]) if t.startswith("CPU per order"))
+        self.assertIn("a bare relay, HTTP → log only: 43 µs", line)
+        again = from_json(Results, json.loads(json.dumps(to_json(results))))
+        self.assertEqual(again.modes["sqlite"].capacity.relay, cap.relay)
+
+    def test_a_read_answered_only_after_retry_after_misses_the_read_your_writes_target(self):
+        r = copy.deepcopy(committed().modes["sqlite"])
+        cap = r.capacity
+        assert cap is not None
+        cap.ryw_idle.failures = cap.ryw_load.failures = 0
+        cap.ryw_idle.p99_ms = cap.ryw_load.p99_ms = 5.0
+        line = next(t for t in targets(r) if t.startswith("read-your-writes"))
+        self.assertTrue(line.endswith(": met"), line)
+        cap.ryw_load.retried = 1
+        line = next(t for t in targets(r) if t.startswith("read-your-writes"))
+        self.assertIn("1 not 200 at first", line)
         self.assertTrue(line.endswith("**missed**"), line)
 
     def test_the_scale_row_compares_every_instance_count_with_one(self):
