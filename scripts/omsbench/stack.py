@@ -100,36 +100,32 @@ def fresh_store(name: str, label: str) -> Store:
 
 def start_oms(store: Store, topic: str, label: str, port: int = OMS_PORT,
               env: dict[str, str] | None = None) -> Proc:
-    if port_open(port):
-        raise RuntimeError(f"port {port} is taken")
     argv = [OMS, "serve", *store.args, "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
             "--dlq-topic", f"{topic}.dlq", "--trades-topic", f"{topic}.trades", "--http-addr", f"127.0.0.1:{port}"]
-    proc = start("oms", argv, STATE / "log" / f"oms-{label}.log",
-                 env={"OMS__TELEMETRY__LOG_FILTER": "warn", "OMS__TELEMETRY__LOG_FORMAT": "json", **store.env,
-                      **(env or {})})
-
-    def answers() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"oms exited (log: {proc.log})")
-        return http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
-
-    wait_until("oms to answer /healthz", answers, 60)
-    return proc
+    return start_http("oms", argv, port, STATE / "log" / f"oms-{label}.log",
+                      env={"OMS__TELEMETRY__LOG_FILTER": "warn", "OMS__TELEMETRY__LOG_FORMAT": "json",
+                           **store.env, **(env or {})})
 
 
 def start_relay(topic: str) -> Proc:
     """The bare HTTP → log relay (examples/relay.rs) on OMS_PORT."""
-    if port_open(OMS_PORT):
-        raise RuntimeError(f"port {OMS_PORT} is taken")
-    proc = start("relay", [RELAY, "serve", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
-                           "--http-addr", f"127.0.0.1:{OMS_PORT}"], STATE / "log" / f"relay-{topic}.log")
+    argv = [RELAY, "serve", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
+            "--http-addr", f"127.0.0.1:{OMS_PORT}"]
+    return start_http("relay", argv, OMS_PORT, STATE / "log" / f"relay-{topic}.log")
+
+
+def start_http(name: str, argv: list[str], port: int, log: Path, **kw) -> Proc:
+    """Starts a server on `port` and waits until its /healthz answers 200."""
+    if port_open(port):
+        raise RuntimeError(f"port {port} is taken")
+    proc = start(name, argv, log, **kw)
 
     def answers() -> bool:
         if not proc.alive():
-            raise RuntimeError(f"the relay exited (log: {proc.log})")
-        return http_get(f"http://127.0.0.1:{OMS_PORT}/healthz")[0] == 200
+            raise RuntimeError(f"{name} exited (log: {proc.log})")
+        return http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
 
-    wait_until("the relay to answer /healthz", answers, 60)
+    wait_until(f"{name} to answer /healthz", answers, 60)
     return proc
 
 
