@@ -290,7 +290,8 @@ impl BrokerEngine {
 
 /// A tansu broker of the test's own, so a test can stop and restart it
 /// without disturbing the others. Started by `scripts/tansu.sh`, the one
-/// launcher the stack and the benchmark use too. Killed on drop.
+/// launcher the stack and the benchmark use too. Killed on drop; its output
+/// goes to `tansu.log` beside its log and is printed when the test fails.
 pub struct Tansu {
     child: Option<Child>,
     pub port: u16,
@@ -329,13 +330,19 @@ impl Tansu {
         let bin = std::env::var("OMS_TEST_TANSU")
             .expect("OMS_TEST_TANSU is not set: run the tests with `just test`");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/tansu.sh");
+        std::fs::create_dir_all(&self.dir).expect("tansu's folder");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("tansu's log file");
         let child = Command::new(script)
             .arg(self.port.to_string())
             .arg(self.engine.as_str())
             .arg(&self.dir)
             .env("TANSU_BIN", bin)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("tansu's log file"))
+            .stderr(log)
             .spawn()
             .expect("start tansu");
         self.child = Some(child);
@@ -347,6 +354,10 @@ impl Tansu {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("tansu.log")
     }
 
     /// Kills the broker and waits until it is gone.
@@ -361,6 +372,19 @@ impl Tansu {
 impl Drop for Tansu {
     fn drop(&mut self) {
         self.stop();
+        // A broker that died under a test is otherwise a mystery.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "--- tansu on port {} (its last {} lines):",
+                self.port,
+                tail.len()
+            );
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
