@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use oms::config::BrokerSettings;
+use oms::config::{BrokerSettings, Settings};
 use poem::http::StatusCode;
 use poem::listener::TcpListener;
 use poem::web::Data;
@@ -71,25 +71,22 @@ fn ready() -> StatusCode {
     StatusCode::OK
 }
 
-/// oms' defaults; the orders topic's partition count from
-/// `OMS__BROKER__PARTITIONS` as `oms migrate` reads it (`bench/wrk/run.sh` sets it).
-fn settings(bootstrap: String) -> BrokerSettings {
-    let defaults = BrokerSettings::default();
-    BrokerSettings {
-        bootstrap,
-        partitions: std::env::var("OMS__BROKER__PARTITIONS")
-            .ok()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(defaults.partitions),
-        ..defaults
-    }
+/// oms' broker settings, loaded the way oms loads them (defaults, then
+/// `OMS__BROKER__…` from the environment, e.g. the partition count
+/// `bench/wrk/run.sh` sets), with the command line's bootstrap and topic.
+fn settings(bootstrap: String, topic: Option<String>) -> anyhow::Result<BrokerSettings> {
+    let mut overrides = vec![("broker.bootstrap", bootstrap)];
+    overrides.extend(topic.map(|topic| ("broker.topic", topic)));
+    Ok(Settings::load(None, &overrides)
+        .context("loading oms' settings")?
+        .broker)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Migrate { bootstrap } => {
-            oms::broker::admin::create_topics(&settings(bootstrap))
+            oms::broker::admin::create_topics(&settings(bootstrap, None)?)
                 .await
                 .context("creating the topics")?;
             Ok(())
@@ -100,10 +97,7 @@ async fn main() -> anyhow::Result<()> {
             topic,
             store: _,
         } => {
-            let mut settings = settings(bootstrap);
-            if let Some(topic) = topic {
-                settings.topic = topic;
-            }
+            let settings = settings(bootstrap, topic)?;
             let relay = Arc::new(Relay {
                 producer: oms::broker::producer::producer_config(&settings, "relay")
                     .create()
