@@ -78,7 +78,7 @@ fn consume(settings: &BrokerSettings, expect: Option<u64>) -> anyhow::Result<ser
     let end = support::log_end(&settings.bootstrap, &settings.topic)?;
     let total: i64 = end.values().sum();
     let consumer: BaseConsumer =
-        oms::broker::consumer::consumer_config(settings, &ConsumerSettings::default()).create()?;
+        oms::consumer::consumer_config(settings, &ConsumerSettings::default()).create()?;
     let mut assignment = TopicPartitionList::new();
     for partition in end.keys() {
         assignment.add_partition_offset(&settings.topic, *partition, Offset::Beginning)?;

@@ -48,6 +48,10 @@ $servers    keepalive 64;
       # retry of its own safe.
       proxy_next_upstream error timeout;
       proxy_connect_timeout 1s;
+      # oms answers within its produce timeout (2 s) or read wait (1 s): an
+      # instance silent for longer is frozen or overloaded, and this takes
+      # it out of the rotation (the client gets a 504 and retries).
+      proxy_read_timeout 5s;
     }
   }
 }

@@ -12,9 +12,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::broker::consumer::{self, ConsumerLoop, ConsumerStatus};
 use crate::broker::producer::OrderProducer;
+use crate::config::ConsumerMode;
 use crate::config::Settings;
+use crate::consumer::group::GroupMember;
+use crate::consumer::{self, ConsumerLoop, ConsumerStatus, Ownership};
 use crate::store;
 
 /// How often `consumer_lag` is refreshed and the consumer's progress checked.
@@ -30,6 +32,8 @@ pub struct Application {
     addr: SocketAddr,
     state: Arc<AppState>,
     consumer: ConsumerLoop,
+    /// Group mode: this instance as a member of the group.
+    member: Option<GroupMember>,
     metrics: PrometheusHandle,
 }
 
@@ -49,13 +53,24 @@ impl Application {
             OrderProducer::new(&settings.broker).context("creating the Kafka producer")?;
         let status = ConsumerStatus::default();
         let books = consumer::Books::default();
+        let ownership = Ownership::default();
+        let member = (settings.consumer.mode == ConsumerMode::Group).then(|| GroupMember {
+            broker: settings.broker.clone(),
+            settings: settings.consumer.clone(),
+            store: store.clone(),
+            member: GroupMember::member(&settings.consumer, &settings.broker.topic),
+            ownership: ownership.clone(),
+            status: status.clone(),
+        });
         let consumer = ConsumerLoop::new(
             settings.broker.clone(),
             settings.consumer.clone(),
             store.clone(),
             status.clone(),
             books.clone(),
-        )?;
+            ownership,
+            member.as_ref().map(|m| m.member.id.clone()),
+        );
         let acceptor = TcpListener::bind(settings.http.addr.clone())
             .into_acceptor()
             .await
@@ -82,6 +97,7 @@ impl Application {
             addr,
             state,
             consumer,
+            member,
             metrics,
         })
     }
@@ -106,6 +122,7 @@ impl Application {
             addr,
             state,
             consumer,
+            member,
             metrics,
         } = self;
         let producer = state.producer.clone();
@@ -129,6 +146,13 @@ impl Application {
             consumer.run(stop).await.context("consumer failed")?;
             Ok("consumer")
         });
+        if let Some(member) = member {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                member.run(stop).await.context("group member failed")?;
+                Ok("group member")
+            });
+        }
         let (stop, lag_broker) = (shutdown.clone(), settings.broker.clone());
         let stall_after = Duration::from_millis(settings.consumer.stall_after_ms);
         tasks.spawn(async move {

@@ -195,8 +195,9 @@ pub enum ConsumerMode {
     /// Assign every partition to this daemon at the store's offsets (no
     /// group join): every instance is a full replica. For embedded stores.
     Assign,
-    /// Join the consumer group (`cooperative-sticky`, static membership):
-    /// the instances share the partitions. For shared stores (Postgres).
+    /// Share the partitions with the other instances on the same store:
+    /// each holds leases on its share, kept in the store (Postgres, Redis),
+    /// which fences every batch with them. For shared stores.
     Group,
 }
 
@@ -312,18 +313,24 @@ impl Default for BrokerSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerSettings {
     pub mode: ConsumerMode,
-    /// The consumer group: in `group` mode the instances that share the
-    /// partitions; in both modes where committed offsets (lag tooling) go.
-    /// The store, not the group, says where to resume.
+    /// The broker-side consumer group oms commits offsets to, for lag
+    /// tooling only: the store says where to resume, and which instance
+    /// reads which partition is decided by leases in the store.
     pub group_id: String,
-    /// Static membership in `group` mode (`group.instance.id`), one per
-    /// replica: an instance restarted under the same id within the session
-    /// timeout gets its partitions back without a rebalance. Empty: dynamic
-    /// membership. (tansu 0.6 evicts a member that stopped heartbeating
-    /// only when a *dynamic* member heartbeats or joins: in a group of
-    /// static members only, a dead one keeps its partitions until it
-    /// returns. Redpanda and Kafka evict it after the session timeout.)
+    /// Group mode: the replica this instance stands for (letters, digits,
+    /// `.`, `_`, `-`). A new run under the same id takes over the
+    /// partitions of the run it replaces at once (a restart does not wait
+    /// for the old run's leases to run out), as Kafka's static membership
+    /// does. Empty: a member of its own.
     pub instance_id: String,
+    /// Group mode: how often a member renews its membership and leases in
+    /// the store, takes or gives up partitions, and checks the group.
+    pub heartbeat_ms: u64,
+    /// Group mode: how long the store keeps a member and its leases
+    /// without a heartbeat. A member frozen or cut off for longer loses its
+    /// partitions to the others (and every batch it still writes is
+    /// refused); a stopped one hands them over at once.
+    pub session_timeout_ms: u64,
     /// Most records written in one store transaction.
     pub batch_max: usize,
     /// Longest a batch waits to fill after its first record (0: a batch is
@@ -367,6 +374,8 @@ impl Default for ConsumerSettings {
             mode: ConsumerMode::Assign,
             group_id: "oms".into(),
             instance_id: String::new(),
+            heartbeat_ms: 1_000,
+            session_timeout_ms: 6_000,
             batch_max: 1_000,
             batch_wait_ms: 0,
             fetch_min_bytes: 1,
@@ -709,6 +718,25 @@ impl Settings {
                  them. Use consumer.mode = \"assign\" (every instance a full replica) or a shared \
                  store (postgres, redis)",
                 engine.as_str()
+            )));
+        }
+        let c = &self.consumer;
+        if !c
+            .instance_id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "consumer.instance_id {:?} may hold only letters, digits, '.', '_' and '-'",
+                c.instance_id
+            )));
+        }
+        if c.heartbeat_ms == 0 || c.heartbeat_ms.saturating_mul(2) > c.session_timeout_ms {
+            return Err(ConfigError::Invalid(format!(
+                "consumer.heartbeat_ms ({}) must be above 0 and at most half of \
+                 consumer.session_timeout_ms ({}): a member renews its leases several times \
+                 before they run out",
+                c.heartbeat_ms, c.session_timeout_ms
             )));
         }
         Ok(())

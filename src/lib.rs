@@ -10,7 +10,8 @@
 //! - [`config`]: layered settings (defaults < file < env < flags).
 //! - [`order`]: the order, parsed once into types that hold only valid values.
 //! - [`api`]: poem-openapi handlers, problem+json errors, Swagger UI.
-//! - [`broker`]: topic admin, producer, consumer loop, dead-letter writer.
+//! - [`broker`]: topic admin, producer, dead-letter writer.
+//! - [`consumer`]: the log → store loop, group mode's leases, lag and the watchdog.
 //! - [`store`]: the `Store` trait and one module per engine.
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`app`]: builds the pieces from settings and runs them until shutdown.
@@ -24,6 +25,7 @@ pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod error;
 pub mod matching;
 pub mod memory;

@@ -1,35 +1,138 @@
-//! Several oms instances on one topic and one Postgres, in group mode: they
-//! share the partitions through the consumer group (cooperative-sticky,
-//! static membership), each resuming a partition from the store's offset,
-//! and every batch is fenced by the offsets its writer expects. Under load,
-//! one instance is killed with SIGKILL and started again under the same
-//! instance id, a fourth joins and one leaves gracefully: every
-//! acknowledged order is stored exactly once, the lag returns to 0 on every
-//! instance, and the time each rebalance took is reported. The clients
-//! reach the instances through nginx, as `just up postgres 3` serves them.
+//! Group mode, tried as a user grows oms: several `oms serve` processes on
+//! one shared store (Postgres, Redis), behind nginx as `just up postgres 3`
+//! runs them, on a fresh log of three partitions, under a crossing load
+//! over six symbols — through the faults an instance meets: frozen
+//! (SIGSTOP) and replaced under its identity, thawed, killed with SIGKILL
+//! and restarted, added, stopped. Every test ends with every acknowledged
+//! order stored exactly once *by the instances themselves* (the store is
+//! read directly: no consumer of the test's own could drain what they left
+//! behind), and trades and fills exactly as the reference matcher says.
 
 mod common;
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    Load, Nginx, OmsProcess, SYMBOLS, Tansu, TestApp, check_matching, eventually, free_port,
-    serve_args, settings, tally, use_engine,
+    Load, LoadResult, Nginx, OmsProcess, SYMBOLS, Tally, Tansu, check_matching_in, eventually,
+    free_port, serve_args, settings, stored_by_them, use_engine,
 };
 use oms::broker::admin;
-use oms::config::{ConsumerMode, Engine};
+use oms::config::{Engine, Settings};
+use oms::store::Store;
 
 const CLIENTS: usize = 8;
 
-/// One `oms serve` process in group mode, a static member under `id`.
-async fn member(args: &[String], group: &str, id: &str, port: u16, log: &Path) -> OmsProcess {
-    let env = [
-        ("OMS__CONSUMER__MODE", "group"),
-        ("OMS__CONSUMER__GROUP_ID", group),
-        ("OMS__CONSUMER__INSTANCE_ID", id),
-    ];
-    OmsProcess::start_with_env(port, args, &env, log).await
+/// How long the instances get to store everything once the load ends.
+const DRAIN_WITHIN: Duration = Duration::from_secs(120);
+
+/// One test's world: its own broker, a store of its own, the members' logs.
+struct Group {
+    dir: tempfile::TempDir,
+    _tansu: Tansu,
+    cfg: Settings,
+    args: Vec<String>,
+    store: Arc<dyn Store>,
+    started: Instant,
+}
+
+impl Group {
+    async fn new(engine: Engine, prefix: &str) -> Group {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tansu = Tansu::start(&dir.path().join("broker"));
+        let mut cfg = settings(&tansu.bootstrap(), &dir.path().join("store"));
+        use_engine(&mut cfg, engine, prefix).await;
+        admin::create_topics(&cfg.broker).await.expect("topics");
+        let store = oms::store::open(&cfg.store).await.expect("the store");
+        Group {
+            args: serve_args(&cfg),
+            dir,
+            _tansu: tansu,
+            cfg,
+            store,
+            started: Instant::now(),
+        }
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// `oms serve` in group mode as replica `id` on `port` (a new run each
+    /// call: same command line and environment, as a supervisor restarts it).
+    async fn member(&self, id: &str, port: u16) -> OmsProcess {
+        let env = [
+            ("OMS__CONSUMER__MODE", "group"),
+            ("OMS__CONSUMER__INSTANCE_ID", id),
+            ("OMS__TELEMETRY__LOG_FILTER", "warn,oms=info"),
+        ];
+        OmsProcess::start_with_env(port, &self.args, &env, &self.log(id)).await
+    }
+
+    fn load(&self, base: &str) -> Load {
+        Load::start(base, CLIENTS, self.started + Duration::from_secs(600))
+    }
+
+    /// Every acknowledged order stored by the members, exactly once, and
+    /// matched exactly as the reference matcher says; returns the counts.
+    async fn check(&self, what: &str, result: &LoadResult) -> Tally {
+        let drain = Instant::now();
+        let counted = stored_by_them(self.store.as_ref(), &result.acked, DRAIN_WITHIN).await;
+        eprintln!(
+            "{what}: {counted} ({:.1?} to drain after the load; {} client retries)",
+            drain.elapsed(),
+            result.retries
+        );
+        assert_eq!(counted.lost, 0, "{what}: {counted}");
+        assert_eq!(counted.duplicated, 0, "{what}: {counted}");
+        let matched = check_matching_in(self.store.as_ref(), &self.cfg, &SYMBOLS).await;
+        eprintln!(
+            "{what}: trades as the reference matcher: {} orders, {} trades stored = reference, {} published",
+            matched.orders, matched.trades, matched.published
+        );
+        assert!(matched.trades > 0, "the load must trade");
+        counted
+    }
+}
+
+fn base(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// `/readyz` of one instance: 200, or the body of its 503.
+async fn readiness(base: &str) -> Result<(), String> {
+    let resp = reqwest::get(format!("{base}/readyz"))
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status() == 200 {
+        return Ok(());
+    }
+    Err(resp.text().await.unwrap_or_default())
+}
+
+/// Waits until every instance says ready (the group formed: every
+/// partition held, every share taken); returns how long that took.
+async fn ready(bases: &[String], within: Duration) -> Duration {
+    let started = Instant::now();
+    let done = eventually(within, || async {
+        for base in bases {
+            readiness(base).await.ok()?;
+        }
+        Some(())
+    })
+    .await;
+    if done.is_none() {
+        let mut why = Vec::new();
+        for base in bases {
+            why.push(format!("{base}: {:?}", readiness(base).await));
+        }
+        panic!(
+            "not every instance was ready within {within:?}: {}",
+            why.join("; ")
+        );
+    }
+    started.elapsed()
 }
 
 /// The sum of one instance's series whose line starts with `prefix` (none
@@ -44,149 +147,144 @@ async fn metric(base: &str, prefix: &str) -> Option<f64> {
     Some(common::sum_series(&text, prefix).unwrap_or(0.0))
 }
 
-/// `consumer_assigned_partitions` of one instance.
-async fn owned(base: &str) -> Option<u32> {
-    metric(base, "consumer_assigned_partitions")
-        .await
-        .map(|v| v as u32)
+/// The report of the scenario of issue #31: a member frozen, a replacement
+/// started under its identity until ready, the frozen one thawed, the
+/// replacement killed, then another member killed with SIGKILL and
+/// started again. Afterwards every partition must move again.
+async fn a_frozen_member_replaced_thawed_and_killed_leaves_nothing_behind(engine: Engine) {
+    let g = Group::new(engine, "oms_group_freeze").await;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let bases: Vec<String> = ports.iter().map(|p| base(*p)).collect();
+    let mut members = Vec::new();
+    for (n, port) in ports.iter().enumerate() {
+        members.push(g.member(&format!("oms-{n}"), *port).await);
+    }
+    let formed = ready(&bases, Duration::from_secs(60)).await;
+    let lb = Nginx::start(&ports);
+    let load = g.load(&lb.base());
+    load.wait_submitted(1_000, Duration::from_secs(120)).await;
+
+    members[0].signal("STOP");
+    let replacement_port = free_port();
+    let replacement = g.member("oms-0", replacement_port).await;
+    let replaced = ready(
+        &[base(replacement_port), bases[1].clone(), bases[2].clone()],
+        Duration::from_secs(60),
+    )
+    .await;
+    load.wait_submitted(load.submitted() + 1_000, Duration::from_secs(120))
+        .await;
+    members[0].signal("CONT");
+    replacement.kill9();
+    let killed = Instant::now();
+    members.remove(1).kill9();
+    members.insert(1, g.member("oms-1", ports[1]).await);
+    load.wait_submitted(load.submitted() + 1_000, Duration::from_secs(120))
+        .await;
+    let settled = ready(&bases, Duration::from_secs(60)).await;
+    let result = load.finish().await;
+    eprintln!(
+        "{engine:?} freeze/replace/thaw/kill: 3 formed in {formed:.1?}, replacement ready in {replaced:.1?}, \
+         all ready again {:.1?} after the kills (waited {settled:.1?} at the end)",
+        killed.elapsed()
+    );
+    g.check(&format!("{engine:?} freeze/replace/thaw/kill"), &result)
+        .await;
+    drop((lb, members));
 }
 
-/// `consumer_lag` of one instance, summed over the partitions it owns.
-async fn lag(base: &str) -> Option<f64> {
-    metric(base, "consumer_lag{").await
-}
-
-/// How many rebalances one instance has been through (each assignment or
-/// revocation it applied); `None` when it does not answer.
-async fn rebalances(base: &str) -> Option<f64> {
-    metric(base, "consumer_rebalance_seconds_count").await
-}
-
-/// Waits until every instance has applied a rebalance since `before` (its
-/// count then; an instance that has just joined: 0), so the group is no
-/// longer forming. tansu 0.6 keeps a forming group's leader when that
-/// member leaves (`Inner<Forming>::leave`), and the joins that follow name
-/// a leader that is gone, so no member gets an assignment: a member may
-/// leave only a formed group (docs/architecture.md).
-async fn rebalanced(bases: &[String], before: &[f64]) {
-    let done = eventually(Duration::from_secs(90), || async {
-        for (base, before) in bases.iter().zip(before) {
-            if rebalances(base).await? <= *before {
-                return None;
-            }
+/// The second run of issue #31: three instances starting together, the
+/// load starting as they start, one frozen before the group formed, one
+/// killed right after it got partitions and restarted, the frozen one
+/// thawed.
+async fn members_starting_under_load_drain_everything(engine: Engine) {
+    let g = Group::new(engine, "oms_group_start").await;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let bases: Vec<String> = ports.iter().map(|p| base(*p)).collect();
+    let lb = Nginx::start(&ports);
+    let mut members = Vec::new();
+    for (n, port) in ports.iter().enumerate() {
+        members.push(g.member(&format!("oms-{n}"), *port).await);
+        if n == 0 {
+            members[0].signal("STOP");
         }
-        Some(())
+    }
+    let load = g.load(&lb.base());
+    let first = eventually(Duration::from_secs(60), || async {
+        (metric(&bases[1], "consumer_assigned_partitions").await? > 0.0).then_some(())
     })
     .await;
     assert!(
-        done.is_some(),
-        "not every instance applied the rebalance within 90 s"
+        first.is_some(),
+        "the second instance never took a partition"
     );
+    members.remove(1).kill9();
+    members.insert(1, g.member("oms-1", ports[1]).await);
+    load.wait_submitted(load.submitted() + 1_000, Duration::from_secs(120))
+        .await;
+    members[0].signal("CONT");
+    load.wait_submitted(load.submitted() + 1_000, Duration::from_secs(120))
+        .await;
+    let formed = ready(&bases, Duration::from_secs(60)).await;
+    let result = load.finish().await;
+    eprintln!("{engine:?} start under load: all ready {formed:.1?} after the thaw");
+    g.check(&format!("{engine:?} start under load"), &result)
+        .await;
+    drop((lb, members));
 }
 
-/// Waits until the instances own all `partitions` between them, each at
-/// most once; returns how long that took.
-async fn settled(bases: &[String], partitions: u32) -> Duration {
-    let started = Instant::now();
-    let done = eventually(Duration::from_secs(90), || async {
-        let mut total = 0;
-        for base in bases {
-            total += owned(base).await?;
-        }
-        (total == partitions).then_some(())
-    })
-    .await;
-    assert!(
-        done.is_some(),
-        "the group did not settle on {partitions} partitions within 90 s"
-    );
-    started.elapsed()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_share_the_partitions_through_kill_add_and_remove() {
-    let started = Instant::now();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let tansu = Tansu::start(&dir.path().join("broker"));
-    let mut cfg = settings(&tansu.bootstrap(), &dir.path().join("store"));
-    use_engine(&mut cfg, Engine::Postgres, "oms_group").await;
-    admin::create_topics(&cfg.broker).await.expect("topics");
-    let partitions = u32::try_from(cfg.broker.partitions).expect("partitions");
-    let args = serve_args(&cfg);
-    let group = format!("{}-group", cfg.broker.topic);
-    let start = |n: usize, port: u16| {
-        let (args, group, log) = (
-            args.clone(),
-            group.clone(),
-            dir.path().join(format!("oms-{n}.log")),
-        );
-        async move { member(&args, &group, &format!("instance-{n}"), port, &log).await }
-    };
+/// kill -9 and restart under the same instance id, a fourth instance
+/// joining, one leaving gracefully: each settles (every instance ready)
+/// and the lag the group sees returns to 0 on every instance.
+async fn instances_share_the_partitions_through_kill_add_and_remove(engine: Engine) {
+    let g = Group::new(engine, "oms_group").await;
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let bases: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
-    let mut instances = Vec::new();
+    let bases: Vec<String> = ports.iter().map(|p| base(*p)).collect();
+    let mut members: Vec<Option<OmsProcess>> = Vec::new();
     for (n, port) in ports.iter().take(3).enumerate() {
-        instances.push(Some(start(n, *port).await));
+        members.push(Some(g.member(&format!("oms-{n}"), *port).await));
     }
     let mut report = vec![format!(
         "3 join: {:.1?}",
-        settled(&bases[..3], partitions).await
+        ready(&bases[..3], Duration::from_secs(60)).await
     )];
-
-    // The clients go through nginx, as in `just up postgres 3`: the killed
-    // and the leaving instance cost them a retried connection, not an error.
     let lb = Nginx::start(&ports);
-    let load = Load::start(&lb.base(), CLIENTS, started + Duration::from_secs(400));
+    let load = g.load(&lb.base());
     load.wait_submitted(1_000, Duration::from_secs(120)).await;
 
-    // kill -9 one, start it again under the same instance id.
-    if let Some(i) = instances[2].take() {
-        i.kill9();
+    if let Some(m) = members[2].take() {
+        m.kill9();
     }
-    instances[2] = Some(start(2, ports[2]).await);
-    report.push(format!(
-        "kill -9 and restart: {:.1?}",
-        settled(&bases[..3], partitions).await
-    ));
+    let killed = Instant::now();
+    members[2] = Some(g.member("oms-2", ports[2]).await);
+    ready(&bases[..3], Duration::from_secs(60)).await;
+    report.push(format!("kill -9 and restart: {:.1?}", killed.elapsed()));
     load.wait_submitted(load.submitted() + 1_000, Duration::from_secs(120))
         .await;
 
-    // A fourth joins (with three partitions, one instance idles).
-    let mut before = Vec::new();
-    for base in &bases[..3] {
-        before.push(rebalances(base).await.unwrap_or_default());
-    }
-    before.push(0.0);
     let joining = Instant::now();
-    instances.push(Some(start(3, ports[3]).await));
-    rebalanced(&bases, &before).await;
-    settled(&bases, partitions).await;
+    members.push(Some(g.member("oms-3", ports[3]).await));
+    ready(&bases, Duration::from_secs(60)).await;
     report.push(format!("a 4th joins: {:.1?}", joining.elapsed()));
     load.wait_submitted(load.submitted() + 1_000, Duration::from_secs(120))
         .await;
 
-    // One leaves gracefully.
-    if let Some(i) = instances[1].take() {
-        let status = i.terminate(Duration::from_secs(30));
+    let leaving = Instant::now();
+    if let Some(m) = members[1].take() {
+        let status = m.terminate(Duration::from_secs(30));
         assert!(status.success(), "graceful stop: {status}");
     }
     let remaining: Vec<String> = [0, 2, 3].iter().map(|n| bases[*n].clone()).collect();
-    report.push(format!(
-        "one leaves: {:.1?}",
-        settled(&remaining, partitions).await
-    ));
+    ready(&remaining, Duration::from_secs(60)).await;
+    report.push(format!("one leaves: {:.1?}", leaving.elapsed()));
     load.wait_submitted(load.submitted() + 1_000, Duration::from_secs(120))
         .await;
     let result = load.finish().await;
-
-    // Lag back to 0 on every instance still in the group (each reports its
-    // own partitions).
+    let what = format!("{engine:?} kill/add/remove");
+    g.check(&what, &result).await;
     let lag_gone = eventually(Duration::from_secs(60), || async {
         for base in &remaining {
-            if lag(base).await? > 0.0 {
+            if metric(base, "group_partition_lag{").await? > 0.0 {
                 return None;
             }
         }
@@ -195,118 +293,160 @@ async fn instances_share_the_partitions_through_kill_add_and_remove() {
     .await;
     assert!(
         lag_gone.is_some(),
-        "consumer_lag did not return to 0 on every instance"
+        "the group's lag did not return to 0 on every instance"
     );
-
-    // Count through the store itself (an in-process reader in assign mode).
-    let mut reader = cfg.clone();
-    reader.consumer.mode = ConsumerMode::Assign;
-    let app = TestApp::spawn(reader).await;
-    let counted = tally(&app, &result.acked).await;
-    eprintln!(
-        "group of oms instances behind nginx: {counted}; {} client retries; rebalances: {}",
-        result.retries,
-        report.join(", ")
-    );
-    assert_eq!(counted.lost, 0, "{counted}");
-    assert_eq!(counted.duplicated, 0, "{counted}");
-    // Each partition is matched by its owner only; a partition that moves
-    // is matched on from books its new owner rebuilt from the store.
-    let matched = check_matching(&app, &SYMBOLS).await;
-    eprintln!(
-        "group: matching as the reference matcher across the rebalances: {} orders, {} trades, {} traded",
-        matched.orders, matched.trades, matched.traded
-    );
-    assert!(matched.trades > 0, "the load must trade");
-    app.stop().await.expect("clean stop");
-    drop((lb, instances));
+    eprintln!("{what}: rebalances: {}", report.join(", "));
+    drop((lb, members));
 }
 
-/// `consumer_resyncs_total` of one instance: batches the store refused
-/// because the offsets had moved under it.
-async fn refusals(base: &str) -> f64 {
-    metric(base, "consumer_resyncs_total")
+/// `group_leases_lost_total` and fenced refusals of one instance: what it
+/// gave up or was refused after it thawed.
+async fn fenced_or_lost(base: &str) -> f64 {
+    metric(base, "group_leases_lost_total")
         .await
         .unwrap_or_default()
+        + metric(base, "consumer_resyncs_total{reason=\"fenced\"}")
+            .await
+            .unwrap_or_default()
 }
 
-/// A zombie made on purpose: an instance frozen (SIGSTOP) is replaced by a
-/// new one under the same instance id (as an orchestrator restarting a
-/// stuck replica does), which takes its partitions over and stores on;
-/// thawed (SIGCONT), the zombie's batch in hand carries the offsets it last
-/// saw, and the store refuses it — it never writes after the new owner.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_instance_replaced_under_its_id_is_refused_when_it_thaws() {
-    let started = Instant::now();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let tansu = Tansu::start(&dir.path().join("broker"));
-    let mut cfg = settings(&tansu.bootstrap(), &dir.path().join("store"));
-    use_engine(&mut cfg, Engine::Postgres, "oms_zombie").await;
-    admin::create_topics(&cfg.broker).await.expect("topics");
-    let partitions = u32::try_from(cfg.broker.partitions).expect("partitions");
-    let args = serve_args(&cfg);
-    let group = format!("{}-group", cfg.broker.topic);
-    let start = |id: &'static str, port: u16, log: std::path::PathBuf| {
-        let (args, group) = (args.clone(), group.clone());
-        async move { member(&args, &group, id, port, &log).await }
-    };
+/// A zombie made on purpose, in rounds: the instance holding partitions is
+/// frozen past the session timeout and replaced under its instance id (as
+/// an orchestrator restarts a stuck replica); thawed, it holds records and
+/// books from before — and the store refuses everything it writes under
+/// its old leases, so no trade of it is stored or published twice, and
+/// none matched on stale books.
+async fn a_thawed_zombie_never_writes_after_its_replacement(engine: Engine) {
+    let g = Group::new(engine, "oms_zombie").await;
     let awake_port = free_port();
-    let awake_base = format!("http://127.0.0.1:{awake_port}");
-    let awake = start("awake", awake_port, dir.path().join("awake.log")).await;
+    let awake = g.member("awake", awake_port).await;
     let mut zombie_port = free_port();
-    let mut zombie = start("replica", zombie_port, dir.path().join("replica-0.log")).await;
-    let base = |port: u16| format!("http://127.0.0.1:{port}");
-    settled(&[awake_base.clone(), base(zombie_port)], partitions).await;
-    let load = Load::start(&awake_base, CLIENTS, started + Duration::from_secs(400));
+    let mut zombie = g.member("replica", zombie_port).await;
+    ready(
+        &[base(awake_port), base(zombie_port)],
+        Duration::from_secs(60),
+    )
+    .await;
+    let load = g.load(&base(awake_port));
     load.wait_submitted(500, Duration::from_secs(60)).await;
-
-    // Whether the frozen instance holds records depends on timing: repeat
-    // until one thaw shows a refusal.
-    let mut refused = false;
+    let session = Duration::from_millis(g.cfg.consumer.session_timeout_ms);
     let mut frozen = Vec::new();
-    for round in 1..=4 {
-        let before = refusals(&base(zombie_port)).await;
+    let mut thawed = Vec::new();
+    for round in 1..=3 {
         zombie.signal("STOP");
         let port = free_port();
-        let replacement = start(
-            "replica",
-            port,
-            dir.path().join(format!("replica-{round}.log")),
-        )
-        .await;
-        settled(&[awake_base.clone(), base(port)], partitions).await;
+        let replacement = g.member("replica", port).await;
+        ready(&[base(awake_port), base(port)], Duration::from_secs(60)).await;
         load.wait_submitted(load.submitted() + 300, Duration::from_secs(60))
             .await;
-        zombie.signal("CONT");
-        refused = eventually(Duration::from_secs(15), || async {
-            (refusals(&base(zombie_port)).await > before).then_some(())
+        // Past the session timeout: its leases would have run out anyway.
+        let past = Instant::now() + session;
+        let _ = eventually(session * 2, || async {
+            (Instant::now() >= past).then_some(())
         })
-        .await
-        .is_some();
+        .await;
+        zombie.signal("CONT");
+        let gave_up = eventually(Duration::from_secs(30), || async {
+            (fenced_or_lost(&base(zombie_port)).await > 0.0).then_some(())
+        })
+        .await;
+        assert!(
+            gave_up.is_some(),
+            "round {round}: the thawed zombie never gave its leases up nor was fenced"
+        );
+        thawed.push(zombie_port);
         frozen.push(std::mem::replace(&mut zombie, replacement));
         zombie_port = port;
-        if refused {
-            break;
-        }
     }
     let result = load.finish().await;
-    drop(frozen);
-    let mut reader = cfg.clone();
-    reader.consumer.mode = ConsumerMode::Assign;
-    let app = TestApp::spawn(reader).await;
-    let counted = tally(&app, &result.acked).await;
-    eprintln!("zombie: refused {refused}; {counted}");
-    assert!(refused, "the thawed zombie never had a batch refused");
-    assert_eq!(counted.lost, 0, "{counted}");
-    assert_eq!(counted.duplicated, 0, "{counted}");
-    // The zombie matched its batch from the books the store held when it
-    // froze — the same the new owner rebuilt — so even the trades it
-    // published before the refusal are the owner's, under the same ids.
-    let matched = check_matching(&app, &SYMBOLS).await;
-    eprintln!(
-        "zombie: matching as the reference matcher: {} orders, {} trades",
-        matched.orders, matched.trades
-    );
-    app.stop().await.expect("clean stop");
-    drop((zombie, awake));
+    g.check(&format!("{engine:?} zombie (3 rounds)"), &result)
+        .await;
+    drop((frozen, zombie, awake));
 }
+
+/// A member that joins the group and never takes its share (a stand-in
+/// for an instance that says it lives but consumes nothing): its partition
+/// sits unowned while records arrive. Every instance reports it in
+/// `/readyz` within the lease's time and a few heartbeats; once the
+/// member is gone, the others take the partition and drain it.
+async fn a_partition_nobody_drains_is_reported_on_every_instance(engine: Engine) {
+    use oms::store::lease::{Member, MemberState};
+    let g = Group::new(engine, "oms_group_ghost").await;
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let bases: Vec<String> = ports.iter().map(|p| base(*p)).collect();
+    let mut members = Vec::new();
+    for (n, port) in ports.iter().enumerate() {
+        members.push(g.member(&format!("oms-{n}"), *port).await);
+    }
+    ready(&bases, Duration::from_secs(60)).await;
+    let lb = Nginx::start(&ports);
+    let load = g.load(&lb.base());
+    load.wait_submitted(300, Duration::from_secs(60)).await;
+    let leases = g.store.leases().expect("a shared store keeps leases");
+    // "0" sorts first: the ghost's share is one partition.
+    let ghost = Member {
+        topic: g.cfg.broker.topic.clone(),
+        id: "0-ghost".into(),
+        instance: String::new(),
+        ttl: Duration::from_secs(600),
+    };
+    let joined = Instant::now();
+    leases
+        .heartbeat(&ghost, MemberState::Running, &[])
+        .await
+        .expect("the ghost joins");
+    let reported = eventually(Duration::from_secs(60), || async {
+        for base in &bases {
+            let why = readiness(base).await.err()?;
+            why.contains("no live member holds it").then_some(())?;
+        }
+        Some(())
+    })
+    .await;
+    let report_took = joined.elapsed();
+    assert!(
+        reported.is_some(),
+        "a partition nobody held was not reported on every instance: {:?}",
+        readiness(&bases[0]).await
+    );
+    leases.leave(&ghost).await.expect("the ghost leaves");
+    let gone = Instant::now();
+    ready(&bases, Duration::from_secs(60)).await;
+    let result = load.finish().await;
+    eprintln!(
+        "{engine:?} ghost member: an unowned partition reported on every instance {report_took:.1?} after it was left, \
+         every instance ready {:.1?} after the ghost left",
+        gone.elapsed()
+    );
+    g.check(&format!("{engine:?} ghost member"), &result).await;
+    drop((lb, members));
+}
+
+macro_rules! on_engines {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(oms::config::Engine::Postgres).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(oms::config::Engine::Redis).await;
+                }
+            )*
+        }
+    };
+}
+
+on_engines!(
+    a_frozen_member_replaced_thawed_and_killed_leaves_nothing_behind,
+    members_starting_under_load_drain_everything,
+    instances_share_the_partitions_through_kill_add_and_remove,
+    a_thawed_zombie_never_writes_after_its_replacement,
+    a_partition_nobody_drains_is_reported_on_every_instance,
+);

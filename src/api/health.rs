@@ -8,7 +8,7 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::{ApiTags, AppState};
-use crate::broker::consumer::ConsumerState;
+use crate::consumer::ConsumerState;
 use crate::error::Chain;
 
 /// Liveness.
@@ -41,6 +41,12 @@ pub struct Readiness {
     /// The consumer is storing records (not blocked retrying a failure, not
     /// stalled with records waiting).
     pub consumer: Check,
+    /// Group mode only: the group has formed, and every partition with
+    /// records the store does not hold has a live member draining it —
+    /// checked against the shared store by every instance, so a partition
+    /// left behind shows on all of them.
+    #[oai(skip_serializing_if_is_none)]
+    pub group: Option<Check>,
 }
 
 impl Example for Health {
@@ -62,6 +68,7 @@ impl Example for Readiness {
             broker: ok("reachable"),
             store: ok("redb open"),
             consumer: ok("running"),
+            group: None,
         }
     }
 }
@@ -132,12 +139,23 @@ impl HealthApi {
             ConsumerState::Waiting { reason } => fail(reason),
             ConsumerState::Stopped => fail("stopped".into()),
         };
-        let ready = broker.ok && store.ok && consumer.ok;
+        let group = state
+            .consumer
+            .grouped()
+            .then(|| match state.consumer.group() {
+                Some(report) => Check {
+                    ok: report.ok,
+                    detail: report.detail,
+                },
+                None => fail("joining: no heartbeat answered by the store yet".into()),
+            });
+        let ready = broker.ok && store.ok && consumer.ok && group.as_ref().is_none_or(|g| g.ok);
         let body = Readiness {
             status: if ready { "ready" } else { "degraded" }.into(),
             broker,
             store,
             consumer,
+            group,
         };
         if ready {
             ReadyResponse::Ready(Json(body))

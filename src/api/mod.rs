@@ -19,8 +19,8 @@ use poem_openapi::{OpenApiService, Tags};
 use tokio::io::AsyncReadExt;
 use tracing::Instrument;
 
-use crate::broker::consumer::ConsumerStatus;
 use crate::broker::producer::OrderProducer;
+use crate::consumer::ConsumerStatus;
 use crate::store::Store;
 use problem::Problem;
 
@@ -37,7 +37,7 @@ pub struct AppState {
     /// The orders topic (whose offsets the store keeps).
     pub topic: String,
     /// The consumer's order books (`GET /orderbook/{symbol}`).
-    pub books: crate::broker::consumer::Books,
+    pub books: crate::consumer::Books,
     /// Whether the consumer matches orders (`consumer.matching`).
     pub matching: bool,
 }

@@ -120,6 +120,18 @@ pub fn partitions<C: ClientContext>(
     Ok(partitions)
 }
 
+/// [`partitions`] off the async workers (a metadata request blocks), by a
+/// client the caller keeps for it.
+pub async fn partitions_of(
+    client: std::sync::Arc<BaseConsumer>,
+    settings: &BrokerSettings,
+) -> Result<Vec<i32>, AdminError> {
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || partitions(client.client(), &settings, &settings.topic))
+        .await
+        .unwrap_or_else(|e| Err(AdminError::Task(e)))
+}
+
 /// Does the broker serve? Metadata first, then the log end of every
 /// partition of the orders topic (when it exists): a broker whose storage
 /// failed can still accept connections. `oms probe` and the `just up`

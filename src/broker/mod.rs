@@ -1,8 +1,7 @@
-//! Everything that talks to the Kafka-API log: topic admin, the order
-//! producer, the consumer loop into the store, and the dead-letter writer.
+//! The Kafka-API log's clients that are not the consumer loop: topic
+//! admin, the order producer, and the dead-letter writer and reader.
 
 pub mod admin;
-pub mod consumer;
 pub mod dlq;
 pub mod producer;
 

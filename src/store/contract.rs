@@ -583,3 +583,269 @@ macro_rules! store_contract_tests {
         }
     };
 }
+
+/// The lease contract (group mode), for the engines that keep leases.
+pub mod leases {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{Engine, StoreError, TOPIC, batch, order};
+    use crate::store::Store;
+    use crate::store::lease::{Claim, Lease, Member, MemberState};
+
+    fn member(id: &str, instance: &str, ttl: Duration) -> Member {
+        Member {
+            topic: TOPIC.into(),
+            id: id.into(),
+            instance: instance.into(),
+            ttl,
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    /// A batch of partition 0 written by `owner` under `epoch`.
+    async fn write(
+        store: &Arc<dyn Store>,
+        owner: &str,
+        epoch: i64,
+        n: i64,
+    ) -> Result<(), StoreError> {
+        let b = batch(vec![order(("USD", "EUR"), n)], &[(0, n + 1)]);
+        let claimed = (*b).clone().claiming(Some(Claim {
+            owner: owner.into(),
+            epochs: [(0, epoch)].into(),
+        }));
+        store.apply(Arc::new(claimed)).await.map(drop)
+    }
+
+    fn fenced(result: Result<(), StoreError>) -> bool {
+        matches!(result, Err(StoreError::Fenced { partition: 0, .. }))
+    }
+
+    /// One writer per partition: a lease is taken once, only its holder
+    /// writes under it, and a lease given up or taken over fences every
+    /// batch still written under the old epoch — no row, no offset.
+    pub async fn a_lease_has_one_writer_and_fences_the_others(engine: impl Engine) {
+        let store = engine.open().await;
+        let leases = store.leases().expect("this engine keeps leases");
+        let (a, b) = (member("a", "", LONG), member("b", "", LONG));
+        let first = leases
+            .acquire(&a, 0, false)
+            .await
+            .expect("acquire")
+            .expect("a free partition");
+        assert!(
+            leases
+                .acquire(&b, 0, false)
+                .await
+                .expect("acquire")
+                .is_none(),
+            "a's lease is live"
+        );
+        assert!(
+            fenced(write(&store, "b", first.epoch, 0).await),
+            "b holds no lease"
+        );
+        write(&store, "a", first.epoch, 0)
+            .await
+            .expect("the holder writes");
+
+        leases.release(&a, first).await.expect("release");
+        assert!(
+            fenced(write(&store, "a", first.epoch, 1).await),
+            "given up: fenced"
+        );
+        let second = leases
+            .acquire(&b, 0, false)
+            .await
+            .expect("acquire")
+            .expect("free again");
+        assert!(
+            second.epoch > first.epoch,
+            "every change of hands moves the epoch"
+        );
+        assert!(
+            fenced(write(&store, "a", first.epoch, 1).await),
+            "the old holder"
+        );
+        assert!(
+            fenced(write(&store, "a", second.epoch, 1).await),
+            "the new epoch is b's, not a's"
+        );
+        write(&store, "b", second.epoch, 1)
+            .await
+            .expect("the new holder writes");
+        assert_eq!(
+            store.count().await.expect("count"),
+            2,
+            "no row of a fenced batch"
+        );
+        assert_eq!(store.offsets(TOPIC).await.expect("offsets")[&0], 2);
+    }
+
+    /// A lease runs out by the store's clock unless its holder renews it;
+    /// then another member takes it and the old holder's heartbeat no
+    /// longer renews it. A new run of an instance takes over its
+    /// predecessor's live leases at once, a stranger cannot.
+    pub async fn leases_run_out_and_a_new_run_takes_its_predecessors_over(engine: impl Engine) {
+        let store = engine.open().await;
+        let leases = store.leases().expect("this engine keeps leases");
+        let short = member("a", "", Duration::from_millis(300));
+        let b = member("b", "", LONG);
+        let held = leases
+            .acquire(&short, 0, false)
+            .await
+            .expect("acquire")
+            .expect("free");
+        let view = leases
+            .heartbeat(&short, MemberState::Running, &[held])
+            .await
+            .expect("heartbeat");
+        assert_eq!(view.renewed, vec![held], "its holder renews it");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let taken = loop {
+            if let Some(lease) = leases.acquire(&b, 0, false).await.expect("acquire") {
+                break lease;
+            }
+            assert!(Instant::now() < deadline, "the lease never ran out");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let view = leases
+            .heartbeat(&short, MemberState::Running, &[held])
+            .await
+            .expect("heartbeat");
+        assert!(
+            view.renewed.is_empty(),
+            "a lease another member took is not renewed"
+        );
+        assert_eq!(view.leases[&0].owner.as_deref(), Some("b"));
+
+        let (run1, run2) = (member("x-1", "x", LONG), member("x-2", "x", LONG));
+        let p1 = leases
+            .acquire(&run1, 1, false)
+            .await
+            .expect("acquire")
+            .expect("free");
+        assert!(
+            leases
+                .acquire(&b, 1, true)
+                .await
+                .expect("acquire")
+                .is_none(),
+            "a stranger"
+        );
+        assert!(
+            leases
+                .acquire(&run2, 1, false)
+                .await
+                .expect("acquire")
+                .is_none(),
+            "not without takeover"
+        );
+        let p2 = leases
+            .acquire(&run2, 1, true)
+            .await
+            .expect("acquire")
+            .expect("its predecessor's");
+        assert!(p2.epoch > p1.epoch);
+        let _ = taken;
+    }
+
+    /// A heartbeat shows the live members, every lease and the offsets; a
+    /// new run of an instance makes the old one's membership go; a member
+    /// that leaves frees every lease it held at once.
+    pub async fn the_group_is_seen_whole_and_leaving_frees_everything(engine: impl Engine) {
+        let store = engine.open().await;
+        let leases = store.leases().expect("this engine keeps leases");
+        let (a, b) = (member("a", "x", LONG), member("b", "y", LONG));
+        let mut held: Vec<Lease> = Vec::new();
+        for p in [0, 1] {
+            held.push(
+                leases
+                    .acquire(&a, p, false)
+                    .await
+                    .expect("acquire")
+                    .expect("free"),
+            );
+        }
+        leases
+            .heartbeat(&a, MemberState::Running, &held)
+            .await
+            .expect("heartbeat");
+        let view = leases
+            .heartbeat(&b, MemberState::Loading, &[])
+            .await
+            .expect("heartbeat");
+        let ids: Vec<&str> = view.members.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"], "live members in id order");
+        assert_eq!(view.members[1].state, MemberState::Loading);
+        assert!(
+            view.leases
+                .values()
+                .all(|l| l.live && l.owner.as_deref() == Some("a"))
+        );
+        write(&store, "a", held[0].epoch, 0)
+            .await
+            .expect("a writes");
+        let view = leases
+            .heartbeat(&b, MemberState::Running, &[])
+            .await
+            .expect("heartbeat");
+        assert_eq!(
+            view.offsets.get(&0),
+            Some(&1),
+            "the offsets come with the view"
+        );
+
+        leases.join(&member("a2", "x", LONG)).await.expect("join");
+        let view = leases
+            .heartbeat(&b, MemberState::Running, &[])
+            .await
+            .expect("heartbeat");
+        assert!(
+            view.members.iter().all(|m| m.id != "a"),
+            "replaced by its new run"
+        );
+
+        leases.leave(&a).await.expect("leave");
+        for p in [0, 1] {
+            assert!(
+                leases
+                    .acquire(&b, p, false)
+                    .await
+                    .expect("acquire")
+                    .is_some(),
+                "free at once"
+            );
+        }
+        assert!(
+            fenced(write(&store, "a", held[0].epoch, 1).await),
+            "nothing after leaving"
+        );
+    }
+}
+
+/// The lease cases, for an engine whose store keeps leases.
+#[macro_export]
+macro_rules! lease_contract_tests {
+    ($engine:ident) => {
+        mod lease_contract {
+            use super::$engine;
+            use $crate::store::contract::leases as c;
+
+            #[tokio::test]
+            async fn a_lease_has_one_writer_and_fences_the_others() {
+                c::a_lease_has_one_writer_and_fences_the_others($engine().await).await;
+            }
+            #[tokio::test]
+            async fn leases_run_out_and_a_new_run_takes_its_predecessors_over() {
+                c::leases_run_out_and_a_new_run_takes_its_predecessors_over($engine().await).await;
+            }
+            #[tokio::test]
+            async fn the_group_is_seen_whole_and_leaving_frees_everything() {
+                c::the_group_is_seen_whole_and_leaving_frees_everything($engine().await).await;
+            }
+        }
+    };
+}

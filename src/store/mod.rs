@@ -9,6 +9,7 @@
 //! URL scheme and default location in [`Engine`]'s table), one line in the
 //! contract tests.
 
+pub mod lease;
 pub mod postgres;
 pub mod redb;
 pub mod redis;
@@ -88,6 +89,10 @@ pub struct Batch {
     /// a writer that took them for its own would match on from books that
     /// never saw those records.
     pub retried: bool,
+    /// Group mode: the leases this batch is written under (see
+    /// [`lease::Claim`]); the store refuses it with [`StoreError::Fenced`]
+    /// unless its writer still holds every one.
+    pub claim: Option<lease::Claim>,
     /// Fault injection for the contract tests: the engine writes everything,
     /// then fails instead of committing, so atomicity can be observed.
     #[cfg(test)]
@@ -105,6 +110,7 @@ impl Batch {
             offsets,
             expected: None,
             retried: false,
+            claim: None,
             #[cfg(test)]
             fail_before_commit: false,
         }
@@ -121,6 +127,18 @@ impl Batch {
     pub fn expecting(mut self, expected: Offsets) -> Self {
         self.expected = Some(expected);
         self
+    }
+
+    /// The same batch, written only while `claim`'s leases are its writer's.
+    pub fn claiming(mut self, claim: Option<lease::Claim>) -> Self {
+        self.claim = claim;
+        self
+    }
+
+    /// Whether the store must check anything before it writes (fenced by
+    /// offsets or by leases).
+    pub fn is_fenced(&self) -> bool {
+        self.expected.is_some() || self.claim.is_some()
     }
 
     /// The same batch, sent again after an attempt whose answer was lost.
@@ -236,6 +254,11 @@ pub enum StoreError {
     /// consumer reads the store's offsets again.
     #[error("the store's offsets moved under this consumer: {what}")]
     Diverged { what: String },
+    /// Group mode: the writer no longer holds the lease of `partition` (see
+    /// [`lease::Claim`]); nothing of the batch was written. Another member
+    /// took the partition over while this one was frozen, slow or cut off.
+    #[error("the partition's lease is another member's: {what}")]
+    Fenced { partition: i32, what: String },
     /// The engine's worker thread panicked: a bug (in oms or the engine).
     /// The consumer treats the batch as refused, so its records are
     /// dead-lettered one by one instead of crashing the loop forever.
@@ -301,7 +324,7 @@ pub trait Store: Send + Sync + 'static {
     /// Drops the offsets of `partitions`, so they are read again from the
     /// start of the log; the orders, fills and trades stay. Offsets only
     /// ever move forward otherwise: this is for a log that was replaced
-    /// (see `broker::consumer`'s log check), whose offsets start again at 0.
+    /// (see `consumer::resume`), whose offsets start again at 0.
     async fn forget_offsets(&self, topic: &str, partitions: &[i32]) -> Result<(), StoreError>;
 
     /// One order by id, with its fill.
@@ -336,6 +359,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap liveness probe for `/readyz`.
     async fn health(&self) -> Result<(), StoreError>;
+
+    /// The partitions' leases, for group mode: `None` for an engine whose
+    /// data only one process sees (redb, sled), which group mode refuses.
+    fn leases(&self) -> Option<&dyn lease::Leases> {
+        None
+    }
 }
 
 /// Opens the engine `store.url` names, with its own section's settings.

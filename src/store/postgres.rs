@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use std::collections::HashSet;
 
+use super::lease::{GroupView, Lease, LeaseView, Leases, Member, MemberState, MemberView};
 use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
 use crate::config::PostgresSettings;
 use crate::matching::{Fill, StoredTrade, Trade};
@@ -193,8 +194,14 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::permanent("invalid PostgreSQL store.url", e))?;
         let timeout = Duration::from_millis(settings.timeout_ms);
-        let statement_timeout = settings.timeout_ms.to_string();
-        let options = options.options([("statement_timeout", statement_timeout.as_str())]);
+        let timeout_ms = settings.timeout_ms.to_string();
+        // A session idle inside a transaction for that long belongs to a
+        // process that froze or hung mid-batch: its locks (the offsets and
+        // lease rows it holds) must not stop the members taking over.
+        let options = options.options([
+            ("statement_timeout", timeout_ms.as_str()),
+            ("idle_in_transaction_session_timeout", timeout_ms.as_str()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.pool)
             .acquire_timeout(timeout)
@@ -349,7 +356,7 @@ impl Store for PostgresStore {
     }
 
     async fn apply(&self, batch: Arc<Batch>) -> Result<Applied, StoreError> {
-        let checked = batch.expected.is_some();
+        let checked = batch.is_fenced();
         #[cfg(test)]
         let checked = checked || batch.fail_before_commit;
         let inserted = if checked {
@@ -368,6 +375,22 @@ impl Store for PostgresStore {
             .await
             .map_err(classify)?;
             batch.check(&current.into_iter().collect())?;
+            if let Some(claim) = &batch.claim {
+                // FOR SHARE: a member taking one of these leases over
+                // (`acquire` updates the row) waits until this batch is
+                // committed or rolled back, and reads the offsets after it.
+                let leases: Vec<(i32, i64, Option<String>)> = sqlx::query_as(
+                    "SELECT partition, epoch, owner FROM partition_leases \
+                     WHERE topic = $1 AND partition = ANY($2) FOR SHARE",
+                )
+                .bind(&batch.topic)
+                .bind(&partitions)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(classify)?;
+                let leases = leases.into_iter().map(|(p, e, o)| (p, (e, o))).collect();
+                claim.check(&batch.topic, &leases)?;
+            }
             let inserted = Self::apply_query(&batch)
                 .fetch_one(&mut *tx)
                 .await
@@ -386,6 +409,10 @@ impl Store for PostgresStore {
         };
         let inserted = usize::try_from(inserted).unwrap_or_default();
         Ok(Applied::of(&batch, inserted))
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
     }
 
     async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError> {
@@ -493,6 +520,200 @@ impl Store for PostgresStore {
     }
 }
 
+/// The leases live in two tables (`migrations/0003_leases.sql`); every
+/// time is the server's `now()`, so members' clocks never matter.
+#[async_trait]
+impl Leases for PostgresStore {
+    async fn join(&self, member: &Member) -> Result<(), StoreError> {
+        if member.instance.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "DELETE FROM consumer_members WHERE topic = $1 AND instance = $2 AND member <> $3",
+        )
+        .bind(&member.topic)
+        .bind(&member.instance)
+        .bind(&member.id)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        member: &Member,
+        state: MemberState,
+        held: &[Lease],
+    ) -> Result<GroupView, StoreError> {
+        // One statement at a time, none waiting on another member: a member
+        // frozen mid-heartbeat must hold no lock the others need.
+        let topic = &member.topic;
+        sqlx::query(
+            "INSERT INTO consumer_members (topic, member, instance, state, expires_at) \
+             VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond') \
+             ON CONFLICT (topic, member) DO UPDATE SET state = EXCLUDED.state, \
+                 expires_at = EXCLUDED.expires_at",
+        )
+        .bind(topic)
+        .bind(&member.id)
+        .bind(&member.instance)
+        .bind(state.as_str())
+        .bind(member.ttl_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        sqlx::query(
+            "DELETE FROM consumer_members WHERE (topic, member) IN (\
+                 SELECT topic, member FROM consumer_members \
+                 WHERE topic = $1 AND expires_at < now() FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(topic)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        let (partitions, epochs): (Vec<i32>, Vec<i64>) =
+            held.iter().map(|l| (l.partition, l.epoch)).unzip();
+        let renewed: Vec<(i32, i64)> = sqlx::query_as(
+            "UPDATE partition_leases l SET expires_at = now() + $3 * interval '1 millisecond' \
+             FROM UNNEST($4::int4[], $5::int8[]) AS h(p, e) \
+             WHERE l.topic = $1 AND l.owner = $2 AND l.partition = h.p AND l.epoch = h.e \
+             RETURNING l.partition, l.epoch",
+        )
+        .bind(topic)
+        .bind(&member.id)
+        .bind(member.ttl_ms())
+        .bind(partitions)
+        .bind(epochs)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        // The view in one snapshot.
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let members: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT member, instance, state FROM consumer_members \
+             WHERE topic = $1 AND expires_at >= now() ORDER BY member",
+        )
+        .bind(topic)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let leases: Vec<(i32, i64, Option<String>, String, bool)> = sqlx::query_as(
+            "SELECT partition, epoch, owner, instance, owner IS NOT NULL AND expires_at >= now() \
+             FROM partition_leases WHERE topic = $1",
+        )
+        .bind(topic)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let offsets: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT partition, next_offset FROM log_offsets WHERE topic = $1")
+                .bind(topic)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(GroupView {
+            members: members
+                .into_iter()
+                .map(|(id, instance, state)| MemberView {
+                    id,
+                    instance,
+                    state: MemberState::parse(&state),
+                })
+                .collect(),
+            leases: leases
+                .into_iter()
+                .map(|(partition, epoch, owner, instance, live)| {
+                    let lease = LeaseView {
+                        partition,
+                        epoch,
+                        owner,
+                        instance,
+                        live,
+                    };
+                    (partition, lease)
+                })
+                .collect(),
+            offsets: offsets.into_iter().collect(),
+            renewed: renewed
+                .into_iter()
+                .map(|(partition, epoch)| Lease { partition, epoch })
+                .collect(),
+        })
+    }
+
+    async fn acquire(
+        &self,
+        member: &Member,
+        partition: i32,
+        takeover: bool,
+    ) -> Result<Option<Lease>, StoreError> {
+        // The row lock this update takes waits for a batch still being
+        // written under the old lease (it holds the row FOR SHARE).
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO partition_leases AS l (topic, partition, epoch, owner, instance, expires_at) \
+             VALUES ($1, $2, 1, $3, $4, now() + $5 * interval '1 millisecond') \
+             ON CONFLICT (topic, partition) DO UPDATE SET epoch = l.epoch + 1, \
+                 owner = EXCLUDED.owner, instance = EXCLUDED.instance, expires_at = EXCLUDED.expires_at \
+             WHERE l.owner IS NULL OR l.expires_at < now() \
+                 OR ($6 AND l.instance <> '' AND l.instance = EXCLUDED.instance AND l.owner <> EXCLUDED.owner) \
+             RETURNING epoch",
+        )
+        .bind(&member.topic)
+        .bind(partition)
+        .bind(&member.id)
+        .bind(&member.instance)
+        .bind(member.ttl_ms())
+        .bind(takeover)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(epoch.map(|epoch| Lease { partition, epoch }))
+    }
+
+    async fn release(&self, member: &Member, lease: Lease) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE partition_leases SET epoch = epoch + 1, owner = NULL, instance = '', \
+                 expires_at = now() \
+             WHERE topic = $1 AND partition = $2 AND epoch = $3 AND owner = $4",
+        )
+        .bind(&member.topic)
+        .bind(lease.partition)
+        .bind(lease.epoch)
+        .bind(&member.id)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn leave(&self, member: &Member) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        sqlx::query(
+            "UPDATE partition_leases SET epoch = epoch + 1, owner = NULL, instance = '', \
+                 expires_at = now() \
+             WHERE topic = $1 AND owner = $2",
+        )
+        .bind(&member.topic)
+        .bind(&member.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query("DELETE FROM consumer_members WHERE topic = $1 AND member = $2")
+            .bind(&member.topic)
+            .bind(&member.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,4 +745,5 @@ mod tests {
     }
 
     crate::store_contract_tests!(engine);
+    crate::lease_contract_tests!(engine);
 }

@@ -33,22 +33,24 @@ use uuid::Uuid;
 
 use std::collections::HashSet;
 
+use super::lease::{GroupView, Lease, LeaseView, Leases, Member, MemberState, MemberView};
 use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder, from_json, to_json};
 use crate::config::{RedisPersistence, RedisSettings};
 use crate::matching::{Fill, StoredTrade};
 
 /// One batch. KEYS = the offsets hash, the count, the fills hash, the
-/// trades hash; per order its key and its symbol's index; per fill its
-/// partition's resting index; per trade its symbol's trade index. ARGV =
-/// fenced (0: no, 1: at the expected offsets, 2: there or already at the
-/// batch's targets — a retry), number of partitions, a (partition, target, expected or "")
-/// triple per partition, fail-before-write (tests), the numbers of orders,
-/// fills and trades; per order its id and JSON; per fill the order id, the
-/// fill's JSON (empty for an untouched one: nothing to write) and live
-/// (1/0); per trade its id and JSON.
+/// trades hash, the leases hash; per order its key and its symbol's index;
+/// per fill its partition's resting index; per trade its symbol's trade
+/// index. ARGV = fenced (0: no, 1: at the expected offsets, 2: there or
+/// already at the batch's targets — a retry), number of partitions, a
+/// (partition, target, expected or "", claimed lease `epoch|owner|` or "")
+/// quadruple per partition, fail-before-write (tests), the numbers of
+/// orders, fills and trades; per order its id and JSON; per fill the order
+/// id, the fill's JSON (empty for an untouched one: nothing to write) and
+/// live (1/0); per trade its id and JSON.
 const APPLY: &str = r#"#!lua
 local fenced, retried, partitions = ARGV[1] ~= '0', ARGV[1] == '2', tonumber(ARGV[2])
-local offsets_key, fills_key, trades_key = KEYS[1], KEYS[3], KEYS[4]
+local offsets_key, fills_key, trades_key, leases_key = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
 local function check(key, want)
   local t = redis.call('TYPE', key).ok
   if t ~= 'none' and t ~= want then
@@ -56,13 +58,21 @@ local function check(key, want)
   end
 end
 local problem = check(offsets_key, 'hash') or check(fills_key, 'hash') or check(trades_key, 'hash')
+  or check(leases_key, 'hash')
 if problem then
   return redis.error_reply(problem)
 end
 local moves = {}
 local a = 3
 for _ = 1, partitions do
-  local p, target, expected = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local p, target, expected, claim = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  if claim ~= '' then
+    local lease = redis.call('HGET', leases_key, p) or ''
+    if string.sub(lease, 1, #claim) ~= claim then
+      return redis.error_reply('FENCED ' .. p .. ' partition ' .. p .. ': this writer holds its lease as '
+        .. claim .. ' (epoch|owner), the store has ' .. (lease == '' and 'no lease' or lease))
+    end
+  end
   local current = redis.call('HGET', offsets_key, p)
   if fenced and (current or '') ~= expected and not (retried and current == target) then
     return redis.error_reply('DIVERGED partition ' .. p .. ' is at ' .. (current or 'nothing stored')
@@ -72,15 +82,15 @@ for _ = 1, partitions do
   if not current or tonumber(current) <= tonumber(target) then
     moves[#moves + 1] = {p, target}
   end
-  a = a + 3
+  a = a + 4
 end
 local fail = ARGV[a] == '1'
 local orders, fills, trades = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
 local arg = a + 4
-local indexes = 5 + 2 * orders
+local indexes = 6 + 2 * orders
 local seen = {}
-for k = 5, #KEYS do
-  local is_index = k >= indexes or (k - 5) % 2 == 1
+for k = 6, #KEYS do
+  local is_index = k >= indexes or (k - 6) % 2 == 1
   if is_index and not seen[KEYS[k]] then
     seen[KEYS[k]] = true
     problem = check(KEYS[k], 'zset')
@@ -95,7 +105,7 @@ end
 -- Nothing is written above this line.
 local inserted = 0
 for j = 0, orders - 1 do
-  local k, i = 5 + 2 * j, arg + 2 * j
+  local k, i = 6 + 2 * j, arg + 2 * j
   if redis.call('SET', KEYS[k], ARGV[i + 1], 'NX') then
     redis.call('ZADD', KEYS[k + 1], 0, ARGV[i])
     inserted = inserted + 1
@@ -129,11 +139,119 @@ end
 return inserted
 "#;
 
+/// The server's clock in milliseconds: every lease time is Redis' own.
+const NOW: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function lease(v)
+  if not v then return nil end
+  local e, owner, inst, exp = string.match(v, '^(%d+)|([^|]*)|([^|]*)|(%d+)$')
+  return {epoch = tonumber(e), owner = owner, instance = inst, expires = tonumber(exp)}
+end
+"#;
+
+/// KEYS = members; ARGV = member, instance. Forgets earlier runs of the instance.
+const JOIN: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local inst = string.match(all[i + 1], '^([^|]*)|')
+  if all[i] ~= ARGV[1] and inst == ARGV[2] then
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return 1
+"#;
+
+/// KEYS = members, leases, offsets; ARGV = member, instance, state, ttl
+/// ms, then a (partition, epoch) pair per lease held. Returns the members
+/// (id, instance, state), the leases (partition, epoch, owner, instance, live), the
+/// offsets and the partitions renewed.
+const HEARTBEAT: &str = r#"
+local now = now_ms()
+local me, instance, state, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], me, instance .. '|' .. state .. '|' .. (now + ttl))
+local members = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local inst, st, exp = string.match(all[i + 1], '^([^|]*)|([^|]*)|(%d+)$')
+  if not exp or tonumber(exp) < now then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    members[#members + 1] = {all[i], inst, st}
+  end
+end
+local renewed = {}
+for a = 5, #ARGV, 2 do
+  local p, epoch = ARGV[a], tonumber(ARGV[a + 1])
+  local l = lease(redis.call('HGET', KEYS[2], p))
+  if l and l.epoch == epoch and l.owner == me then
+    redis.call('HSET', KEYS[2], p, epoch .. '|' .. me .. '|' .. l.instance .. '|' .. (now + ttl))
+    renewed[#renewed + 1] = {p, epoch}
+  end
+end
+local leases = {}
+local held = redis.call('HGETALL', KEYS[2])
+for i = 1, #held, 2 do
+  local l = lease(held[i + 1])
+  if l then
+    local live = (l.owner ~= '' and l.expires >= now) and 1 or 0
+    leases[#leases + 1] = {held[i], l.epoch, l.owner, l.instance, live}
+  end
+end
+return {members, leases, redis.call('HGETALL', KEYS[3]), renewed}
+"#;
+
+/// KEYS = leases; ARGV = partition, member, instance, ttl ms, takeover
+/// (1/0). Returns the new epoch, or nothing when another member holds it.
+const ACQUIRE: &str = r#"
+local now = now_ms()
+local p, me, instance, ttl, takeover = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1'
+local l = lease(redis.call('HGET', KEYS[1], p))
+local epoch = 0
+if l then
+  local free = l.owner == '' or l.expires < now
+    or (takeover and instance ~= '' and l.instance == instance and l.owner ~= me)
+  if not free then
+    return false
+  end
+  epoch = l.epoch
+end
+epoch = epoch + 1
+redis.call('HSET', KEYS[1], p, epoch .. '|' .. me .. '|' .. instance .. '|' .. (now + ttl))
+return epoch
+"#;
+
+/// KEYS = leases, members; ARGV = member, then the partitions to give up
+/// (at any epoch `member` holds them), or none with `leave` = 1 in
+/// ARGV[2]: every lease of the member, and its membership.
+const RELEASE: &str = r#"
+local now = now_ms()
+local me, leave = ARGV[1], ARGV[2] == '1'
+local wanted = {}
+for a = 3, #ARGV, 2 do
+  wanted[ARGV[a]] = tonumber(ARGV[a + 1])
+end
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local l = lease(all[i + 1])
+  if l and l.owner == me and (leave or wanted[all[i]] == l.epoch) then
+    redis.call('HSET', KEYS[1], all[i], (l.epoch + 1) .. '|||' .. now)
+  end
+end
+if leave then
+  redis.call('HDEL', KEYS[2], me)
+end
+return 1
+"#;
+
 /// A connection to one Redis, reconnecting by itself.
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     apply: redis::Script,
+    leases: LeaseScripts,
     /// Why the server is not fit to hold orders (an eviction policy oms
     /// could not change), as last seen by the configuring task.
     unfit: Arc<Mutex<Option<String>>>,
@@ -147,6 +265,15 @@ fn classify(err: RedisError) -> StoreError {
         Some("DIVERGED") => StoreError::Diverged {
             what: err.detail().unwrap_or_default().to_owned(),
         },
+        // `FENCED {partition} {what}`
+        Some("FENCED") => {
+            let detail = err.detail().unwrap_or_default();
+            let (partition, what) = detail.split_once(' ').unwrap_or((detail, detail));
+            StoreError::Fenced {
+                partition: partition.parse().unwrap_or(-1),
+                what: what.to_owned(),
+            }
+        }
         Some("OOM") => StoreError::transient(
             "Redis is out of memory (maxmemory, noeviction): the batch was refused before its \
              first write; free memory or raise maxmemory",
@@ -192,6 +319,7 @@ impl RedisStore {
             conn,
             prefix: settings.key_prefix.clone(),
             apply: redis::Script::new(APPLY),
+            leases: LeaseScripts::new(),
             unfit,
             _configuring: stop.drop_guard(),
         })
@@ -221,6 +349,17 @@ impl RedisStore {
 
     fn resting_key(&self, partition: i32) -> String {
         format!("{}:resting:{partition}", self.prefix)
+    }
+
+    /// Partition → `epoch|owner|instance|expires_ms` (owner and instance
+    /// empty once given up); see [`Leases`].
+    fn leases_key(&self, topic: &str) -> String {
+        format!("{}:leases:{topic}", self.prefix)
+    }
+
+    /// Member id → `instance|state|expires_ms`.
+    fn members_key(&self, topic: &str) -> String {
+        format!("{}:members:{topic}", self.prefix)
     }
 
     fn trades_key(&self) -> String {
@@ -405,7 +544,12 @@ impl Store for RedisStore {
                 .as_ref()
                 .and_then(|e| e.get(partition))
                 .map_or_else(String::new, i64::to_string);
-            call.arg(partition).arg(target).arg(expected);
+            let claim = batch
+                .claim
+                .as_ref()
+                .and_then(|c| Some(format!("{}|{}|", c.epochs.get(partition)?, c.owner)))
+                .unwrap_or_default();
+            call.arg(partition).arg(target).arg(expected).arg(claim);
         }
         #[cfg(test)]
         let fail = batch.fail_before_commit;
@@ -415,7 +559,9 @@ impl Store for RedisStore {
             .arg(batch.orders.len())
             .arg(batch.states.len())
             .arg(batch.trades.len());
-        call.key(self.fills_key()).key(self.trades_key());
+        call.key(self.fills_key())
+            .key(self.trades_key())
+            .key(self.leases_key(&batch.topic));
         for stored in &batch.orders {
             call.key(self.order_key(stored.order.id))
                 .key(self.symbol_key(&stored.order.symbol()))
@@ -450,6 +596,10 @@ impl Store for RedisStore {
             }
         })?;
         Ok(Applied::of(&batch, inserted))
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
     }
 
     async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError> {
@@ -570,6 +720,159 @@ impl Store for RedisStore {
     }
 }
 
+/// The lease scripts, each with the shared helpers in front.
+struct LeaseScripts {
+    join: redis::Script,
+    heartbeat: redis::Script,
+    acquire: redis::Script,
+    release: redis::Script,
+}
+
+impl LeaseScripts {
+    fn new() -> Self {
+        let with_helpers = |body: &str| redis::Script::new(&format!("{NOW}{body}"));
+        Self {
+            join: with_helpers(JOIN),
+            heartbeat: with_helpers(HEARTBEAT),
+            acquire: with_helpers(ACQUIRE),
+            release: with_helpers(RELEASE),
+        }
+    }
+}
+
+/// What [`HEARTBEAT`] returns.
+type HeartbeatReply = (
+    Vec<(String, String, String)>,
+    Vec<(i32, i64, String, String, i32)>,
+    Vec<(i32, i64)>,
+    Vec<(i32, i64)>,
+);
+
+/// The leases live in two hashes per topic (see [`RedisStore::leases_key`]
+/// and [`RedisStore::members_key`]); every time is the server's (`TIME`).
+#[async_trait]
+impl Leases for RedisStore {
+    async fn join(&self, member: &Member) -> Result<(), StoreError> {
+        if member.instance.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        self.leases
+            .join
+            .key(self.members_key(&member.topic))
+            .arg(&member.id)
+            .arg(&member.instance)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        member: &Member,
+        state: MemberState,
+        held: &[Lease],
+    ) -> Result<GroupView, StoreError> {
+        let mut call = self.leases.heartbeat.prepare_invoke();
+        call.key(self.members_key(&member.topic))
+            .key(self.leases_key(&member.topic))
+            .key(self.offsets_key(&member.topic))
+            .arg(&member.id)
+            .arg(&member.instance)
+            .arg(state.as_str())
+            .arg(member.ttl_ms());
+        for lease in held {
+            call.arg(lease.partition).arg(lease.epoch);
+        }
+        let mut conn = self.conn.clone();
+        let (mut members, leases, offsets, renewed): HeartbeatReply =
+            call.invoke_async(&mut conn).await.map_err(classify)?;
+        members.sort();
+        Ok(GroupView {
+            members: members
+                .into_iter()
+                .map(|(id, instance, state)| MemberView {
+                    id,
+                    instance,
+                    state: MemberState::parse(&state),
+                })
+                .collect(),
+            leases: leases
+                .into_iter()
+                .map(|(partition, epoch, owner, instance, live)| {
+                    let owner = (!owner.is_empty()).then_some(owner);
+                    let lease = LeaseView {
+                        partition,
+                        epoch,
+                        owner,
+                        instance,
+                        live: live == 1,
+                    };
+                    (partition, lease)
+                })
+                .collect(),
+            offsets: offsets.into_iter().collect(),
+            renewed: renewed
+                .into_iter()
+                .map(|(partition, epoch)| Lease { partition, epoch })
+                .collect(),
+        })
+    }
+
+    async fn acquire(
+        &self,
+        member: &Member,
+        partition: i32,
+        takeover: bool,
+    ) -> Result<Option<Lease>, StoreError> {
+        let mut conn = self.conn.clone();
+        let epoch: Option<i64> = self
+            .leases
+            .acquire
+            .key(self.leases_key(&member.topic))
+            .arg(partition)
+            .arg(&member.id)
+            .arg(&member.instance)
+            .arg(member.ttl_ms())
+            .arg(if takeover { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await
+            .map_err(classify)?;
+        Ok(epoch.map(|epoch| Lease { partition, epoch }))
+    }
+
+    async fn release(&self, member: &Member, lease: Lease) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.leases
+            .release
+            .key(self.leases_key(&member.topic))
+            .key(self.members_key(&member.topic))
+            .arg(&member.id)
+            .arg("0")
+            .arg(lease.partition)
+            .arg(lease.epoch)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn leave(&self, member: &Member) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.leases
+            .release
+            .key(self.leases_key(&member.topic))
+            .key(self.members_key(&member.topic))
+            .arg(&member.id)
+            .arg("1")
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,4 +898,5 @@ mod tests {
     }
 
     crate::store_contract_tests!(engine);
+    crate::lease_contract_tests!(engine);
 }

@@ -892,9 +892,10 @@ impl Load {
                                 break;
                             }
                             Ok(resp) if resp.status() == 503 => result.unavailable += 1,
-                            // nginx: the instance was killed mid-request,
-                            // as a connection error is without it.
-                            Ok(resp) if resp.status() == 502 => {}
+                            // nginx: the instance was killed mid-request
+                            // (502) or frozen (504), as a connection error
+                            // or a timeout is without it.
+                            Ok(resp) if matches!(resp.status().as_u16(), 502 | 504) => {}
                             Ok(resp) => panic!("unexpected status {}", resp.status()),
                             Err(_) => {} // the daemon was killed mid-request
                         }
@@ -971,6 +972,33 @@ pub async fn tally(app: &TestApp, acked: &std::collections::BTreeSet<Uuid>) -> T
     let mut lost = 0;
     for id in acked {
         if app.store.get(*id).await.expect("get").is_none() {
+            lost += 1;
+        }
+    }
+    Tally {
+        acked: acked.len(),
+        stored,
+        lost,
+        duplicated: stored as i64 - (acked.len() - lost) as i64,
+    }
+}
+
+/// Waits (at most `within`) until `store` — read directly, with no
+/// consumer of the test's own that would store what the instances under
+/// test left behind — holds every acknowledged order; then counts.
+pub async fn stored_by_them(
+    store: &dyn oms::store::Store,
+    acked: &std::collections::BTreeSet<Uuid>,
+    within: Duration,
+) -> Tally {
+    let _ = eventually(within, || async {
+        (store.count().await.ok()? >= acked.len() as u64).then_some(())
+    })
+    .await;
+    let stored = store.count().await.expect("count");
+    let mut lost = 0;
+    for id in acked {
+        if store.get(*id).await.expect("get").is_none() {
             lost += 1;
         }
     }
@@ -1169,6 +1197,16 @@ pub struct MatchCheck {
 /// as the reference says — and the trades topic holds exactly the stored
 /// trades' ids (no trade missing, none the store does not have).
 pub async fn check_matching(app: &TestApp, symbols: &[&str]) -> MatchCheck {
+    check_matching_in(app.store.as_ref(), &app.settings, symbols).await
+}
+
+/// [`check_matching`] on a store read directly (no consumer of the test's
+/// own, which would store what the instances under test left behind).
+pub async fn check_matching_in(
+    store: &dyn oms::store::Store,
+    settings: &Settings,
+    symbols: &[&str],
+) -> MatchCheck {
     use oms::matching::Status;
     use rust_decimal::Decimal;
     let mut check = MatchCheck::default();
@@ -1177,8 +1215,7 @@ pub async fn check_matching(app: &TestApp, symbols: &[&str]) -> MatchCheck {
         let mut orders = Vec::new();
         let mut after = None;
         loop {
-            let page = app
-                .store
+            let page = store
                 .list_by_symbol(symbol, after, 1_000)
                 .await
                 .expect("list orders");
@@ -1204,8 +1241,7 @@ pub async fn check_matching(app: &TestApp, symbols: &[&str]) -> MatchCheck {
         let mut trades = Vec::new();
         let mut after = None;
         loop {
-            let page = app
-                .store
+            let page = store
                 .trades(symbol, after, 1_000)
                 .await
                 .expect("list trades");
@@ -1289,10 +1325,7 @@ pub async fn check_matching(app: &TestApp, symbols: &[&str]) -> MatchCheck {
         check.trades += trades.len();
         check.traded += trades.iter().map(|t| t.trade.quantity).sum::<Decimal>();
     }
-    let published = read_topic(
-        &app.settings.broker.bootstrap,
-        &app.settings.broker.trades_topic,
-    );
+    let published = read_topic(&settings.broker.bootstrap, &settings.broker.trades_topic);
     check.published = published.len();
     let topic_ids: std::collections::HashSet<Uuid> = published
         .iter()

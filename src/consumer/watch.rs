@@ -1,0 +1,147 @@
+//! The log watcher: reads how far the log reaches, publishes
+//! `consumer_lag{partition}`, and is the stall watchdog — records waiting
+//! and no sign of life from the consume loop for `consumer.stall_after_ms`
+//! recreate its broker consumer.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio_util::sync::CancellationToken;
+
+use super::ConsumerError;
+use super::status::{ConsumerStatus, raise};
+use crate::broker::admin::{self, AdminError};
+use crate::broker::producer::ProduceEvidence;
+use crate::broker::{METADATA_TIMEOUT, client_config};
+use crate::config::BrokerSettings;
+use crate::store::Offsets;
+
+/// Why the log end could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum WatermarkError {
+    #[error(transparent)]
+    Metadata(#[from] AdminError),
+    #[error("reading the log end of {topic}/{partition}")]
+    Fetch {
+        topic: String,
+        partition: i32,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("the watermark task failed (a bug; please report it)")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// The broker's view of the log: `(partition, low, high)` per partition.
+pub fn watermarks(
+    client: &BaseConsumer,
+    broker: &BrokerSettings,
+) -> Result<Vec<(i32, i64, i64)>, WatermarkError> {
+    let topic = &broker.topic;
+    let partitions = admin::partitions(client.client(), broker, topic)?;
+    partitions
+        .into_iter()
+        .map(|p| {
+            client
+                .fetch_watermarks(topic, p, METADATA_TIMEOUT)
+                .map(|(low, high)| (p, low, high))
+                .map_err(|source| WatermarkError::Fetch {
+                    topic: topic.clone(),
+                    partition: p,
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// A gap between two ticks this much longer than the interval means the
+/// process did not run (frozen by SIGSTOP, or starved): not a stall.
+const THAW_FACTOR: u32 = 3;
+
+/// Every `every`, until shutdown: reads the log end, publishes
+/// `consumer_lag{partition}` and restarts a stalled consumer.
+///
+/// The log end of a partition is the larger of the broker's high watermark
+/// and the offset after the last record this instance's producer got
+/// acknowledged: a broker that under-reports its watermarks (tansu's memory
+/// engine does) cannot make lag read 0 while acknowledged orders are
+/// missing. Lag is that end minus the consumer's own record of what it
+/// stored, so it keeps growing while the store is down.
+///
+/// The watchdog: records past the stored offsets and no sign of life from
+/// the loop for `stall_after` (nothing stored, no retried attempt, no books
+/// being rebuilt) — then `consumer_stalls_total` counts it and the loop is
+/// recreated ([`super::ConsumerLoop::run`]), backing off while restarts do
+/// not help. Time the process spent not running at all is not counted.
+pub async fn watch_log(
+    broker: BrokerSettings,
+    status: ConsumerStatus,
+    produced: Arc<ProduceEvidence>,
+    every: Duration,
+    stall_after: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let client: Arc<BaseConsumer> = Arc::new(client_config(&broker, "oms-lag").create()?);
+    let mut tick = tokio::time::interval(every);
+    let mut published = BTreeSet::<i32>::new();
+    let mut last_tick = Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if last_tick.elapsed() > every * THAW_FACTOR {
+            tracing::info!(
+                gap_s = last_tick.elapsed().as_secs_f64(),
+                "the process did not run for a while (frozen or starved); the stall watchdog counts from now"
+            );
+            status.thawed();
+        }
+        let (c, settings) = (client.clone(), broker.clone());
+        let marks = tokio::task::spawn_blocking(move || watermarks(c.as_ref(), &settings))
+            .await
+            .unwrap_or_else(|e| Err(WatermarkError::Task(e)));
+        last_tick = Instant::now();
+        let mut ends = produced.acked_ends();
+        let mut starts = Offsets::new();
+        let error = match marks {
+            Ok(marks) => {
+                for (partition, low, high) in marks {
+                    raise(&mut ends, partition, high);
+                    starts.insert(partition, low);
+                }
+                None
+            }
+            Err(err) => {
+                let err = crate::error::Chain(&err).to_string();
+                tracing::debug!(error = %err, "log end unreadable");
+                Some(err)
+            }
+        };
+        let Some(lag) = status.observe_log(ends, starts, error) else {
+            continue; // nothing known about the store yet
+        };
+        // A partition given up (group mode) shows 0 here, not the last lag
+        // this instance saw: its new owner reports it.
+        for gone in published.iter().filter(|p| !lag.contains_key(p)) {
+            metrics::gauge!("consumer_lag", "partition" => gone.to_string()).set(0.0);
+        }
+        published = lag.keys().copied().collect();
+        for (partition, behind) in lag {
+            metrics::gauge!("consumer_lag", "partition" => partition.to_string())
+                .set(behind as f64);
+        }
+        if let Some(stall) = status.stall(stall_after) {
+            if status.request_restart(stall_after) {
+                metrics::counter!("consumer_stalls_total").increment(1);
+                tracing::warn!(
+                    behind = stall.behind,
+                    idle_s = stall.idle.as_secs_f64(),
+                    "consumer {stall}; recreating it"
+                );
+            }
+        }
+    }
+}
