@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::Utc;
+use oms::domain::Side;
 use oms::matching::Book;
-use oms::order::Side;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 

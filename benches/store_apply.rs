@@ -20,9 +20,11 @@ use std::time::Instant;
 
 use chrono::Utc;
 use oms::config::{Engine, StoreSettings, StoreUrl};
-use oms::matching::{Matcher, Positioned};
-use oms::order::{Event, NewOrder, Order};
-use oms::store::{Batch, StoredOrder};
+use oms::domain::Positioned;
+use oms::domain::StoredOrder;
+use oms::domain::{Event, NewOrder, Order};
+use oms::matching::Matcher;
+use oms::store::Batch;
 
 const SYMBOLS: [&str; 6] = ["USD", "GBP", "JPY", "CHF", "AUD", "CAD"];
 const TOPIC: &str = "orders";

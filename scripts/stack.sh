@@ -134,8 +134,10 @@ launch_oms() {
   shift 3
   not_running_yet "$name" "$port" || return 0
   log="$(log_file "$name")"
-  say "starting $name: oms serve --store $url on :$port${*:+ ($*)}"
-  env "$@" nohup "$OMS_BIN" serve \
+  say "starting $name: oms serve --store $url on :$port${*:+ ($*)}, supervised"
+  # The supervisor starts oms again when it exits on its own (status 75:
+  # its broker lost the log under it); stopping the supervisor stops oms.
+  env "$@" nohup "$OMS_ROOT/scripts/supervise-oms.sh" "$name" "$OMS_BIN" serve \
     --store "$url" \
     --http-addr "127.0.0.1:$port" \
     --bootstrap "127.0.0.1:$OMS_BROKER_PORT" \
@@ -240,6 +242,9 @@ status() {
       case "$name" in
         oms) printf '  port %s' "$OMS_HTTP_PORT" ;;
         oms-*) printf '  port %s' "$((OMS_HTTP_PORT + ${name#oms-}))" ;;
+      esac
+      case "$name" in
+        oms | oms-*) printf '  (supervised; restarts %s)' "$(cat "$(run_dir)/$name-restarts" 2>/dev/null || echo 0)" ;;
         lb) printf '  port %s (nginx)' "$OMS_HTTP_PORT" ;;
       esac
       if [[ $name == broker && -f "$(run_dir)/tansu.pid" ]]; then

@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - [`config`]: layered settings (defaults < file < env < flags).
-//! - [`order`]: the order, parsed once into types that hold only valid values.
+//! - [`domain`]: orders, fills, trades, log positions — depends on nothing else.
 //! - [`api`]: poem-openapi handlers, problem+json errors, Swagger UI.
 //! - [`broker`]: topic admin, producer, dead-letter writer.
 //! - [`consumer`]: the log → store loop, group mode's leases, lag and the watchdog.
@@ -26,9 +26,12 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod domain;
 pub mod error;
 pub mod matching;
 pub mod memory;
-pub mod order;
 pub mod store;
 pub mod telemetry;
+
+/// The order and its fields, where they were before [`domain`] held them.
+pub use domain::order;

@@ -309,7 +309,15 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("oms: {err:#}");
-            ExitCode::FAILURE
+            let restart = err.chain().any(|e| {
+                e.downcast_ref::<oms::consumer::ConsumerError>()
+                    .is_some_and(oms::consumer::ConsumerError::wants_restart)
+            });
+            if restart {
+                ExitCode::from(oms::consumer::EXIT_RESTART)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -14,140 +14,11 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::order::{Amount, Event, Side};
-use crate::store::StoredOrder;
-
-/// Namespace of trade ids: a trade is named by its taker and its maker,
-/// so a replay or a retry names it the same and cannot make a second one
-/// (an order meets a given resting order at most once).
-const TRADE_NAMESPACE: Uuid = Uuid::from_u128(0x6f6d_735f_7472_6164_655f_6964_5f6e_7331);
-
-/// Where an order stands.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, poem_openapi::Enum,
-)]
-#[serde(rename_all = "snake_case")]
-#[oai(rename_all = "snake_case")]
-pub enum Status {
-    /// In the book, nothing filled yet.
-    #[default]
-    Open,
-    /// In the book, some of it filled.
-    PartiallyFilled,
-    /// All of it filled: out of the book.
-    Filled,
-    /// Taken out of the book before it filled.
-    Cancelled,
-}
-
-impl Status {
-    pub const ALL: [Status; 4] = [
-        Status::Open,
-        Status::PartiallyFilled,
-        Status::Filled,
-        Status::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Open => "open",
-            Status::PartiallyFilled => "partially_filled",
-            Status::Filled => "filled",
-            Status::Cancelled => "cancelled",
-        }
-    }
-
-    /// Still in the book (can trade, can be cancelled).
-    pub fn is_live(self) -> bool {
-        matches!(self, Status::Open | Status::PartiallyFilled)
-    }
-}
-
-impl std::str::FromStr for Status {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Status::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| format!("unknown order status {s:?}"))
-    }
-}
-
-/// How far an order got. An order the store has no fill for is open with
-/// nothing filled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fill {
-    pub status: Status,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub filled: Decimal,
-}
-
-impl Fill {
-    /// Open with nothing filled: what an order without a stored fill reads
-    /// as. Fills only grow, so an untouched fill belongs to an order new in
-    /// its batch, which has no stored fill to replace: the engines skip
-    /// writing it (one random write less per order that rests).
-    pub fn is_untouched(&self) -> bool {
-        self.status == Status::Open && self.filled.is_zero()
-    }
-
-    /// What can still trade: nothing once filled or cancelled.
-    pub fn remaining(&self, quantity: Decimal) -> Decimal {
-        if self.status.is_live() {
-            quantity - self.filled
-        } else {
-            Decimal::ZERO
-        }
-    }
-}
-
-/// An order's fill after a batch, and the partition whose book holds it
-/// (the store keeps an index of the orders still resting, per partition,
-/// to rebuild the books from).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OrderState {
-    pub id: Uuid,
-    pub partition: i32,
-    pub fill: Fill,
-}
-
-/// A trade as stored and published on the `trades` topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredTrade {
-    #[serde(flatten)]
-    pub trade: Trade,
-    pub symbol: String,
-    /// The log position of the taker order whose record made the trade.
-    pub partition: i32,
-    pub offset: i64,
-}
-
-/// One execution between an incoming (taker) and a resting (maker) order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Trade {
-    pub id: Uuid,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub price: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub quantity: Decimal,
-    pub buy_order_id: Uuid,
-    pub sell_order_id: Uuid,
-    pub taker_side: Side,
-    /// When the taker order was accepted (from the log, so replays agree).
-    pub executed_at: DateTime<Utc>,
-}
-
-impl Trade {
-    pub fn id_for(taker: Uuid, maker: Uuid) -> Uuid {
-        let mut name = [0u8; 32];
-        name[..16].copy_from_slice(taker.as_bytes());
-        name[16..].copy_from_slice(maker.as_bytes());
-        Uuid::new_v5(&TRADE_NAMESPACE, &name)
-    }
-}
+use crate::domain::{
+    Amount, Event, Fill, OrderState, Positioned, Side, Status, StoredOrder, StoredTrade, Trade,
+};
 
 /// An order resting in the book.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,14 +295,6 @@ impl Book {
     pub fn is_empty(&self) -> bool {
         self.orders == 0
     }
-}
-
-/// A record of the `orders` topic with its log position.
-#[derive(Debug, Clone)]
-pub struct Positioned {
-    pub partition: i32,
-    pub offset: i64,
-    pub event: Event,
 }
 
 /// What matching one batch of events did: the final fill of every order it
@@ -825,7 +688,7 @@ mod tests {
         let mut buy = contract::order(("USD", "EUR"), 6).order;
         buy.side = Side::Buy; // buys 1 at 6.5
         buy.quantity = Amount::try_from(Decimal::ONE).expect("amount");
-        let at = |offset: i64, order: &crate::order::Order| Positioned {
+        let at = |offset: i64, order: &crate::domain::Order| Positioned {
             partition: 0,
             offset,
             event: Event::Order(order.clone()),

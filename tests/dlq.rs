@@ -12,7 +12,7 @@ use oms::broker::dlq::{
     self, DlqAddress, DlqEntry, DlqError, ReplayError, ReplayOutcome, Selection,
 };
 use oms::config::{BrokerSettings, Engine};
-use oms::order::NewOrder;
+use oms::domain::NewOrder;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;

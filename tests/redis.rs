@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use common::{PrivateRedis, eventually};
 use oms::config::{RedisPersistence, RedisSettings};
-use oms::order::NewOrder;
+use oms::domain::NewOrder;
+use oms::domain::StoredOrder;
 use oms::store::redis::RedisStore;
-use oms::store::{Batch, Store, StoreError, StoredOrder};
+use oms::store::{Batch, Store, StoreError};
 
 fn order(n: i64) -> StoredOrder {
     let order = NewOrder::from_value(serde_json::json!({

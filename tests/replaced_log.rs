@@ -153,7 +153,7 @@ async fn replaced_log(broker: BrokerEngine, engine: Engine, new_log: NewLog) {
 /// Writes `n` orders of one symbol straight to the log (oms not running)
 /// and returns their ids.
 async fn produce_directly(cfg: &Settings, n: u64) -> BTreeSet<Uuid> {
-    use oms::order::NewOrder;
+    use oms::domain::NewOrder;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let producer: FutureProducer = rdkafka::ClientConfig::new()

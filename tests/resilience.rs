@@ -200,8 +200,9 @@ async fn sigterm_drains_and_exits_0() {
 /// skips the rest of it; oms' consumer notices the gap and reads again from
 /// further back. On the durable broker the same test passes without help.
 async fn resume_inside_a_batch(engine: common::BrokerEngine, rewind: i64) {
-    use oms::order::NewOrder;
-    use oms::store::{Batch, Offsets, Store, redb::RedbStore};
+    use oms::domain::NewOrder;
+    use oms::domain::Offsets;
+    use oms::store::{Batch, Store, redb::RedbStore};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let broker_dir = tempfile::tempdir().expect("tempdir");
@@ -274,7 +275,7 @@ async fn resume_inside_a_batch(engine: common::BrokerEngine, rewind: i64) {
             .iter()
             .zip(&delivered)
             .take(5)
-            .map(|(o, d)| oms::store::StoredOrder::new(o.clone(), d.partition, d.offset))
+            .map(|(o, d)| oms::domain::StoredOrder::new(o.clone(), d.partition, d.offset))
             .collect();
         store
             .apply(std::sync::Arc::new(Batch::new(
@@ -320,4 +321,85 @@ async fn a_gap_after_resuming_is_read_again_from_further_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_inside_a_batch_on_the_durable_broker_skips_nothing() {
     resume_inside_a_batch(common::BrokerEngine::Sqlite, 0).await;
+}
+
+/// A broker that keeps its log in memory (the benchmark's) restarted under
+/// a running oms, the topics created again: oms neither crashes (librdkafka
+/// 2.12 dereferenced a null topic name in tansu's answer for the topic it
+/// no longer knew — fixed in oms' tansu patch) nor wedges (its idempotent
+/// producer id is unknown to the new broker): it notices the orders topic's
+/// new id, exits with status 75 and a reason, and a new run — as its
+/// supervisor starts it — takes orders and stores the new log whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_broker_restarted_under_a_running_oms_makes_it_start_over() {
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let mut tansu = Tansu::start_with(broker_dir.path(), common::BrokerEngine::Memory);
+    let cfg = settings(&tansu.bootstrap(), store_dir.path());
+    oms::broker::admin::create_topics(&cfg.broker)
+        .await
+        .expect("topics");
+    let args = common::serve_args(&cfg);
+    let port = free_port();
+    let log = store_dir.path().join("oms.log");
+    let mut oms = OmsProcess::start(port, &args, &log).await;
+    let client = reqwest::Client::new();
+    let post = |n: u64| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("http://127.0.0.1:{port}/orders"))
+                .json(&order_body(n))
+                .send()
+                .await
+        }
+    };
+    for n in 0..50 {
+        accepted_id(post(n).await.expect("POST")).await;
+    }
+
+    tansu.stop();
+    tansu.restart();
+    oms::broker::admin::create_topics(&cfg.broker)
+        .await
+        .expect("topics on the new log");
+    let status = oms
+        .exited(Duration::from_secs(60))
+        .await
+        .expect("oms did not notice its broker lost the log");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "exit status (a signal means a crash): {status}; log tail: {}",
+        said.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+    );
+    assert!(
+        said.contains("was created again under this running oms"),
+        "{said}"
+    );
+
+    // What its supervisor does: start it again.
+    let oms = OmsProcess::start(port, &args, &log).await;
+    let mut new = BTreeSet::new();
+    for n in 100..150 {
+        new.insert(accepted_id(post(n).await.expect("POST")).await);
+    }
+    let stored = eventually(Duration::from_secs(60), || async {
+        for id in &new {
+            let resp = client
+                .get(format!("http://127.0.0.1:{port}/orders/{id}"))
+                .send()
+                .await
+                .ok()?;
+            (resp.status() == 200).then_some(())?;
+        }
+        Some(())
+    })
+    .await;
+    assert!(
+        stored.is_some(),
+        "the new run did not store the new log's orders"
+    );
+    drop(oms);
 }

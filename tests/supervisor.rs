@@ -131,3 +131,57 @@ async fn the_supervisor_restarts_a_broker_that_exits_or_stops_serving() {
         stack.restarts()
     );
 }
+
+/// `just up`'s oms supervisor (`scripts/supervise-oms.sh`) starts oms again
+/// when it exits on its own — status 75 is oms asking for it (its broker
+/// lost the log under it) — counts the restarts, and on SIGTERM stops the
+/// process it runs and itself. A shell stands in for oms: the first run
+/// exits 75, the second stays up.
+#[tokio::test]
+async fn the_oms_supervisor_starts_oms_again_when_it_asks_and_stops_it_with_itself() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let marker = state.path().join("runs");
+    let stand_in = format!(
+        "echo run >> {m}; if [ $(wc -l < {m}) -eq 1 ]; then exit 75; fi; echo $$ > {m}.pid; exec sleep 600",
+        m = marker.display()
+    );
+    let mut supervisor = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/supervise-oms.sh"
+    ))
+    .args(["oms-test", "sh", "-c", &stand_in])
+    .env("OMS_STATE", state.path())
+    .stdout(std::process::Stdio::null())
+    .spawn()
+    .expect("start the supervisor");
+    let restarts = state.path().join("run/oms-test-restarts");
+    let again = eventually(Duration::from_secs(30), || async {
+        let runs = std::fs::read_to_string(&marker)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        let counted = std::fs::read_to_string(&restarts).unwrap_or_default();
+        (runs == 2 && counted.trim() == "1").then_some(())
+    })
+    .await;
+    assert!(again.is_some(), "oms was not started again after status 75");
+    signal(&supervisor.id().to_string(), "TERM");
+    let stopped = eventually(Duration::from_secs(30), || {
+        let done = supervisor.try_wait().expect("wait").is_some();
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert!(stopped.is_some(), "the supervisor did not stop on SIGTERM");
+    let pid =
+        std::fs::read_to_string(format!("{}.pid", marker.display())).expect("the stand-in's pid");
+    let gone = eventually(Duration::from_secs(10), || {
+        let alive = Command::new("kill")
+            .args(["-0", pid.trim()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        async move { (!alive).then_some(()) }
+    })
+    .await;
+    assert!(gone.is_some(), "the stand-in oms outlived its supervisor");
+}

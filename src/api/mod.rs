@@ -2,6 +2,7 @@
 //! `/docs`, the spec at `/openapi.json` and `/openapi.yaml`, `/metrics`, and
 //! the middleware every request passes (body limit, metrics, problem+json).
 
+pub mod fields;
 pub mod health;
 pub mod orders;
 pub mod problem;

@@ -12,17 +12,54 @@ use poem_openapi::types::{Example, ParseError, ParseFromJSON, ParseResult, Type}
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use uuid::Uuid;
 
+use super::fields::StatusView;
 use super::problem::Problem;
 use super::{ApiTags, AppState};
 use crate::broker::producer::ProduceError;
-use crate::matching::Status;
-use crate::order::{
+use crate::domain::StoredOrder;
+use crate::domain::{
     Amount, Cancel, Channel, ClientOrderId, Currency, Description, NewOrder, Side, Symbol,
 };
-use crate::store::StoredOrder;
 
-/// The body of `POST /orders` as received. Documented with [`NewOrder`]'s
-/// schema, but parsed by [`NewOrder::from_json`] so that one `422` names
+// The API's document of [`NewOrder`]: its fields (tied to
+// `NewOrder::FIELDS` by a test), each with the schema its rules build.
+/// An order to submit. Unknown fields are refused (a misspelt
+/// `client_order_id` must not silently turn idempotency off).
+#[derive(Debug, Clone, PartialEq, Eq, Object)]
+#[oai(rename = "NewOrder", deny_unknown_fields, example)]
+pub struct NewOrderSchema {
+    /// Currency given.
+    pub src_currency: Currency,
+    /// Currency received: a currency code, different from `src_currency`.
+    pub dst_currency: Currency,
+    pub side: Side,
+    /// Limit price: an exact decimal greater than zero, as a string.
+    pub price: Amount,
+    pub quantity: Amount,
+    pub channel: Channel,
+    #[oai(default)]
+    pub description: Description,
+    #[oai(skip_serializing_if_is_none)]
+    pub client_order_id: Option<ClientOrderId>,
+}
+
+impl Example for NewOrderSchema {
+    fn example() -> Self {
+        let o = NewOrder::example();
+        Self {
+            src_currency: o.src_currency,
+            dst_currency: o.dst_currency,
+            side: o.side,
+            price: o.price,
+            quantity: o.quantity,
+            channel: o.channel,
+            description: o.description,
+            client_order_id: o.client_order_id,
+        }
+    }
+}
+
+/// The body of `POST /orders` as received. Documented with [`NewOrderSchema`], but parsed by [`NewOrder::from_json`] so that one `422` names
 /// *every* bad field (missing, wrong type, unknown, or breaking a rule)
 /// instead of the first one.
 #[derive(Debug, Clone)]
@@ -34,15 +71,15 @@ impl Type for NewOrderInput {
     type RawElementValueType = Self;
 
     fn name() -> Cow<'static, str> {
-        NewOrder::name()
+        NewOrderSchema::name()
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        NewOrder::schema_ref()
+        NewOrderSchema::schema_ref()
     }
 
     fn register(registry: &mut Registry) {
-        NewOrder::register(registry);
+        NewOrderSchema::register(registry);
     }
 
     fn as_raw_value(&self) -> Option<&Self::RawValueType> {
@@ -102,7 +139,7 @@ pub struct OrderView {
     /// Where the order sits on the log.
     pub partition: i32,
     pub offset: i64,
-    pub status: Status,
+    pub status: StatusView,
     /// How much of `quantity` traded: an exact decimal, as a string.
     pub filled_quantity: String,
     /// How much can still trade: `quantity - filled_quantity` while the
@@ -117,7 +154,7 @@ impl From<StoredOrder> for OrderView {
         let remaining = fill.remaining(stored.order.quantity.value());
         let o = stored.order;
         Self {
-            status: fill.status,
+            status: fill.status.into(),
             filled_quantity: fill.filled.normalize().to_string(),
             remaining_quantity: remaining.normalize().to_string(),
             id: o.id,
@@ -174,7 +211,7 @@ impl Example for OrderView {
             created_at: example_time(),
             partition: 1,
             offset: 41_872,
-            status: Status::PartiallyFilled,
+            status: StatusView::PartiallyFilled,
             filled_quantity: "1000".into(),
             remaining_quantity: "1500".into(),
         }
@@ -365,7 +402,7 @@ async fn find_order(state: &AppState, id: Uuid) -> Result<Option<StoredOrder>, P
 /// `Err`: records still missing.
 async fn store_up_to(
     state: &AppState,
-    log_end: &crate::store::Offsets,
+    log_end: &crate::domain::Offsets,
     deadline: tokio::time::Instant,
 ) -> Result<(), i64> {
     loop {
@@ -568,5 +605,34 @@ impl OrdersApi {
                 state.retry_after_secs,
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_order_has_exactly_the_domains_fields() {
+        let mut registry = Registry::new();
+        NewOrderSchema::register(&mut registry);
+        let schema = registry
+            .schemas
+            .get("NewOrder")
+            .expect("NewOrder is registered");
+        let documented: Vec<&str> = schema.properties.iter().map(|(name, _)| *name).collect();
+        assert_eq!(documented, NewOrder::FIELDS);
+        assert_eq!(
+            schema.required,
+            [
+                "src_currency",
+                "dst_currency",
+                "side",
+                "price",
+                "quantity",
+                "channel"
+            ],
+            "what the schema requires is what NewOrder::from_json requires"
+        );
     }
 }

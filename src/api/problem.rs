@@ -4,7 +4,7 @@
 use poem::http::StatusCode;
 use poem_openapi::Object;
 
-use crate::order::ValidationErrors;
+use crate::domain::ValidationErrors;
 
 /// The media type of every error body.
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -41,7 +41,7 @@ pub struct Problem {
 
 impl poem_openapi::types::Example for Problem {
     fn example() -> Self {
-        Problem::validation(&ValidationErrors(vec![crate::order::FieldError {
+        Problem::validation(&ValidationErrors(vec![crate::domain::FieldError {
             field: "price".into(),
             rule: "range".into(),
             message: "must be greater than zero".into(),

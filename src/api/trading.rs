@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 use super::problem::Problem;
 use super::{ApiTags, AppState};
-use crate::matching::{Level, Matcher, StoredTrade};
-use crate::order::{Side, Symbol};
+use crate::domain::StoredTrade;
+use crate::domain::{Side, Symbol};
+use crate::matching::{Level, Matcher};
 
 /// One execution between a resting (maker) and an incoming (taker) order;
 /// `taker_side` is the side of the incoming order.

@@ -132,6 +132,75 @@ pub async fn partitions_of(
         .unwrap_or_else(|e| Err(AdminError::Task(e)))
 }
 
+/// The id the broker gave `topic` when it was created — a topic deleted
+/// and created again, or one on a broker that restarted without its log
+/// (tansu `memory://`), has another. `None`: the broker names no id (an
+/// all-zero one) or does not know the topic. rust-rdkafka does not wrap
+/// librdkafka's `DescribeTopics`, so this calls it directly.
+pub fn topic_id<C: ClientContext>(
+    client: &Client<C>,
+    settings: &BrokerSettings,
+    topic: &str,
+) -> Result<Option<String>, AdminError> {
+    use rdkafka::bindings as rd;
+    use std::ffi::{CStr, CString};
+    let name = CString::new(topic).map_err(|_| AdminError::MissingTopic(topic.to_owned()))?;
+    let timeout_ms = i32::try_from(METADATA_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+    let rk = client.native_ptr();
+    // SAFETY: every handle made here is destroyed here, after its last
+    // use; `rk` outlives the call (borrowed from `client`); the strings
+    // librdkafka returns are copied before the event that owns them is
+    // destroyed; a null result (no event within the timeout) is checked.
+    unsafe {
+        let queue = rd::rd_kafka_queue_new(rk);
+        let names = [name.as_ptr()];
+        let collection = rd::rd_kafka_TopicCollection_of_topic_names(names.as_ptr().cast_mut(), 1);
+        let options = rd::rd_kafka_AdminOptions_new(
+            rk,
+            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS,
+        );
+        rd::rd_kafka_DescribeTopics(rk, collection, options, queue);
+        let event = rd::rd_kafka_queue_poll(queue, timeout_ms + 1_000);
+        let answer = if event.is_null() {
+            Err(RDKafkaErrorCode::OperationTimedOut)
+        } else {
+            let code = rd::rd_kafka_event_error(event);
+            let result = rd::rd_kafka_event_DescribeTopics_result(event);
+            if code != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || result.is_null() {
+                Err(RDKafkaErrorCode::from(code))
+            } else {
+                let mut count = 0;
+                let topics = rd::rd_kafka_DescribeTopics_result_topics(result, &mut count);
+                let described = (count > 0 && !topics.is_null()).then(|| *topics);
+                Ok(described.and_then(|d| {
+                    if !rd::rd_kafka_TopicDescription_error(d).is_null() {
+                        return None;
+                    }
+                    let id = rd::rd_kafka_TopicDescription_topic_id(d);
+                    let zero = id.is_null()
+                        || (rd::rd_kafka_Uuid_most_significant_bits(id) == 0
+                            && rd::rd_kafka_Uuid_least_significant_bits(id) == 0);
+                    (!zero).then(|| {
+                        CStr::from_ptr(rd::rd_kafka_Uuid_base64str(id))
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                }))
+            }
+        };
+        if !event.is_null() {
+            rd::rd_kafka_event_destroy(event);
+        }
+        rd::rd_kafka_AdminOptions_destroy(options);
+        rd::rd_kafka_TopicCollection_destroy(collection);
+        rd::rd_kafka_queue_destroy(queue);
+        answer.map_err(|code| AdminError::NotServing {
+            what: format!("the id of topic {topic} at {}", settings.bootstrap),
+            source: KafkaError::AdminOp(code),
+        })
+    }
+}
+
 /// Does the broker serve? Metadata first, then the log end of every
 /// partition of the orders topic (when it exists): a broker whose storage
 /// failed can still accept connections. `oms probe` and the `just up`

@@ -15,7 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::producer::{LogProducer, ProduceError};
 use crate::config::BrokerSettings;
-use crate::order::RecordError;
+use crate::domain::RecordError;
 
 /// Header carrying how many times a record was re-driven from the DLQ.
 pub const REPLAY_COUNT_HEADER: &str = "oms-replay-count";

@@ -42,7 +42,7 @@ use tracing::Instrument;
 
 use super::client_config;
 use crate::config::BrokerSettings;
-use crate::order::{Cancel, Order};
+use crate::domain::{Cancel, Order};
 
 /// Most records librdkafka holds waiting for the broker (its default).
 const QUEUE_MAX_MESSAGES: u32 = 100_000;

@@ -14,7 +14,7 @@ use super::resume::Resume;
 use super::{Halt, Loop};
 use crate::broker::admin;
 use crate::config::ConsumerMode;
-use crate::store::Offsets;
+use crate::domain::Offsets;
 use crate::store::lease::Claim;
 
 /// What one broker consumer holds: partition → the lease epoch it is

@@ -14,11 +14,12 @@ use tracing::Span;
 use super::status::{ConsumerState, raise};
 use super::{Halt, Loop};
 use crate::broker::dlq::{DeadLetter, ErrorKind, replay_count};
+use crate::domain::Positioned;
+use crate::domain::{Event, Order, RecordError};
+use crate::domain::{Offsets, StoredOrder};
 use crate::error::Chain;
-use crate::matching::Positioned;
-use crate::order::{Event, Order, RecordError};
 use crate::store::lease::Claim;
-use crate::store::{Applied, Batch, Offsets, StoreError, StoredOrder};
+use crate::store::{Applied, Batch, StoreError};
 use crate::telemetry::{self, TraceParent};
 
 /// A batch read from the log, each record sorted: the orders to store (each

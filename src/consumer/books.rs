@@ -21,8 +21,9 @@ use std::time::Instant;
 
 use super::{Halt, Loop};
 use crate::broker::producer::ProduceError;
-use crate::matching::{Matcher, Outcome, Positioned, StoredTrade};
-use crate::order::Event;
+use crate::domain::Event;
+use crate::domain::{Positioned, StoredTrade};
+use crate::matching::{Matcher, Outcome};
 use crate::store::Batch;
 
 /// The order books, shared: the consumer matches into them, `GET

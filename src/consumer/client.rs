@@ -12,7 +12,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::broker::client_config;
 use crate::config::{BrokerSettings, ConsumerSettings};
-use crate::store::Offsets;
+use crate::domain::Offsets;
 
 /// The broker consumer.
 pub type LogConsumer = StreamConsumer;

@@ -29,9 +29,10 @@ use super::status::{ConsumerState, ConsumerStatus, GroupReport};
 use crate::broker::admin;
 use crate::broker::client_config;
 use crate::config::{BrokerSettings, ConsumerSettings};
+use crate::domain::Offsets;
 use crate::error::Chain;
 use crate::store::lease::{GroupView, Lease, Leases, Member, MemberState};
-use crate::store::{Offsets, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// How many heartbeats a partition may sit unowned (records waiting)
 /// beyond its lease's time before the group check reports it.

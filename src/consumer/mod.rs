@@ -82,6 +82,33 @@ pub enum ConsumerError {
         "consumer.mode = \"group\" needs a store that keeps leases (postgres, redis); {0} does not"
     )]
     NoLeases(&'static str),
+    /// The orders topic was created again under this running oms: the
+    /// broker restarted without its log (tansu `memory://`) or the topic
+    /// was deleted. Its clients hold an idempotent producer id and
+    /// metadata of a log that is gone, so oms ends, to start over.
+    #[error(
+        "the orders topic {topic} was created again under this running oms (topic id {was} -> {now}): \
+         the broker restarted without its log, or the topic was deleted. oms' producers hold ids the \
+         new log does not know, so oms exits with status {EXIT_RESTART} to start over with new clients \
+         (its supervisor starts it again; `just up` supervises it). Orders the old log acknowledged \
+         that were not stored yet are gone with it"
+    )]
+    TopicRecreated {
+        topic: String,
+        was: String,
+        now: String,
+    },
+}
+
+/// The exit status of an oms that must be started again with new clients
+/// (EX_TEMPFAIL): its broker lost the log under it.
+pub const EXIT_RESTART: u8 = 75;
+
+impl ConsumerError {
+    /// Starting oms again fixes this (a supervisor should).
+    pub fn wants_restart(&self) -> bool {
+        matches!(self, ConsumerError::TopicRecreated { .. })
+    }
 }
 
 /// Why the loop stops working on the batch in hand. Nothing more of it is

@@ -11,8 +11,8 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset};
 
 use super::client::LogConsumer;
-use crate::order::Event;
-use crate::store::Offsets;
+use crate::domain::Event;
+use crate::domain::Offsets;
 
 /// Makes sure each partition resumes exactly at the offset the store holds,
 /// on the log the store was built from.

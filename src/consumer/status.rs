@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::store::Offsets;
+use crate::domain::Offsets;
 
 /// What the consumer is doing, for `/readyz`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

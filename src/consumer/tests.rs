@@ -1,9 +1,10 @@
 //! The loop's own unit tests (the rest runs against a real broker, `tests/`).
 
 use super::*;
-use crate::matching::Positioned;
-use crate::order::{Event, NewOrder, Order};
-use crate::store::{Batch, Offsets};
+use crate::domain::Offsets;
+use crate::domain::Positioned;
+use crate::domain::{Event, NewOrder, Order};
+use crate::store::Batch;
 
 fn order(side: &str, price: &str) -> Order {
     NewOrder::from_value(serde_json::json!({

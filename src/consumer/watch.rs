@@ -16,7 +16,7 @@ use crate::broker::admin::{self, AdminError};
 use crate::broker::producer::ProduceEvidence;
 use crate::broker::{METADATA_TIMEOUT, client_config};
 use crate::config::BrokerSettings;
-use crate::store::Offsets;
+use crate::domain::Offsets;
 
 /// Why the log end could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,22 @@ pub enum WatermarkError {
     },
     #[error("the watermark task failed (a bug; please report it)")]
     Task(#[source] tokio::task::JoinError),
+}
+
+/// What one look at the broker found: the orders topic's id (when it
+/// names one) and its watermarks.
+struct Seen {
+    topic_id: Option<String>,
+    marks: Result<Vec<(i32, i64, i64)>, WatermarkError>,
+}
+
+fn look(client: &BaseConsumer, broker: &BrokerSettings) -> Seen {
+    Seen {
+        topic_id: admin::topic_id(client.client(), broker, &broker.topic)
+            .ok()
+            .flatten(),
+        marks: watermarks(client, broker),
+    }
 }
 
 /// The broker's view of the log: `(partition, low, high)` per partition.
@@ -87,6 +103,7 @@ pub async fn watch_log(
     let mut tick = tokio::time::interval(every);
     let mut published = BTreeSet::<i32>::new();
     let mut last_tick = Instant::now();
+    let mut topic_id: Option<String> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -100,10 +117,28 @@ pub async fn watch_log(
             status.thawed();
         }
         let (c, settings) = (client.clone(), broker.clone());
-        let marks = tokio::task::spawn_blocking(move || watermarks(c.as_ref(), &settings))
+        let seen = tokio::task::spawn_blocking(move || look(c.as_ref(), &settings))
             .await
-            .unwrap_or_else(|e| Err(WatermarkError::Task(e)));
+            .unwrap_or_else(|e| Seen {
+                topic_id: None,
+                marks: Err(WatermarkError::Task(e)),
+            });
         last_tick = Instant::now();
+        // A topic id seen once and then another: the log is not the one
+        // this process' clients know (a gap, while the broker restarts or
+        // the topic is gone, proves nothing yet).
+        match (&topic_id, seen.topic_id) {
+            (Some(was), Some(now)) if *was != now => {
+                return Err(ConsumerError::TopicRecreated {
+                    topic: broker.topic.clone(),
+                    was: was.clone(),
+                    now,
+                });
+            }
+            (None, Some(now)) => topic_id = Some(now),
+            _ => {}
+        }
+        let marks = seen.marks;
         let mut ends = produced.acked_ends();
         let mut starts = Offsets::new();
         let error = match marks {

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
-use crate::matching::{Fill, Matcher, Positioned, Status};
-use crate::order::{Amount, Cancel, Description, Event, NewOrder, Side, Symbol};
+use super::{Applied, Batch, Store, StoreError};
+use crate::domain::{Amount, Cancel, Description, Event, NewOrder, Side, Symbol};
+use crate::domain::{Fill, Positioned, Status};
+use crate::domain::{Offsets, StoredOrder};
+use crate::matching::Matcher;
 
 /// How a contract test gets a store; `open` again must see the same data.
 pub trait Engine {

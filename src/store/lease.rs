@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Offsets, StoreError};
+use super::StoreError;
+use crate::domain::Offsets;
 
 /// One partition held by one member at one epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -18,44 +18,16 @@ pub mod sled;
 #[cfg(test)]
 pub(crate) mod contract;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::config::{Engine, StoreSettings};
-use crate::matching::{Fill, OrderState, StoredTrade};
-use crate::order::Order;
-
-/// An order as stored, with where it sits on the log and how far it filled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredOrder {
-    #[serde(flatten)]
-    pub order: Order,
-    pub partition: i32,
-    pub offset: i64,
-    /// Kept apart from the order (which is written once): an engine reads
-    /// it from its fills and sets it here.
-    #[serde(skip)]
-    pub fill: Fill,
-}
-
-impl StoredOrder {
-    pub fn new(order: Order, partition: i32, offset: i64) -> Self {
-        Self {
-            order,
-            partition,
-            offset,
-            fill: Fill::default(),
-        }
-    }
-}
-
-/// Next offset to read, per partition of one topic.
-pub type Offsets = BTreeMap<i32, i64>;
+use crate::domain::{Offsets, OrderState, StoredOrder, StoredTrade};
 
 /// What one consumer batch asks the store to write, atomically.
 #[derive(Debug, Clone, Default)]

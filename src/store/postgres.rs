@@ -16,10 +16,11 @@ use uuid::Uuid;
 use std::collections::HashSet;
 
 use super::lease::{GroupView, Lease, LeaseView, Leases, Member, MemberState, MemberView};
-use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder};
+use super::{Applied, Batch, Store, StoreError};
 use crate::config::PostgresSettings;
-use crate::matching::{Fill, StoredTrade, Trade};
-use crate::order::{Amount, Broken, Channel, ClientOrderId, Description, Order};
+use crate::domain::{Amount, Broken, Channel, ClientOrderId, Description, Order};
+use crate::domain::{Fill, StoredTrade, Trade};
+use crate::domain::{Offsets, StoredOrder};
 
 /// The versioned schema (`migrations/`), applied by `oms migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -13,11 +13,10 @@ use uuid::Uuid;
 
 use std::collections::HashSet;
 
-use super::{
-    Applied, Batch, Offsets, Store, StoreError, StoredOrder, first_after, from_json, to_json,
-};
+use super::{Applied, Batch, Store, StoreError, first_after, from_json, to_json};
 use crate::config::EmbeddedStoreSettings;
-use crate::matching::{Fill, StoredTrade};
+use crate::domain::{Fill, StoredTrade};
+use crate::domain::{Offsets, StoredOrder};
 
 /// id (as u128) → JSON of the [`StoredOrder`].
 const ORDERS: TableDefinition<u128, &[u8]> = TableDefinition::new("orders");

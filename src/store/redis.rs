@@ -34,9 +34,10 @@ use uuid::Uuid;
 use std::collections::HashSet;
 
 use super::lease::{GroupView, Lease, LeaseView, Leases, Member, MemberState, MemberView};
-use super::{Applied, Batch, Offsets, Store, StoreError, StoredOrder, from_json, to_json};
+use super::{Applied, Batch, Store, StoreError, from_json, to_json};
 use crate::config::{RedisPersistence, RedisSettings};
-use crate::matching::{Fill, StoredTrade};
+use crate::domain::{Fill, StoredTrade};
+use crate::domain::{Offsets, StoredOrder};
 
 /// One batch. KEYS = the offsets hash, the count, the fills hash, the
 /// trades hash, the leases hash; per order its key and its symbol's index;

@@ -12,11 +12,10 @@ use uuid::Uuid;
 
 use std::collections::HashSet;
 
-use super::{
-    Applied, Batch, Offsets, Store, StoreError, StoredOrder, first_after, from_json, to_json,
-};
+use super::{Applied, Batch, Store, StoreError, first_after, from_json, to_json};
 use crate::config::EmbeddedStoreSettings;
-use crate::matching::{Fill, StoredTrade};
+use crate::domain::{Fill, StoredTrade};
+use crate::domain::{Offsets, StoredOrder};
 
 /// Folder name inside the configured store folder.
 pub const DIR_NAME: &str = "orders.sled";

@@ -601,7 +601,16 @@ impl OmsProcess {
         }
     }
 
-    /// SIGKILL, then reap.
+    /// Waits (at most `within`) for the process to exit on its own;
+    /// `None` when it still runs.
+    pub async fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        eventually(within, || {
+            let status = self.child.try_wait().expect("wait");
+            async move { status }
+        })
+        .await
+    }
+
     /// Sends `signal` (`STOP`, `CONT`, …) to the process.
     pub fn signal(&self, signal: &str) {
         let sent = Command::new("kill")
@@ -611,6 +620,7 @@ impl OmsProcess {
         assert!(sent.success(), "kill -{signal}");
     }
 
+    /// SIGKILL, then reap.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -1207,7 +1217,7 @@ pub async fn check_matching_in(
     settings: &Settings,
     symbols: &[&str],
 ) -> MatchCheck {
-    use oms::matching::Status;
+    use oms::domain::Status;
     use rust_decimal::Decimal;
     let mut check = MatchCheck::default();
     let mut stored_ids = std::collections::HashSet::new();
@@ -1232,7 +1242,7 @@ pub async fn check_matching_in(
                 .iter()
                 .map(|o| RefOrder {
                     id: o.order.id,
-                    buy: o.order.side == oms::order::Side::Buy,
+                    buy: o.order.side == oms::domain::Side::Buy,
                     price: o.order.price.value(),
                     quantity: o.order.quantity.value(),
                 })
@@ -1330,7 +1340,7 @@ pub async fn check_matching_in(
     let topic_ids: std::collections::HashSet<Uuid> = published
         .iter()
         .map(|(_, value)| {
-            serde_json::from_slice::<oms::matching::StoredTrade>(value)
+            serde_json::from_slice::<oms::domain::StoredTrade>(value)
                 .expect("a trade record")
                 .trade
                 .id

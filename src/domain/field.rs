@@ -2,17 +2,16 @@
 //!
 //! Every rule is written once, here, as a constant or a pattern; the same
 //! constant both checks a value ([`Field::from_json`], serde) and states the
-//! rule in the OpenAPI schema ([`Field::schema`]), so the contract and the
-//! server cannot disagree. The one rule a JSON Schema cannot express — the
-//! two currencies differ — lives with the order ([`super::NewOrder::accept`]).
+//! rule the API publishes ([`Field::rule`], which `api::fields` turns into the
+//! OpenAPI schema), so the contract and the server cannot disagree. The one
+//! rule a JSON Schema cannot express — the two currencies differ — lives
+//! with the order ([`super::order::NewOrder::accept`]).
 
 use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::LazyLock;
 
-use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
-use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use regex::Regex;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -45,12 +44,42 @@ impl fmt::Display for Broken {
     }
 }
 
-/// A field of an order: how its JSON value is read and the schema that
-/// states the same rules.
+/// The rules of a field as a schema states them (JSON Schema's words):
+/// what the API publishes is built from this, by the same constants that
+/// check a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// `string` or `integer`.
+    pub kind: &'static str,
+    pub description: Option<&'static str>,
+    pub pattern: Option<String>,
+    pub min_length: Option<usize>,
+    pub max_length: Option<usize>,
+    /// The only values allowed (empty: any).
+    pub one_of: Vec<Value>,
+    pub example: Option<Value>,
+}
+
+impl Rule {
+    pub fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            description: None,
+            pattern: None,
+            min_length: None,
+            max_length: None,
+            one_of: Vec::new(),
+            example: None,
+        }
+    }
+}
+
+/// A field of an order: how its JSON value is read and the rules that
+/// state it.
 pub trait Field: Sized {
-    /// The type's name as poem-openapi reports it.
+    /// The type's name in the API's schema.
     const NAME: &'static str;
-    fn schema() -> MetaSchema;
+    fn rule() -> Rule;
     fn from_json(value: &Value) -> Result<Self, Broken>;
     fn to_json(&self) -> Value;
 }
@@ -110,14 +139,14 @@ impl FromStr for Currency {
 
 impl Field for Currency {
     const NAME: &'static str = "Currency";
-    fn schema() -> MetaSchema {
-        MetaSchema {
+    fn rule() -> Rule {
+        Rule {
             description: Some(CURRENCY_DOC.as_str()),
             pattern: Some(CURRENCY_PATTERN.clone()),
             min_length: Some(CURRENCY_MIN),
             max_length: Some(CURRENCY_MAX),
             example: Some("USD".into()),
-            ..MetaSchema::new("string")
+            ..Rule::new("string")
         }
     }
     fn from_json(value: &Value) -> Result<Self, Broken> {
@@ -195,34 +224,14 @@ impl fmt::Display for Symbol {
     }
 }
 
-impl Type for Symbol {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Symbol")
-    }
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
+impl Symbol {
+    /// The rule of a symbol in a path or query parameter.
+    pub fn rule() -> Rule {
+        Rule {
             pattern: Some(SYMBOL_PATTERN.clone()),
             example: Some("USD-EUR".into()),
-            ..MetaSchema::new("string")
-        }))
-    }
-    fn as_raw_value(&self) -> Option<&Self> {
-        Some(self)
-    }
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-        Box::new(std::iter::once(self))
-    }
-}
-
-impl poem_openapi::types::ParseFromParameter for Symbol {
-    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
-        value
-            .parse()
-            .map_err(|b: Broken| ParseError::custom(b.message))
+            ..Rule::new("string")
+        }
     }
 }
 
@@ -325,13 +334,13 @@ impl fmt::Display for Amount {
 
 impl Field for Amount {
     const NAME: &'static str = "Amount";
-    fn schema() -> MetaSchema {
-        MetaSchema {
+    fn rule() -> Rule {
+        Rule {
             description: Some(AMOUNT_DOC.as_str()),
             pattern: Some(AMOUNT_PATTERN.clone()),
             max_length: Some(AMOUNT_INTEGER_DIGITS + 1 + AMOUNT_FRACTION_DIGITS),
             example: Some("12.50".into()),
-            ..MetaSchema::new("string")
+            ..Rule::new("string")
         }
     }
     fn from_json(value: &Value) -> Result<Self, Broken> {
@@ -388,11 +397,11 @@ impl fmt::Display for Side {
 
 impl Field for Side {
     const NAME: &'static str = "Side";
-    fn schema() -> MetaSchema {
-        MetaSchema {
+    fn rule() -> Rule {
+        Rule {
             description: Some("Buy or sell."),
-            enum_items: Side::ALL.iter().map(|s| s.as_str().into()).collect(),
-            ..MetaSchema::new("string")
+            one_of: Side::ALL.iter().map(|s| s.as_str().into()).collect(),
+            ..Rule::new("string")
         }
     }
     fn from_json(value: &Value) -> Result<Self, Broken> {
@@ -446,11 +455,11 @@ impl From<Channel> for u16 {
 
 impl Field for Channel {
     const NAME: &'static str = "Channel";
-    fn schema() -> MetaSchema {
-        MetaSchema {
+    fn rule() -> Rule {
+        Rule {
             description: Some("Sales channel code."),
-            enum_items: CHANNELS.iter().map(|&c| c.into()).collect(),
-            ..MetaSchema::new("integer")
+            one_of: CHANNELS.iter().map(|&c| c.into()).collect(),
+            ..Rule::new("integer")
         }
     }
     fn from_json(value: &Value) -> Result<Self, Broken> {
@@ -502,11 +511,11 @@ impl TryFrom<String> for Description {
 
 impl Field for Description {
     const NAME: &'static str = "Description";
-    fn schema() -> MetaSchema {
-        MetaSchema {
+    fn rule() -> Rule {
+        Rule {
             description: Some(DESCRIPTION_DOC.as_str()),
             max_length: Some(DESCRIPTION_MAX_CHARS),
-            ..MetaSchema::new("string")
+            ..Rule::new("string")
         }
     }
     fn from_json(value: &Value) -> Result<Self, Broken> {
@@ -569,14 +578,14 @@ impl TryFrom<String> for ClientOrderId {
 
 impl Field for ClientOrderId {
     const NAME: &'static str = "ClientOrderId";
-    fn schema() -> MetaSchema {
-        MetaSchema {
+    fn rule() -> Rule {
+        Rule {
             description: Some(CLIENT_ORDER_ID_DOC.as_str()),
             pattern: Some(CLIENT_ORDER_ID_PATTERN.clone()),
             min_length: Some(1),
             max_length: Some(CLIENT_ORDER_ID_MAX_CHARS),
             example: Some("inv-2026-11-0042".into()),
-            ..MetaSchema::new("string")
+            ..Rule::new("string")
         }
     }
     fn from_json(value: &Value) -> Result<Self, Broken> {
@@ -628,62 +637,6 @@ impl From<ClientOrderId> for String {
     }
 }
 
-/// The OpenAPI face of every [`Field`]: its schema, and poem-openapi's
-/// parsing going through the same `from_json`. Strings are inline: a field's
-/// own description then merges into its schema instead of an `allOf` around
-/// a reference, which client generators cannot take for a string. Enums are
-/// components, so generated clients get one `Side` and one `Channel` type.
-macro_rules! openapi_field {
-    ($($ty:ty => $how:ident),* $(,)?) => {$(
-        impl Type for $ty {
-            const IS_REQUIRED: bool = true;
-            type RawValueType = Self;
-            type RawElementValueType = Self;
-
-            fn name() -> Cow<'static, str> {
-                Cow::Borrowed(<$ty as Field>::NAME)
-            }
-            fn schema_ref() -> MetaSchemaRef {
-                openapi_field!(@ref $how, $ty)
-            }
-            fn register(registry: &mut Registry) {
-                openapi_field!(@register $how, $ty, registry)
-            }
-            fn as_raw_value(&self) -> Option<&Self> {
-                Some(self)
-            }
-            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-                Box::new(std::iter::once(self))
-            }
-        }
-        impl ParseFromJSON for $ty {
-            fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-                let value = value.unwrap_or_default();
-                <$ty as Field>::from_json(&value).map_err(|b| ParseError::custom(b.message))
-            }
-        }
-        impl ToJSON for $ty {
-            fn to_json(&self) -> Option<Value> {
-                Some(<$ty as Field>::to_json(self))
-            }
-        }
-    )*};
-    (@ref inline, $ty:ty) => { MetaSchemaRef::Inline(Box::new(<$ty as Field>::schema())) };
-    (@ref component, $ty:ty) => { MetaSchemaRef::Reference(<$ty as Field>::NAME.to_owned()) };
-    (@register inline, $ty:ty, $registry:ident) => { { let _ = $registry; } };
-    (@register component, $ty:ty, $registry:ident) => {
-        { $registry.create_schema::<Self, _>(<$ty as Field>::NAME.to_owned(), |_| <$ty as Field>::schema()) }
-    };
-}
-openapi_field!(
-    Currency => inline,
-    Amount => inline,
-    Description => inline,
-    ClientOrderId => inline,
-    Side => component,
-    Channel => component,
-);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,12 +684,9 @@ mod tests {
     #[test]
     fn the_amount_pattern_reads_alike_in_every_engine() {
         // What the schema publishes is what the server compiles.
+        assert_eq!(Amount::rule().pattern.as_deref(), Some(AMOUNT_RE.as_str()));
         assert_eq!(
-            Amount::schema().pattern.as_deref(),
-            Some(AMOUNT_RE.as_str())
-        );
-        assert_eq!(
-            Currency::schema().pattern.as_deref(),
+            Currency::rule().pattern.as_deref(),
             Some(CURRENCY_RE.as_str())
         );
         let symbol = compile(&SYMBOL_PATTERN);
@@ -752,7 +702,7 @@ mod tests {
             assert_eq!(symbol.is_match(s), s.parse::<Symbol>().is_ok(), "{s:?}");
         }
         assert_eq!(
-            ClientOrderId::schema().pattern.as_deref(),
+            ClientOrderId::rule().pattern.as_deref(),
             Some(CLIENT_ORDER_ID_RE.as_str())
         );
     }
