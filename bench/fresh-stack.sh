@@ -24,7 +24,7 @@ fresh_stack() {
   pids+=("$tansu")
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$bport") 2>/dev/null && break; sleep 0.1; done
   # One partition for orders, as `just up` creates it (PARTITIONS to compare).
-  OMS__BROKER__PARTITIONS="${PARTITIONS:-1}" "$bin" migrate --bootstrap "127.0.0.1:$bport" >/dev/null
+  OMS__MIGRATE__PARTITIONS="${PARTITIONS:-1}" "$bin" migrate --bootstrap "127.0.0.1:$bport" >/dev/null
   env OMS__TELEMETRY__LOG_FILTER=warn "$@" "$bin" serve --store "$store://$dir/store" \
     --bootstrap "127.0.0.1:$bport" --http-addr "127.0.0.1:$hport" >"$dir/oms.log" 2>&1 &
   oms_pid=$!

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use oms::config::{BrokerSettings, Settings};
+use oms::config::Settings;
 use poem::http::StatusCode;
 use poem::listener::TcpListener;
 use poem::web::Data;
@@ -74,19 +74,18 @@ fn ready() -> StatusCode {
 /// oms' broker settings, loaded the way oms loads them (defaults, then
 /// `OMS__BROKER__…` from the environment, e.g. the partition count
 /// `bench/wrk/run.sh` sets), with the command line's bootstrap and topic.
-fn settings(bootstrap: String, topic: Option<String>) -> anyhow::Result<BrokerSettings> {
+fn settings(bootstrap: String, topic: Option<String>) -> anyhow::Result<Settings> {
     let mut overrides = vec![("broker.bootstrap", bootstrap)];
     overrides.extend(topic.map(|topic| ("broker.topic", topic)));
-    Ok(Settings::load(None, &overrides)
-        .context("loading oms' settings")?
-        .broker)
+    Settings::load(None, &overrides).context("loading oms' settings")
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Migrate { bootstrap } => {
-            oms::broker::admin::create_topics(&settings(bootstrap, None)?)
+            let settings = settings(bootstrap, None)?;
+            oms::broker::admin::create_topics_with(&settings.broker, &settings.migrate)
                 .await
                 .context("creating the topics")?;
             Ok(())
@@ -97,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
             topic,
             store: _,
         } => {
-            let settings = settings(bootstrap, topic)?;
+            let settings = settings(bootstrap, topic)?.broker;
             let relay = Arc::new(Relay {
                 producer: oms::broker::producer::producer_config(&settings, "relay")
                     .create()

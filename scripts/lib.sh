@@ -33,6 +33,15 @@ OMS_REDIS_PORT="${OMS_REDIS_PORT:-6379}"
 OMS_HTTP_PORT="${OMS_HTTP_PORT:-8080}"
 OMS_PROM_PORT="${OMS_PROM_PORT:-9090}"
 OMS_STORE_PATH="${OMS_STORE_PATH:-/dev/shm/oms/dev}"
+# The ports above are oms' own defaults (tests/layout.rs ties them).
+# Stores that several instances share (group mode); the others are per
+# instance. Tied to oms' engine table by the same test.
+SHARED_STORES="postgres redis"
+# Where oms keeps its Redis keys by default (store.redis.key_prefix).
+OMS_REDIS_PREFIX="oms"
+# How long `stop` waits after SIGTERM before SIGKILL: above the longest
+# graceful stop of oms (HTTP drain, last batch, leaving the group, flush).
+OMS_STOP_GRACE=25
 
 TANSU_BIN="$OMS_TOOLS/bin/tansu"
 OMS_TARGET_DIR="${CARGO_TARGET_DIR:-$OMS_ROOT/target}"
@@ -90,6 +99,9 @@ stop_component() {
   done
   rm -f "$(pid_file "$name")"
 }
+
+# Whether store engine $1 is one several instances share.
+shared_store() { [[ " $SHARED_STORES " == *" $1 "* ]]; }
 
 # Runs a command as the postgres user when we are root (initdb refuses root).
 as_pg() {

@@ -158,9 +158,9 @@ start_oms() {
   # carries (measured: bench/analysis.md). Replicas of an embedded store
   # read every partition anyway.
   local partitions=1
-  [[ $store == postgres || $store == redis ]] && partitions="$OMS_INSTANCES"
+  if shared_store "$store"; then partitions="$OMS_INSTANCES"; fi
   say "creating topics ($partitions partition(s) for orders)$([[ $store == postgres ]] && echo ' and the Postgres schema')"
-  OMS__BROKER__PARTITIONS="$partitions" \
+  OMS__MIGRATE__PARTITIONS="$partitions" \
     "$OMS_BIN" migrate --bootstrap "127.0.0.1:$OMS_BROKER_PORT" --store "$(store_url)"
   if (( OMS_INSTANCES == 1 )); then
     launch_oms oms "$OMS_HTTP_PORT" "$(store_url)"
@@ -171,7 +171,7 @@ start_oms() {
   # (assign mode), each with its own folder.
   local n
   for ((n = 1; n <= OMS_INSTANCES; n++)); do
-    if [[ $store == postgres || $store == redis ]]; then
+    if shared_store "$store"; then
       launch_oms "oms-$n" "$((OMS_HTTP_PORT + n))" "$(store_url)" \
         OMS__CONSUMER__MODE=group OMS__CONSUMER__INSTANCE_ID="oms-$n"
     else
@@ -216,13 +216,13 @@ stop() {
   case "$1" in
     # Postgres: SIGINT is its "fast" shutdown (SIGTERM waits for clients).
     postgres) STOP_SIGNAL=INT stop_component postgres 30 ;;
-    broker | prometheus | lb | redis) stop_component "$1" 20 ;;
+    broker | prometheus | lb | redis) stop_component "$1" "$OMS_STOP_GRACE" ;;
     # Every instance `up` started: one, or oms-1…oms-N.
     oms)
       local f
-      stop_component oms 20
+      stop_component oms "$OMS_STOP_GRACE"
       for f in "$(run_dir)"/oms-*.pid; do
-        if [[ -e "$f" ]]; then stop_component "$(basename "$f" .pid)" 20; fi
+        if [[ -e "$f" ]]; then stop_component "$(basename "$f" .pid)" "$OMS_STOP_GRACE"; fi
       done
       ;;
     *) die "unknown component: $1 (broker, postgres, redis, oms, prometheus, lb)" ;;
@@ -280,7 +280,7 @@ oms is up ($(( SECONDS - started )) s), store ${OMS_STORE:-redb}$( (( OMS_INSTAN
   readiness    $base/readyz
   broker       127.0.0.1:$OMS_BROKER_PORT (tansu, log in $OMS_STATE/tansu/tansu.db)
   postgres     postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms
-$( [[ ${OMS_STORE:-redb} == redis ]] && echo "  redis        redis://127.0.0.1:$OMS_REDIS_PORT/0 (keys oms:*)" )
+$( [[ ${OMS_STORE:-redb} == redis ]] && echo "  redis        redis://127.0.0.1:$OMS_REDIS_PORT/0 (keys $OMS_REDIS_PREFIX:*)" )
   prometheus   http://127.0.0.1:$OMS_PROM_PORT  (try: rate(http_requests_total[1m]))
   logs         $OMS_STATE/log/ ($( (( OMS_INSTANCES > 1 )) && echo "oms-1…oms-$OMS_INSTANCES, lb" || echo oms), broker, postgres, prometheus)
 Try:  curl -si $base/orders -H 'content-type: application/json' \\

@@ -25,6 +25,22 @@ const LAG_INTERVAL: Duration = Duration::from_secs(2);
 /// How long shutdown waits for the producer to deliver what it still holds.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest a graceful stop takes with `settings`: the HTTP drain and
+/// the consumer's last batch (closing its broker consumer, leaving the
+/// group) run side by side, then the producer is flushed. Whatever stops
+/// oms must wait longer than this before it kills (`scripts/lib.sh`'s
+/// `OMS_STOP_GRACE`, tied by `tests/layout.rs`).
+pub fn longest_stop(settings: &Settings) -> Duration {
+    parts_stop_within(settings) + FLUSH_TIMEOUT
+}
+
+/// How long the parts get, once one has ended, to end too.
+fn parts_stop_within(settings: &Settings) -> Duration {
+    let http = Duration::from_millis(settings.http.shutdown_timeout_ms);
+    let consumer = consumer::client::CLOSE_WITHIN + consumer::group::LEAVE_WAIT;
+    http.max(consumer)
+}
+
 /// A built, not yet running, oms daemon.
 pub struct Application {
     settings: Settings,
@@ -40,8 +56,8 @@ pub struct Application {
 impl Application {
     /// Opens the store, creates the Kafka clients and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        settings.check_mode()?;
-        let metrics = crate::telemetry::metrics().map_err(anyhow::Error::msg)?;
+        settings.check()?;
+        let metrics = crate::telemetry::metrics()?;
         let store = store::open(&settings.store).await.with_context(|| {
             format!(
                 "opening the {} store at {}",
@@ -84,7 +100,7 @@ impl Application {
             producer,
             store,
             consumer: status,
-            retry_after_secs: settings.broker.retry_after_secs,
+            retry_after_secs: settings.http.retry_after_secs,
             stall_after: Duration::from_millis(settings.consumer.stall_after_ms),
             read_wait: Duration::from_millis(settings.http.read_wait_ms),
             topic: settings.broker.topic.clone(),
@@ -132,7 +148,7 @@ impl Application {
         let drain = Duration::from_millis(settings.http.shutdown_timeout_ms);
         tracing::info!(%addr, engine = settings.store.engine().as_str(), topic = %settings.broker.topic, "oms serving");
 
-        let mut tasks: JoinSet<anyhow::Result<&'static str>> = JoinSet::new();
+        let mut tasks = Parts::new();
         let stop = shutdown.clone();
         tasks.spawn(async move {
             poem::Server::new_with_acceptor(acceptor)
@@ -168,37 +184,10 @@ impl Application {
             .context("log watcher failed")?;
             Ok("log watcher")
         });
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            // The recorder needs periodic upkeep to bound histogram memory.
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return Ok("metrics"),
-                    _ = tick.tick() => metrics.run_upkeep(),
-                }
-            }
-        });
+        tasks.spawn(metrics_upkeep(metrics, shutdown.clone()));
 
-        let mut failure = None;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(part)) => {
-                    tracing::info!(part, "stopped");
-                    // Any part ending means the daemon ends: stop the others too.
-                    shutdown.cancel();
-                }
-                Ok(Err(err)) => {
-                    tracing::error!(error = %format!("{err:#}"), "a part of oms failed; shutting down");
-                    shutdown.cancel();
-                    failure.get_or_insert(err);
-                }
-                Err(join) => {
-                    shutdown.cancel();
-                    failure.get_or_insert(anyhow::anyhow!("a task panicked: {join}"));
-                }
-            }
-        }
+        let stop_within = parts_stop_within(&settings);
+        let failure = join_all(tasks, &shutdown, stop_within).await;
         let flushed = tokio::task::spawn_blocking(move || producer.flush(FLUSH_TIMEOUT)).await;
         if let Ok(Err(err)) = flushed {
             tracing::warn!(error = %err, "producer flush incomplete");
@@ -207,5 +196,113 @@ impl Application {
             Some(err) => Err(err),
             None => Ok(()),
         }
+    }
+}
+
+type Parts = JoinSet<anyhow::Result<&'static str>>;
+
+/// The recorder needs periodic upkeep to bound histogram memory.
+async fn metrics_upkeep(
+    metrics: PrometheusHandle,
+    stop: CancellationToken,
+) -> anyhow::Result<&'static str> {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok("metrics"),
+            _ = tick.tick() => metrics.run_upkeep(),
+        }
+    }
+}
+
+/// Waits for every part; the first to end, for whatever reason, stops
+/// the others, which get `stop_within` to end on their own — a part stuck
+/// on a broker that no longer answers (an ack that never comes) is then
+/// dropped, so oms always exits. Returns the first failure.
+async fn join_all(
+    mut tasks: Parts,
+    shutdown: &CancellationToken,
+    stop_within: Duration,
+) -> Option<anyhow::Error> {
+    let mut failure = None;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let joined = match deadline {
+            None => tasks.join_next().await,
+            Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    tracing::error!(
+                        parts = tasks.len(),
+                        within_s = stop_within.as_secs_f64(),
+                        "parts of oms did not stop in time; dropping them"
+                    );
+                    tasks.abort_all();
+                    failure.get_or_insert(anyhow::anyhow!(
+                        "{} part(s) of oms did not stop within {stop_within:?}",
+                        tasks.len()
+                    ));
+                    break;
+                }
+            },
+        };
+        let Some(joined) = joined else { break };
+        // Any part ending means the daemon ends: stop the others too.
+        shutdown.cancel();
+        deadline.get_or_insert_with(|| tokio::time::Instant::now() + stop_within);
+        match joined {
+            Ok(Ok(part)) => tracing::info!(part, "stopped"),
+            Ok(Err(err)) => {
+                tracing::error!(error = %format!("{err:#}"), "a part of oms failed; shutting down");
+                failure.get_or_insert(err);
+            }
+            Err(join) => {
+                failure.get_or_insert(anyhow::anyhow!("a task panicked: {join}"));
+            }
+        }
+    }
+    failure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_part_that_does_not_stop_is_dropped_and_the_first_failure_kept() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Parts::new();
+        tasks.spawn(async { Err(anyhow::anyhow!("the log is gone")) });
+        // Stuck on an ack that never comes, deaf to shutdown.
+        tasks.spawn(std::future::pending());
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            stop.cancelled().await;
+            Ok("obedient")
+        });
+        let failure = join_all(tasks, &shutdown, Duration::from_millis(200))
+            .await
+            .expect("a failure");
+        assert!(shutdown.is_cancelled());
+        assert_eq!(failure.to_string(), "the log is gone");
+    }
+
+    #[tokio::test]
+    async fn parts_that_stop_in_time_end_without_a_failure() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Parts::new();
+        for _ in 0..3 {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                stop.cancelled().await;
+                Ok("part")
+            });
+        }
+        shutdown.cancel();
+        assert!(
+            join_all(tasks, &shutdown, Duration::from_millis(200))
+                .await
+                .is_none()
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! [`crate::broker::dlq`]; this module only renders it for a terminal.
 
 use crate::broker::dlq::{self, DlqEntry, DlqPosition, ReplayOutcome, ReplaySummary, Selection};
-use crate::config::BrokerSettings;
+use crate::config::{BrokerSettings, DlqSettings};
 
 fn origin(e: &DlqEntry) -> String {
     match (&e.origin_topic, e.origin_partition, e.origin_offset) {
@@ -79,10 +79,11 @@ pub async fn dlq_list(
 /// (or per 1,000 records for large replays) and a summary.
 pub async fn dlq_replay(
     settings: &BrokerSettings,
+    policy: &DlqSettings,
     selection: Selection,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    let max = settings.dlq_max_replays;
+    let max = policy.max_replays;
     let topic = settings.topic.clone();
     let summary = dlq::replay(
         settings,

@@ -15,7 +15,7 @@ use oms::config::{Engine, Settings};
 use oms::store::postgres::PostgresStore;
 use oms::telemetry::Telemetry;
 
-/// Order-ingest daemon: OpenAPI order API → Kafka-API log → redb, sled or Postgres.
+/// Order-ingest daemon: OpenAPI order API → Kafka-API log → a pluggable store.
 #[derive(Debug, Parser)]
 #[command(name = "oms", version, about)]
 struct Cli {
@@ -107,9 +107,10 @@ struct BrokerArgs {
 
 #[derive(Debug, Args)]
 struct StoreArgs {
-    /// Store URL (`store.url`): `redb:///dev/shm/oms`, `sled:///dev/shm/oms`,
-    /// `postgres://user:password@host:5432/db` — or just an engine name
-    /// (redb, sled, postgres) for that engine at its default location.
+    /// Store URL (`store.url`): `ENGINE:///folder` for an engine in files of
+    /// its own, a connection URL for a server — or just an engine's name for
+    /// that engine at its default location (every engine is listed when the
+    /// URL is wrong; docs/configuration.md has the table).
     #[arg(long, value_name = "URL|ENGINE")]
     store: Option<String>,
     /// Deprecated: use `--store postgres://…` (`store.url`).
@@ -241,30 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             args.store.overrides(&mut overrides);
             args.broker.overrides(&mut overrides);
             let (settings, _telemetry) = load(&cli, &overrides)?;
-            let wanted = settings.broker.partitions;
-            for (topic, outcome) in admin::create_topics(&settings.broker).await? {
-                match outcome {
-                    TopicOutcome::Created => println!("created topic {topic}"),
-                    TopicOutcome::AlreadyExisted { partitions } => {
-                        println!("topic {topic} already exists (partitions: {partitions})");
-                        if topic == settings.broker.topic
-                            && partitions < usize::try_from(wanted).unwrap_or(0)
-                        {
-                            eprintln!(
-                                "warning: topic {topic} keeps its partition count, {partitions} (broker.partitions = {wanted} applies only when it is created): in group mode at most {partitions} instance(s) share the load"
-                            );
-                        }
-                    }
-                }
-            }
-            if settings.store.engine() == Engine::Postgres {
-                let store =
-                    PostgresStore::connect(settings.store.url.as_str(), &settings.store.postgres)
-                        .await?;
-                store.migrate().await?;
-                println!("postgres schema is up to date");
-            }
-            Ok(())
+            migrate(&settings).await
         }
         Command::Dlq { command, broker } => {
             let mut overrides = Vec::new();
@@ -280,7 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     } else {
                         Selection::At(at.clone())
                     };
-                    oms::cli::dlq_replay(&settings.broker, selection, *dry_run).await
+                    oms::cli::dlq_replay(&settings.broker, &settings.dlq, selection, *dry_run).await
                 }
             }
         }
@@ -301,6 +279,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `oms migrate`: the topics, and for Postgres the schema.
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let wanted = settings.migrate.partitions;
+    for (topic, outcome) in admin::create_topics_with(&settings.broker, &settings.migrate).await? {
+        match outcome {
+            TopicOutcome::Created => println!("created topic {topic}"),
+            TopicOutcome::AlreadyExisted { partitions } => {
+                println!("topic {topic} already exists (partitions: {partitions})");
+                if topic == settings.broker.topic
+                    && partitions < usize::try_from(wanted).unwrap_or(0)
+                {
+                    eprintln!(
+                        "warning: topic {topic} keeps its partition count, {partitions} (migrate.partitions = {wanted} applies only when it is created): in group mode at most {partitions} instance(s) share the load"
+                    );
+                }
+            }
+        }
+    }
+    if settings.store.engine() == Engine::Postgres {
+        let store =
+            PostgresStore::connect(settings.store.url.as_str(), &settings.store.postgres).await?;
+        store.migrate().await?;
+        println!("postgres schema is up to date");
+    }
+    Ok(())
 }
 
 #[tokio::main]

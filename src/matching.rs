@@ -17,7 +17,8 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::domain::{
-    Amount, Event, Fill, OrderState, Positioned, Side, Status, StoredOrder, StoredTrade, Trade,
+    Amount, Cancel, Event, Fill, Order, OrderState, Positioned, Side, Status, StoredOrder,
+    StoredTrade, Trade,
 };
 
 /// An order resting in the book.
@@ -395,84 +396,103 @@ impl Matcher {
     /// (a client retry, a replay) must not trade again — the first copy
     /// wins, as in the store.
     pub fn run(&mut self, events: &[Positioned], stored: &HashSet<Uuid>) -> Outcome {
-        let mut out = Outcome::default();
-        let mut touched: HashMap<Uuid, OrderState> = HashMap::new();
-        let mut seen = HashSet::new();
-        for Positioned {
-            partition,
-            offset,
-            event,
-        } in events
-        {
-            let books = self.books.entry(*partition).or_default();
-            let mut set = |id, fill| {
-                touched.insert(
-                    id,
-                    OrderState {
-                        id,
-                        partition: *partition,
-                        fill,
-                    },
-                )
-            };
-            match event {
+        let mut run = Run::default();
+        for positioned in events {
+            let books = self.books.entry(positioned.partition).or_default();
+            match &positioned.event {
                 Event::Order(order) => {
-                    if stored.contains(&order.id) || !seen.insert(order.id) {
+                    if stored.contains(&order.id) || !run.seen.insert(order.id) {
                         continue;
                     }
-                    out.orders += 1;
-                    let symbol = order.symbol();
-                    let quantity = order.quantity.value();
-                    let executions = books.entry(symbol.clone()).or_default().submit(
-                        order.id,
-                        order.side,
-                        order.price.value(),
-                        quantity,
-                        order.created_at,
-                    );
-                    let mut filled = Decimal::ZERO;
-                    for e in executions {
-                        filled += e.trade.quantity;
-                        let maker = match order.side {
-                            Side::Buy => e.trade.sell_order_id,
-                            Side::Sell => e.trade.buy_order_id,
-                        };
-                        set(maker, fill_of(e.maker_quantity, e.maker_remaining));
-                        out.trades.push(StoredTrade {
-                            trade: e.trade,
-                            symbol: symbol.clone(),
-                            partition: *partition,
-                            offset: *offset,
-                        });
-                    }
-                    set(order.id, fill_of(quantity, quantity - filled));
+                    run.order(books, positioned, order);
                 }
-                Event::Cancel(cancel) => {
-                    let Some(book) = books.get_mut(cancel.symbol.as_str()) else {
-                        continue;
-                    };
-                    if let Cancelled::Removed {
-                        quantity,
-                        remaining,
-                    } = book.cancel(
-                        cancel.order_id,
-                        cancel.side.zip(cancel.price.map(Amount::value)),
-                    ) {
-                        out.cancelled += 1;
-                        set(
-                            cancel.order_id,
-                            Fill {
-                                status: Status::Cancelled,
-                                filled: quantity - remaining,
-                            },
-                        );
-                    }
-                }
+                Event::Cancel(cancel) => run.cancel(books, positioned.partition, cancel),
             }
         }
-        out.states = touched.into_values().collect();
-        out.states.sort_by_key(|s| s.id);
-        out
+        run.finish()
+    }
+}
+
+/// One batch being matched: what it did so far.
+#[derive(Default)]
+struct Run {
+    out: Outcome,
+    touched: HashMap<Uuid, OrderState>,
+    /// Orders of this batch already matched (a record repeated in it).
+    seen: HashSet<Uuid>,
+}
+
+impl Run {
+    fn set(&mut self, id: Uuid, partition: i32, fill: Fill) {
+        self.touched.insert(
+            id,
+            OrderState {
+                id,
+                partition,
+                fill,
+            },
+        );
+    }
+
+    /// An order through its symbol's book: the trades it makes, its fill
+    /// and its makers'.
+    fn order(&mut self, books: &mut HashMap<String, Book>, at: &Positioned, order: &Order) {
+        self.out.orders += 1;
+        let symbol = order.symbol();
+        let quantity = order.quantity.value();
+        let executions = books.entry(symbol.clone()).or_default().submit(
+            order.id,
+            order.side,
+            order.price.value(),
+            quantity,
+            order.created_at,
+        );
+        let mut filled = Decimal::ZERO;
+        for e in executions {
+            filled += e.trade.quantity;
+            let maker = match order.side {
+                Side::Buy => e.trade.sell_order_id,
+                Side::Sell => e.trade.buy_order_id,
+            };
+            self.set(
+                maker,
+                at.partition,
+                fill_of(e.maker_quantity, e.maker_remaining),
+            );
+            self.out.trades.push(StoredTrade {
+                trade: e.trade,
+                symbol: symbol.clone(),
+                partition: at.partition,
+                offset: at.offset,
+            });
+        }
+        self.set(order.id, at.partition, fill_of(quantity, quantity - filled));
+    }
+
+    /// A cancel: the order out of its book, if it still rests there.
+    fn cancel(&mut self, books: &mut HashMap<String, Book>, partition: i32, cancel: &Cancel) {
+        let Some(book) = books.get_mut(cancel.symbol.as_str()) else {
+            return;
+        };
+        let at = cancel.side.zip(cancel.price.map(Amount::value));
+        if let Cancelled::Removed {
+            quantity,
+            remaining,
+        } = book.cancel(cancel.order_id, at)
+        {
+            self.out.cancelled += 1;
+            let fill = Fill {
+                status: Status::Cancelled,
+                filled: quantity - remaining,
+            };
+            self.set(cancel.order_id, partition, fill);
+        }
+    }
+
+    fn finish(mut self) -> Outcome {
+        self.out.states = self.touched.into_values().collect();
+        self.out.states.sort_by_key(|s| s.id);
+        self.out
     }
 }
 

@@ -30,6 +30,9 @@ use tracing_subscriber::{Layer, Registry};
 
 use crate::config::{LogFormat, TelemetrySettings};
 
+/// The W3C Trace Context header (HTTP and record headers alike).
+pub const TRACEPARENT: &str = "traceparent";
+
 /// Latency buckets from 100 µs to 10 s: loopback requests are sub-millisecond,
 /// a produce timeout is seconds.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -253,7 +256,7 @@ struct TraceParentSlot(Option<String>);
 
 impl opentelemetry::propagation::Injector for TraceParentSlot {
     fn set(&mut self, key: &str, value: String) {
-        if key == "traceparent" {
+        if key == TRACEPARENT {
             self.0 = Some(value);
         }
     }
@@ -291,11 +294,11 @@ pub struct TraceParent<'a>(pub Option<&'a str>);
 
 impl Extractor for TraceParent<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        (key == "traceparent").then_some(self.0).flatten()
+        (key == TRACEPARENT).then_some(self.0).flatten()
     }
 
     fn keys(&self) -> Vec<&str> {
-        vec!["traceparent"]
+        vec![TRACEPARENT]
     }
 }
 
@@ -329,9 +332,21 @@ fn register_zeroes() {
     }
 }
 
+/// The Prometheus recorder could not be installed (kept, once, for every
+/// caller: the recorder is process-wide).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the Prometheus recorder could not be installed")]
+pub struct MetricsError(#[source] std::sync::Arc<metrics_exporter_prometheus::BuildError>);
+
+impl MetricsError {
+    fn of(err: metrics_exporter_prometheus::BuildError) -> Self {
+        Self(std::sync::Arc::new(err))
+    }
+}
+
 /// The process-wide Prometheus recorder (installed on first use).
-pub fn metrics() -> Result<PrometheusHandle, String> {
-    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+pub fn metrics() -> Result<PrometheusHandle, MetricsError> {
+    static HANDLE: OnceLock<Result<PrometheusHandle, MetricsError>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             PrometheusBuilder::new()
@@ -345,9 +360,9 @@ pub fn metrics() -> Result<PrometheusHandle, String> {
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full("match_seconds".into()), &MATCH_BUCKETS)
                 })
-                .map_err(|e| e.to_string())?
+                .map_err(MetricsError::of)?
                 .install_recorder()
-                .map_err(|e| e.to_string())
+                .map_err(MetricsError::of)
                 .inspect(|_| register_zeroes())
         })
         .clone()

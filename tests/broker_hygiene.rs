@@ -61,23 +61,27 @@ async fn the_durable_broker_serves_with_the_header_index() {
     app.stop().await.expect("clean stop");
 }
 
-/// `broker.partitions` applies when the orders topic is created; an existing
+/// `migrate.partitions` applies when the orders topic is created; an existing
 /// topic keeps its count (`just up` makes one partition for one instance),
 /// and `oms migrate` says so, warning when group mode would leave instances
 /// without a partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_reports_the_partitions_an_existing_topic_keeps() {
-    use oms::broker::admin::{TopicOutcome, create_topics};
+    use oms::broker::admin::{TopicOutcome, create_topics_with};
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = settings(&common::bootstrap(), &dir.path().join("store"));
-    cfg.broker.partitions = 1;
-    let created = create_topics(&cfg.broker).await.expect("create the topics");
+    cfg.migrate.partitions = 1;
+    let created = create_topics_with(&cfg.broker, &cfg.migrate)
+        .await
+        .expect("create the topics");
     assert!(
         created.iter().all(|(_, o)| *o == TopicOutcome::Created),
         "{created:?}"
     );
-    cfg.broker.partitions = 3;
-    let again = create_topics(&cfg.broker).await.expect("migrate again");
+    cfg.migrate.partitions = 3;
+    let again = create_topics_with(&cfg.broker, &cfg.migrate)
+        .await
+        .expect("migrate again");
     let orders = again
         .iter()
         .find(|(topic, _)| *topic == cfg.broker.topic)
@@ -89,7 +93,7 @@ async fn migrate_reports_the_partitions_an_existing_topic_keeps() {
         .args(["--topic", &cfg.broker.topic])
         .args(["--dlq-topic", &cfg.broker.dlq_topic])
         .args(["--trades-topic", &cfg.broker.trades_topic])
-        .env("OMS__BROKER__PARTITIONS", "3")
+        .env("OMS__MIGRATE__PARTITIONS", "3")
         .output()
         .expect("oms migrate");
     assert!(out.status.success(), "{out:?}");
@@ -103,7 +107,7 @@ async fn migrate_reports_the_partitions_an_existing_topic_keeps() {
         "{stdout}"
     );
     assert!(
-        stderr.contains("keeps its partition count, 1 (broker.partitions = 3"),
+        stderr.contains("keeps its partition count, 1 (migrate.partitions = 3"),
         "{stderr}"
     );
 }

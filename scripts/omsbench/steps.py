@@ -131,7 +131,7 @@ def make_topics(topic: str) -> None:
     or capacity step, with the partitions `just up` gives one instance."""
     subprocess.run([OMS, "migrate", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic,
                     "--dlq-topic", f"{topic}.dlq", "--trades-topic", f"{topic}.trades"], check=True,
-                   stdout=subprocess.DEVNULL, env={**os.environ, "OMS__BROKER__PARTITIONS": str(INGEST_PARTITIONS)})
+                   stdout=subprocess.DEVNULL, env={**os.environ, "OMS__MIGRATE__PARTITIONS": str(INGEST_PARTITIONS)})
 
 
 def k6_against_fresh_oms(script: str, store_name: str, profile: Profile, mode: str, label: str) -> LoadRun:

@@ -376,19 +376,10 @@ async fn find_order(state: &AppState, id: Uuid) -> Result<Option<StoredOrder>, P
         .consumer
         .known_log_end(&state.producer.evidence().acked_ends());
     let deadline = tokio::time::Instant::now() + state.read_wait;
-    let caught_up = if state.consumer.grouped() {
-        store_up_to(state, &log_end, deadline).await
-    } else {
-        state.consumer.stored_up_to(&log_end, deadline).await
-    };
-    if let Err(missing) = caught_up {
-        return Err(Problem::new(
-            poem::http::StatusCode::SERVICE_UNAVAILABLE,
-            "not-consumed-yet",
-            format!(
-                "order {id} is not in the store and the consumer is still {missing} record(s) behind the log; retry later"
-            ),
-        ));
+    if state.consumer.grouped() {
+        store_up_to(state, id, &log_end, deadline).await?;
+    } else if let Err(missing) = state.consumer.stored_up_to(&log_end, deadline).await {
+        return Err(not_consumed_yet(id, missing));
     }
     state
         .store
@@ -399,14 +390,20 @@ async fn find_order(state: &AppState, id: Uuid) -> Result<Option<StoredOrder>, P
 
 /// Group mode: other instances store the other partitions, so whether the
 /// log is stored is the store's to say — asked until it is, or `deadline`.
-/// `Err`: records still missing.
+/// `Err`: a 503 to answer (records still missing, or the store unreadable).
 async fn store_up_to(
     state: &AppState,
+    id: Uuid,
     log_end: &crate::domain::Offsets,
     deadline: tokio::time::Instant,
-) -> Result<(), i64> {
+) -> Result<(), Problem> {
+    let mut poll = tokio::time::interval(STORE_POLL);
     loop {
-        let stored = state.store.offsets(&state.topic).await.unwrap_or_default();
+        poll.tick().await;
+        let stored = match state.store.offsets(&state.topic).await {
+            Ok(stored) => stored,
+            Err(err) => return Err(Problem::store_unavailable(&err)),
+        };
         let missing: i64 = log_end
             .iter()
             .map(|(p, end)| (end - stored.get(p).copied().unwrap_or(0)).max(0))
@@ -415,11 +412,24 @@ async fn store_up_to(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(missing);
+            return Err(not_consumed_yet(id, missing));
         }
-        // A store round trip per poll; a few ms apart keeps it cheap.
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+}
+
+/// How often a group-mode read that missed asks the store again: a round
+/// trip per poll, a few ms apart keeps it cheap.
+const STORE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The consumer is `missing` records behind the log: the order may exist.
+fn not_consumed_yet(id: Uuid, missing: i64) -> Problem {
+    Problem::new(
+        poem::http::StatusCode::SERVICE_UNAVAILABLE,
+        "not-consumed-yet",
+        format!(
+            "order {id} is not in the store and the consumer is still {missing} record(s) behind the log; retry later"
+        ),
+    )
 }
 
 /// The order resource.

@@ -9,7 +9,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{METADATA_TIMEOUT, client_config};
-use crate::config::BrokerSettings;
+use crate::config::{BrokerSettings, MigrateSettings};
 
 /// A topic administration failure.
 #[derive(Debug, thiserror::Error)]
@@ -43,15 +43,25 @@ pub enum AdminError {
 pub enum TopicOutcome {
     Created,
     /// It was there: its partition count is the one it was created with
-    /// (`broker.partitions` applies only when a topic is created).
+    /// (`migrate.partitions` applies only when a topic is created).
     AlreadyExisted {
         partitions: usize,
     },
 }
 
-/// Creates the orders and dead-letter topics; existing topics are left alone.
+/// Creates the orders, dead-letter and trades topics as `[migrate]`'s
+/// defaults say; existing topics are left alone.
 pub async fn create_topics(
     settings: &BrokerSettings,
+) -> Result<Vec<(String, TopicOutcome)>, AdminError> {
+    create_topics_with(settings, &MigrateSettings::default()).await
+}
+
+/// Creates the topics with `migrate`'s partitions and replication;
+/// existing topics are left alone.
+pub async fn create_topics_with(
+    settings: &BrokerSettings,
+    migrate: &MigrateSettings,
 ) -> Result<Vec<(String, TopicOutcome)>, AdminError> {
     let admin: AdminClient<DefaultClientContext> = client_config(settings, "oms-admin")
         .create()
@@ -59,18 +69,18 @@ pub async fn create_topics(
     let topics = [
         NewTopic::new(
             &settings.topic,
-            settings.partitions,
-            TopicReplication::Fixed(settings.replication),
+            migrate.partitions,
+            TopicReplication::Fixed(migrate.replication),
         ),
         NewTopic::new(
             &settings.dlq_topic,
             1,
-            TopicReplication::Fixed(settings.replication),
+            TopicReplication::Fixed(migrate.replication),
         ),
         NewTopic::new(
             &settings.trades_topic,
-            settings.partitions,
-            TopicReplication::Fixed(settings.replication),
+            migrate.partitions,
+            TopicReplication::Fixed(migrate.replication),
         ),
     ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -201,6 +211,28 @@ pub fn topic_id<C: ClientContext>(
     }
 }
 
+/// The orders topic's log as the broker sees it: `(partition, low, high)`
+/// for each partition (the one reading of watermarks: `oms probe`, the
+/// lag reporter and the group check use it).
+pub fn watermarks(
+    client: &BaseConsumer,
+    settings: &BrokerSettings,
+) -> Result<Vec<(i32, i64, i64)>, AdminError> {
+    let topic = &settings.topic;
+    partitions(client.client(), settings, topic)?
+        .into_iter()
+        .map(|p| {
+            client
+                .fetch_watermarks(topic, p, METADATA_TIMEOUT)
+                .map(|(low, high)| (p, low, high))
+                .map_err(|source| AdminError::NotServing {
+                    what: format!("the log end of {topic}/{p} at {}", settings.bootstrap),
+                    source,
+                })
+        })
+        .collect()
+}
+
 /// Does the broker serve? Metadata first, then the log end of every
 /// partition of the orders topic (when it exists): a broker whose storage
 /// failed can still accept connections. `oms probe` and the `just up`
@@ -209,8 +241,8 @@ pub fn probe(settings: &BrokerSettings) -> Result<String, AdminError> {
     let consumer: BaseConsumer = client_config(settings, "oms-probe")
         .create()
         .map_err(|source| unreachable(settings, source))?;
-    let partitions = match partitions(consumer.client(), settings, &settings.topic) {
-        Ok(partitions) => partitions,
+    let marks = match watermarks(&consumer, settings) {
+        Ok(marks) => marks,
         Err(AdminError::MissingTopic(_)) => {
             return Ok(format!(
                 "{} serves metadata (no topic {} yet)",
@@ -219,19 +251,8 @@ pub fn probe(settings: &BrokerSettings) -> Result<String, AdminError> {
         }
         Err(err) => return Err(err),
     };
-    let mut records = 0;
-    for partition in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(&settings.topic, *partition, METADATA_TIMEOUT)
-            .map_err(|source| AdminError::NotServing {
-                what: format!(
-                    "the log end of {}/{partition} at {}",
-                    settings.topic, settings.bootstrap
-                ),
-                source,
-            })?;
-        records += high - low;
-    }
+    let records: i64 = marks.iter().map(|(_, low, high)| high - low).sum();
+    let partitions = marks;
     Ok(format!(
         "{} serves {} ({} partitions, {records} records)",
         settings.bootstrap,

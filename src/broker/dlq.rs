@@ -18,7 +18,21 @@ use crate::config::BrokerSettings;
 use crate::domain::RecordError;
 
 /// Header carrying how many times a record was re-driven from the DLQ.
-pub const REPLAY_COUNT_HEADER: &str = "oms-replay-count";
+/// The headers a dead letter carries, each named once: where it came
+/// from, why, when, and how often it was replayed. Every one starts with
+/// [`OWN_HEADER_PREFIX`], so a replay can tell them from the record's own.
+pub mod headers {
+    pub const ORIGIN_TOPIC: &str = "oms-origin-topic";
+    pub const ORIGIN_PARTITION: &str = "oms-origin-partition";
+    pub const ORIGIN_OFFSET: &str = "oms-origin-offset";
+    pub const ERROR_KIND: &str = "oms-error-kind";
+    pub const ERROR: &str = "oms-error";
+    pub const FAILED_AT: &str = "oms-failed-at";
+    pub const REPLAY_COUNT: &str = "oms-replay-count";
+    pub const OWN_HEADER_PREFIX: &str = "oms-";
+}
+
+pub use headers::REPLAY_COUNT as REPLAY_COUNT_HEADER;
 
 /// Why a record is dead-lettered (`oms-error-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +76,10 @@ pub struct DeadLetter {
 fn foreign_headers(message: &impl Message) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new();
     if let Some(original) = message.headers() {
-        for h in original.iter().filter(|h| !h.key.starts_with("oms-")) {
+        for h in original
+            .iter()
+            .filter(|h| !h.key.starts_with(headers::OWN_HEADER_PREFIX))
+        {
             headers = headers.insert(Header {
                 key: h.key,
                 value: h.value,
@@ -110,12 +127,12 @@ impl DeadLetterWriter {
         // Keep the original headers (traceparent, content-type), then ours.
         let mut headers = foreign_headers(m);
         for (key, value) in [
-            ("oms-origin-topic", m.topic()),
-            ("oms-origin-partition", partition.as_str()),
-            ("oms-origin-offset", offset.as_str()),
-            ("oms-error-kind", letter.kind.as_str()),
-            ("oms-error", letter.reason.as_str()),
-            ("oms-failed-at", failed_at.as_str()),
+            (headers::ORIGIN_TOPIC, m.topic()),
+            (headers::ORIGIN_PARTITION, partition.as_str()),
+            (headers::ORIGIN_OFFSET, offset.as_str()),
+            (headers::ERROR_KIND, letter.kind.as_str()),
+            (headers::ERROR, letter.reason.as_str()),
+            (headers::FAILED_AT, failed_at.as_str()),
             (REPLAY_COUNT_HEADER, replays.as_str()),
         ] {
             headers = headers.insert(Header {
@@ -210,12 +227,13 @@ impl DlqEntry {
             key: message
                 .key()
                 .map(|k| String::from_utf8_lossy(k).into_owned()),
-            origin_topic: header(&message, "oms-origin-topic"),
-            origin_partition: header(&message, "oms-origin-partition").and_then(|v| v.parse().ok()),
-            origin_offset: header(&message, "oms-origin-offset").and_then(|v| v.parse().ok()),
-            kind: header(&message, "oms-error-kind"),
-            error: header(&message, "oms-error"),
-            failed_at: header(&message, "oms-failed-at"),
+            origin_topic: header(&message, headers::ORIGIN_TOPIC),
+            origin_partition: header(&message, headers::ORIGIN_PARTITION)
+                .and_then(|v| v.parse().ok()),
+            origin_offset: header(&message, headers::ORIGIN_OFFSET).and_then(|v| v.parse().ok()),
+            kind: header(&message, headers::ERROR_KIND),
+            error: header(&message, headers::ERROR),
+            failed_at: header(&message, headers::FAILED_AT),
             replays: replay_count(&message),
             value: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
             message,

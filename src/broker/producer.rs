@@ -86,6 +86,15 @@ impl ProduceError {
     }
 }
 
+/// Why the broker's metadata could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("the broker did not answer a metadata request")]
+    Metadata(#[source] KafkaError),
+    #[error("the metadata request's worker thread failed (a bug; please report it)")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// What one producer has seen lately: when the broker last acknowledged a
 /// record, when a request last gave up waiting, and how far each partition
 /// of the topic is known to reach. Shared with `/readyz` and the lag watcher.
@@ -293,7 +302,7 @@ impl LogProducer {
     }
 
     /// Asks the broker for `topic`'s metadata: is the log reachable?
-    pub async fn probe(&self, topic: &str) -> Result<(), KafkaError> {
+    pub async fn probe(&self, topic: &str) -> Result<(), ProbeError> {
         let producer = self.producer.clone();
         let topic = topic.to_owned();
         // fetch_metadata blocks; keep it off the async workers.
@@ -304,7 +313,8 @@ impl LogProducer {
                 .map(drop)
         })
         .await
-        .unwrap_or(Err(KafkaError::Canceled))
+        .map_err(ProbeError::Task)?
+        .map_err(ProbeError::Metadata)
     }
 }
 
@@ -345,7 +355,7 @@ impl OrderProducer {
             let traceparent = crate::telemetry::traceparent(&span);
             let record = match &traceparent {
                 Some(tp) => record.headers(OwnedHeaders::new_with_capacity(1).insert(Header {
-                    key: "traceparent",
+                    key: crate::telemetry::TRACEPARENT,
                     value: Some(tp),
                 })),
                 None => record,
@@ -382,7 +392,7 @@ impl OrderProducer {
     }
 
     /// Is the orders topic reachable?
-    pub async fn probe(&self) -> Result<(), KafkaError> {
+    pub async fn probe(&self) -> Result<(), ProbeError> {
         self.log.probe(&self.topic).await
     }
 

@@ -64,7 +64,7 @@ impl Loop {
         // A poison record's offset may only advance once the DLQ holds it.
         for letter in &poison {
             let m = &letter.message;
-            let trace_id = crate::broker::header_str(m, "traceparent")
+            let trace_id = crate::broker::header_str(m, telemetry::TRACEPARENT)
                 .and_then(|tp| tp.split('-').nth(1))
                 .unwrap_or_default();
             tracing::warn!(partition = m.partition(), offset = m.offset(), kind = letter.kind.as_str(), reason = %letter.reason, trace_id, "dead-lettering a record");
@@ -308,7 +308,7 @@ fn record_span(message: &BorrowedMessage<'_>, order: &Order, engine: &str) -> Op
     if !telemetry::spans_enabled() {
         return None;
     }
-    let traceparent = crate::broker::header_str(message, "traceparent")?;
+    let traceparent = crate::broker::header_str(message, telemetry::TRACEPARENT)?;
     if !telemetry::is_sampled(traceparent) {
         return None;
     }

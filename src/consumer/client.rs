@@ -86,6 +86,14 @@ pub fn commit_for_lag_tools(consumer: &LogConsumer, topic: &str, offsets: &Offse
     }
 }
 
+/// What one receive brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    Message,
+    /// An error (counted and logged): the batch ends here.
+    Error,
+}
+
 /// Receive errors: every one counted by kind (`consumer_errors_total`),
 /// logged as a warning at most once per [`ErrorLog::EVERY`] with the count
 /// of those not logged — never a silent loop, never a flood.
@@ -99,16 +107,16 @@ impl ErrorLog {
     const EVERY: Duration = Duration::from_secs(10);
 
     /// Puts a received message into `into`; counts and logs a receive
-    /// error instead. Returns whether it was an error.
+    /// error instead.
     pub fn sort<'c>(
         &mut self,
         message: Result<BorrowedMessage<'c>, KafkaError>,
         into: &mut Vec<BorrowedMessage<'c>>,
-    ) -> bool {
+    ) -> Received {
         let err = match message {
             Ok(m) => {
                 into.push(m);
-                return false;
+                return Received::Message;
             }
             Err(err) => err,
         };
@@ -123,7 +131,7 @@ impl ErrorLog {
         } else {
             self.unlogged += 1;
         }
-        true
+        Received::Error
     }
 }
 

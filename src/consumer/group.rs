@@ -34,6 +34,10 @@ use crate::error::Chain;
 use crate::store::lease::{GroupView, Lease, Leases, Member, MemberState};
 use crate::store::{Store, StoreError};
 
+/// How long a stopping member waits for its consume loop to write its
+/// last batch before it leaves anyway.
+pub const LEAVE_WAIT: Duration = Duration::from_secs(10);
+
 /// How many heartbeats a partition may sit unowned (records waiting)
 /// beyond its lease's time before the group check reports it.
 const UNOWNED_GRACE_BEATS: u32 = 3;
@@ -267,7 +271,7 @@ impl GroupMember {
 
     /// Leaves once the consume loop ended (its last batch written).
     async fn leave(&self, leases: &dyn Leases) {
-        if !self.ownership.closed(Duration::from_secs(10)).await {
+        if !self.ownership.closed(LEAVE_WAIT).await {
             tracing::warn!("the consume loop did not end in time; leaving the group anyway");
         }
         match leases.leave(&self.member).await {

@@ -55,7 +55,7 @@ pub use status::{ConsumerState, ConsumerStatus, GroupReport, Stall};
 pub use watch::watch_log;
 
 use assignment::Held;
-use client::{Bounded, CLOSE_WITHIN, ErrorLog, LogConsumer};
+use client::{Bounded, CLOSE_WITHIN, ErrorLog, LogConsumer, Received};
 use resume::{LogCheck, LogEnds, SHORTER_LOG_CONFIRM};
 use retry::{Retry, Stopped};
 
@@ -350,12 +350,12 @@ impl Loop {
         errors: &mut ErrorLog,
     ) -> (Vec<BorrowedMessage<'c>>, bool) {
         let mut messages = Vec::with_capacity(self.settings.batch_max);
-        let mut failed = errors.sort(first, &mut messages);
+        let mut failed = errors.sort(first, &mut messages) == Received::Error;
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.settings.batch_wait_ms);
         while !failed && messages.len() < self.settings.batch_max {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(message) => failed = errors.sort(message, &mut messages),
+                Ok(message) => failed = errors.sort(message, &mut messages) == Received::Error,
                 Err(_) => break,
             }
         }

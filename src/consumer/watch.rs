@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use super::ConsumerError;
 use super::status::{ConsumerStatus, raise};
 use crate::broker::admin::{self, AdminError};
+use crate::broker::client_config;
 use crate::broker::producer::ProduceEvidence;
-use crate::broker::{METADATA_TIMEOUT, client_config};
 use crate::config::BrokerSettings;
 use crate::domain::Offsets;
 
@@ -22,14 +22,7 @@ use crate::domain::Offsets;
 #[derive(Debug, thiserror::Error)]
 pub enum WatermarkError {
     #[error(transparent)]
-    Metadata(#[from] AdminError),
-    #[error("reading the log end of {topic}/{partition}")]
-    Fetch {
-        topic: String,
-        partition: i32,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
+    Broker(#[from] AdminError),
     #[error("the watermark task failed (a bug; please report it)")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -46,30 +39,8 @@ fn look(client: &BaseConsumer, broker: &BrokerSettings) -> Seen {
         topic_id: admin::topic_id(client.client(), broker, &broker.topic)
             .ok()
             .flatten(),
-        marks: watermarks(client, broker),
+        marks: admin::watermarks(client, broker).map_err(WatermarkError::Broker),
     }
-}
-
-/// The broker's view of the log: `(partition, low, high)` per partition.
-pub fn watermarks(
-    client: &BaseConsumer,
-    broker: &BrokerSettings,
-) -> Result<Vec<(i32, i64, i64)>, WatermarkError> {
-    let topic = &broker.topic;
-    let partitions = admin::partitions(client.client(), broker, topic)?;
-    partitions
-        .into_iter()
-        .map(|p| {
-            client
-                .fetch_watermarks(topic, p, METADATA_TIMEOUT)
-                .map(|(low, high)| (p, low, high))
-                .map_err(|source| WatermarkError::Fetch {
-                    topic: topic.clone(),
-                    partition: p,
-                    source,
-                })
-        })
-        .collect()
 }
 
 /// A gap between two ticks this much longer than the interval means the
@@ -138,45 +109,65 @@ pub async fn watch_log(
             (None, Some(now)) => topic_id = Some(now),
             _ => {}
         }
-        let marks = seen.marks;
-        let mut ends = produced.acked_ends();
-        let mut starts = Offsets::new();
-        let error = match marks {
-            Ok(marks) => {
-                for (partition, low, high) in marks {
-                    raise(&mut ends, partition, high);
-                    starts.insert(partition, low);
-                }
-                None
-            }
-            Err(err) => {
-                let err = crate::error::Chain(&err).to_string();
-                tracing::debug!(error = %err, "log end unreadable");
-                Some(err)
-            }
-        };
-        let Some(lag) = status.observe_log(ends, starts, error) else {
+        let Some(lag) = observe(&status, &produced, seen.marks) else {
             continue; // nothing known about the store yet
         };
-        // A partition given up (group mode) shows 0 here, not the last lag
-        // this instance saw: its new owner reports it.
-        for gone in published.iter().filter(|p| !lag.contains_key(p)) {
-            metrics::gauge!("consumer_lag", "partition" => gone.to_string()).set(0.0);
-        }
-        published = lag.keys().copied().collect();
-        for (partition, behind) in lag {
-            metrics::gauge!("consumer_lag", "partition" => partition.to_string())
-                .set(behind as f64);
-        }
-        if let Some(stall) = status.stall(stall_after) {
-            if status.request_restart(stall_after) {
-                metrics::counter!("consumer_stalls_total").increment(1);
-                tracing::warn!(
-                    behind = stall.behind,
-                    idle_s = stall.idle.as_secs_f64(),
-                    "consumer {stall}; recreating it"
-                );
+        published = publish_lag(&published, lag);
+        watchdog(&status, stall_after);
+    }
+}
+
+/// Records the log's bounds (the broker's watermarks, and what this
+/// instance's producer got acknowledged) or why they could not be read;
+/// returns the lag of this instance's partitions once the consumer runs.
+fn observe(
+    status: &ConsumerStatus,
+    produced: &ProduceEvidence,
+    marks: Result<Vec<(i32, i64, i64)>, WatermarkError>,
+) -> Option<Offsets> {
+    let mut ends = produced.acked_ends();
+    let mut starts = Offsets::new();
+    let error = match marks {
+        Ok(marks) => {
+            for (partition, low, high) in marks {
+                raise(&mut ends, partition, high);
+                starts.insert(partition, low);
             }
+            None
+        }
+        Err(err) => {
+            let err = crate::error::Chain(&err).to_string();
+            tracing::debug!(error = %err, "log end unreadable");
+            Some(err)
+        }
+    };
+    status.observe_log(ends, starts, error)
+}
+
+/// Publishes `consumer_lag{partition}`; returns the partitions published.
+/// A partition given up (group mode) shows 0, not the last lag this
+/// instance saw: its new owner reports it.
+fn publish_lag(published: &BTreeSet<i32>, lag: Offsets) -> BTreeSet<i32> {
+    for gone in published.iter().filter(|p| !lag.contains_key(p)) {
+        metrics::gauge!("consumer_lag", "partition" => gone.to_string()).set(0.0);
+    }
+    let now = lag.keys().copied().collect();
+    for (partition, behind) in lag {
+        metrics::gauge!("consumer_lag", "partition" => partition.to_string()).set(behind as f64);
+    }
+    now
+}
+
+/// Asks for a new broker consumer when the loop stalled.
+fn watchdog(status: &ConsumerStatus, stall_after: Duration) {
+    if let Some(stall) = status.stall(stall_after) {
+        if status.request_restart(stall_after) {
+            metrics::counter!("consumer_stalls_total").increment(1);
+            tracing::warn!(
+                behind = stall.behind,
+                idle_s = stall.idle.as_secs_f64(),
+                "consumer {stall}; recreating it"
+            );
         }
     }
 }

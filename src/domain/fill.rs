@@ -36,9 +36,12 @@ impl Status {
         }
     }
 
+    /// The statuses of an order still in the book.
+    pub const LIVE: [Status; 2] = [Status::Open, Status::PartiallyFilled];
+
     /// Still in the book (can trade, can be cancelled).
     pub fn is_live(self) -> bool {
-        matches!(self, Status::Open | Status::PartiallyFilled)
+        Status::LIVE.contains(&self)
     }
 }
 

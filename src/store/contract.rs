@@ -443,6 +443,30 @@ pub async fn fills_and_trades_commit_with_the_batch(engine: impl Engine) {
     store.apply(second.clone()).await.expect("the buy");
     store.apply(second.clone()).await.expect("again: harmless");
 
+    fills_and_trades_are_read_back(store.as_ref(), &sell, &buy, &second).await;
+
+    // A book rebuilt from the store is the book that was matched into.
+    let mut rebuilt = Matcher::new();
+    rebuilt.load(1, store.resting(1).await.expect("resting"));
+    assert_eq!(rebuilt.depth("USD-EUR", 5), matcher.depth("USD-EUR", 5));
+
+    a_failed_cancel_leaves_the_fill_and_a_cancel_closes_it(
+        store.as_ref(),
+        &sell,
+        &mut matcher,
+        &mut rebuilt,
+    )
+    .await;
+}
+
+/// What [`fills_and_trades_commit_with_the_batch`] wrote, read back every
+/// way a reader can.
+async fn fills_and_trades_are_read_back(
+    store: &dyn Store,
+    sell: &StoredOrder,
+    buy: &StoredOrder,
+    second: &Batch,
+) {
     let seller = store.get(sell.order.id).await.expect("get").expect("sell");
     assert_eq!(seller.fill, fill(Status::PartiallyFilled, 1));
     let buyer = store.get(buy.order.id).await.expect("get").expect("buy");
@@ -485,12 +509,15 @@ pub async fn fills_and_trades_commit_with_the_batch(engine: impl Engine) {
             .expect("known"),
         [sell.order.id, buy.order.id].into_iter().collect()
     );
+}
 
-    // A book rebuilt from the store is the book that was matched into.
-    let mut rebuilt = Matcher::new();
-    rebuilt.load(1, store.resting(1).await.expect("resting"));
-    assert_eq!(rebuilt.depth("USD-EUR", 5), matcher.depth("USD-EUR", 5));
-
+/// A cancel whose batch fails leaves the fill; the cancel itself closes it.
+async fn a_failed_cancel_leaves_the_fill_and_a_cancel_closes_it(
+    store: &dyn Store,
+    sell: &StoredOrder,
+    matcher: &mut Matcher,
+    rebuilt: &mut Matcher,
+) {
     let cancel = Cancel {
         order_id: sell.order.id,
         symbol: Symbol::new(&sell.order.src_currency, &sell.order.dst_currency),
@@ -498,13 +525,7 @@ pub async fn fills_and_trades_commit_with_the_batch(engine: impl Engine) {
         price: Some(sell.order.price),
         requested_at: Utc::now(),
     };
-    let mut failing = matched(
-        &mut rebuilt,
-        &[],
-        &[],
-        std::slice::from_ref(&cancel),
-        &[(1, 6)],
-    );
+    let mut failing = matched(rebuilt, &[], &[], std::slice::from_ref(&cancel), &[(1, 6)]);
     assert_eq!(failing.states.len(), 1, "the cancel takes the sell out");
     failing.fail_before_commit = true;
     store
@@ -523,7 +544,7 @@ pub async fn fills_and_trades_commit_with_the_batch(engine: impl Engine) {
     );
     assert_eq!(store.resting(1).await.expect("resting").len(), 1);
 
-    let cancelled = matched(&mut matcher, &[], &[], &[cancel], &[(1, 6)]);
+    let cancelled = matched(matcher, &[], &[], &[cancel], &[(1, 6)]);
     store.apply(Arc::new(cancelled)).await.expect("cancel");
     assert_eq!(
         store
@@ -535,6 +556,25 @@ pub async fn fills_and_trades_commit_with_the_batch(engine: impl Engine) {
         fill(Status::Cancelled, 1)
     );
     assert!(store.resting(1).await.expect("resting").is_empty());
+}
+
+/// Offsets only move forward, whoever writes: an unfenced batch covering a
+/// partition the store is already past stores its rows and leaves that
+/// partition's offset where it was.
+pub async fn offsets_only_move_forward(engine: impl Engine) {
+    let store = engine.open().await;
+    store
+        .apply(batch(vec![order(("USD", "EUR"), 0)], &[(0, 10)]))
+        .await
+        .expect("first");
+    store
+        .apply(batch(vec![order(("USD", "EUR"), 1)], &[(0, 5), (1, 3)]))
+        .await
+        .expect("a batch behind on partition 0");
+    let offsets = store.offsets(TOPIC).await.expect("offsets");
+    assert_eq!(offsets.get(&0), Some(&10), "never moved back");
+    assert_eq!(offsets.get(&1), Some(&3));
+    assert_eq!(store.count().await.expect("count"), 2);
 }
 
 /// Expands to one `#[tokio::test]` per contract case for the engine that
@@ -577,6 +617,10 @@ macro_rules! store_contract_tests {
             #[tokio::test]
             async fn forgotten_offsets_start_again_and_keep_the_rows() {
                 c::forgotten_offsets_start_again_and_keep_the_rows($engine().await).await;
+            }
+            #[tokio::test]
+            async fn offsets_only_move_forward() {
+                c::offsets_only_move_forward($engine().await).await;
             }
             #[tokio::test]
             async fn reopening_keeps_everything() {
@@ -645,10 +689,18 @@ pub mod leases {
                 .is_none(),
             "a's lease is live"
         );
-        assert!(
-            fenced(write(&store, "b", first.epoch, 0).await),
-            "b holds no lease"
+        let refused = write(&store, "b", first.epoch, 0).await;
+        let said = format!(
+            "holds its lease at epoch {0}, the store has epoch {0} held by a",
+            first.epoch
         );
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains(&said)),
+            "every engine words the refusal alike: {refused:?}"
+        );
+        assert!(fenced(refused), "b holds no lease");
         write(&store, "a", first.epoch, 0)
             .await
             .expect("the holder writes");

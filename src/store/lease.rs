@@ -118,7 +118,42 @@ pub struct GroupView {
     pub renewed: Vec<Lease>,
 }
 
+/// A member as a store's row gives it: id, instance, state.
+pub type MemberRow = (String, String, String);
+/// A lease as a store's row gives it: partition, epoch, owner, instance, live.
+pub type LeaseRow = (i32, i64, Option<String>, String, bool);
+
 impl GroupView {
+    /// The view from a store's rows (the members in any order).
+    pub fn from_rows(mut members: Vec<MemberRow>, leases: Vec<LeaseRow>, offsets: Offsets) -> Self {
+        members.sort();
+        Self {
+            members: members
+                .into_iter()
+                .map(|(id, instance, state)| MemberView {
+                    id,
+                    instance,
+                    state: MemberState::parse(&state),
+                })
+                .collect(),
+            leases: leases
+                .into_iter()
+                .map(|(partition, epoch, owner, instance, live)| {
+                    let lease = LeaseView {
+                        partition,
+                        epoch,
+                        owner,
+                        instance,
+                        live,
+                    };
+                    (partition, lease)
+                })
+                .collect(),
+            offsets,
+            renewed: Vec::new(),
+        }
+    }
+
     /// The partitions `member` should hold with `partitions` shared among
     /// the live members: an equal share, the first `partitions % members`
     /// members (in id order) one more. Every member computes the same
@@ -188,21 +223,34 @@ impl Claim {
                 e == epoch && owner.as_deref() == Some(self.owner.as_str())
             });
             if !ours {
-                return Err(StoreError::Fenced {
-                    partition: *partition,
-                    what: format!(
-                        "{topic} partition {partition}: this writer ({}) holds its lease at epoch {epoch}, the store has {}",
-                        self.owner,
-                        match held {
-                            None => "no lease".to_owned(),
-                            Some((e, None)) => format!("epoch {e}, given up"),
-                            Some((e, Some(owner))) => format!("epoch {e} held by {owner}"),
-                        }
-                    ),
-                });
+                return Err(self.fenced(topic, *partition, held.cloned()));
             }
         }
         Ok(())
+    }
+
+    /// The refusal of a batch whose lease of `partition` the store holds as
+    /// `held` (epoch, owner; `None`: no lease) — the one wording, whichever
+    /// engine checked it.
+    pub fn fenced(
+        &self,
+        topic: &str,
+        partition: i32,
+        held: Option<(i64, Option<String>)>,
+    ) -> StoreError {
+        let epoch = self.epochs.get(&partition).copied().unwrap_or_default();
+        StoreError::Fenced {
+            partition,
+            what: format!(
+                "{topic} partition {partition}: this writer ({}) holds its lease at epoch {epoch}, the store has {}",
+                self.owner,
+                match held {
+                    None => "no lease".to_owned(),
+                    Some((e, None)) => format!("epoch {e}, given up"),
+                    Some((e, Some(owner))) => format!("epoch {e} held by {owner}"),
+                }
+            ),
+        }
     }
 }
 

@@ -13,7 +13,9 @@ pub mod lease;
 pub mod postgres;
 pub mod redb;
 pub mod redis;
+pub mod settings;
 pub mod sled;
+pub mod url;
 
 #[cfg(test)]
 pub(crate) mod contract;
@@ -26,8 +28,9 @@ use async_trait::async_trait;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::config::{Engine, StoreSettings};
 use crate::domain::{Offsets, OrderState, StoredOrder, StoredTrade};
+use settings::StoreSettings;
+use url::Engine;
 
 /// What one consumer batch asks the store to write, atomically.
 #[derive(Debug, Clone, Default)]
@@ -121,6 +124,16 @@ impl Batch {
         }
     }
 
+    /// The offsets this batch moves, given where the store is (`current`):
+    /// offsets only move forward, whoever writes — a partition the store
+    /// is already past keeps its offset.
+    pub fn forward<'a>(&'a self, current: &'a Offsets) -> impl Iterator<Item = (i32, i64)> + 'a {
+        self.offsets
+            .iter()
+            .filter(move |(p, next)| current.get(p).is_none_or(|now| now <= *next))
+            .map(|(p, next)| (*p, *next))
+    }
+
     /// Checks the store's current offsets of the batch's partitions
     /// (`current`, read inside the write transaction) against `expected`.
     pub fn check(&self, current: &Offsets) -> Result<(), StoreError> {
@@ -133,19 +146,28 @@ impl Batch {
         });
         match off {
             None => Ok(()),
-            Some((p, target)) => Err(StoreError::Diverged {
-                what: format!(
-                    "{} partition {p} is at {} in the store; this writer expected {}{}",
-                    self.topic,
-                    show(current.get(p)),
-                    show(expected.get(p)),
-                    if self.retried {
-                        format!(" (or {target} if this batch was applied)")
-                    } else {
-                        String::new()
-                    },
-                ),
-            }),
+            Some((p, _)) => Err(self.diverged(*p, current.get(p).copied())),
+        }
+    }
+
+    /// The refusal of this batch because partition `p` is at `current` in
+    /// the store (`None`: nothing stored) — the one wording of the fencing
+    /// rule, whichever engine checked it (the Redis script reports only the
+    /// partition and what it found).
+    pub fn diverged(&self, p: i32, current: Option<i64>) -> StoreError {
+        let expected = self.expected.as_ref().and_then(|e| e.get(&p));
+        let target = self.offsets.get(&p);
+        StoreError::Diverged {
+            what: format!(
+                "{} partition {p} is at {} in the store; this writer expected {}{}",
+                self.topic,
+                show(current.as_ref()),
+                show(expected),
+                match (self.retried, target) {
+                    (true, Some(target)) => format!(" (or {target} if this batch was applied)"),
+                    _ => String::new(),
+                },
+            ),
         }
     }
 }

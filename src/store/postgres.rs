@@ -15,12 +15,13 @@ use uuid::Uuid;
 
 use std::collections::HashSet;
 
-use super::lease::{GroupView, Lease, LeaseView, Leases, Member, MemberState, MemberView};
+use super::lease::{GroupView, Lease, LeaseRow, Leases, Member, MemberRow, MemberState};
+use super::settings::PostgresSettings;
 use super::{Applied, Batch, Store, StoreError};
-use crate::config::PostgresSettings;
-use crate::domain::{Amount, Broken, Channel, ClientOrderId, Description, Order};
-use crate::domain::{Fill, StoredTrade, Trade};
-use crate::domain::{Offsets, StoredOrder};
+use crate::domain::{
+    Amount, Broken, Channel, ClientOrderId, Description, Fill, Offsets, Order, Status, StoredOrder,
+    StoredTrade, Trade,
+};
 
 /// The versioned schema (`migrations/`), applied by `oms migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -66,6 +67,18 @@ const FROM: &str = "orders o LEFT JOIN order_fills f ON f.id = o.id";
 
 const TRADE_COLUMNS: &str = "id, symbol, price, quantity, buy_order_id, sell_order_id, \
                              taker_side, executed_at, log_partition, log_offset";
+
+/// `status IN (…the live statuses…)` on a table qualified with
+/// `qualifier`: the orders resting in a book. The partial index of
+/// `migrations/0002_matching.sql` states the same predicate (a migration
+/// is never edited; a test ties the two).
+fn live_predicate(qualifier: &str) -> String {
+    let live: Vec<String> = Status::LIVE
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    format!("{qualifier}status IN ({})", live.join(", "))
+}
 
 /// A pool of connections to the orders database.
 #[derive(Debug, Clone)]
@@ -261,99 +274,114 @@ impl PostgresStore {
         .map_err(classify)
     }
 
-    fn apply_query(
-        batch: &Batch,
-    ) -> sqlx::query::QueryScalar<'_, sqlx::Postgres, i64, sqlx::postgres::PgArguments> {
-        let n = batch.orders.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut client_ids = Vec::with_capacity(n);
-        let mut symbols = Vec::with_capacity(n);
-        let mut srcs = Vec::with_capacity(n);
-        let mut dsts = Vec::with_capacity(n);
-        let mut sides = Vec::with_capacity(n);
-        let mut prices = Vec::with_capacity(n);
-        let mut quantities = Vec::with_capacity(n);
-        let mut channels = Vec::with_capacity(n);
-        let mut descriptions = Vec::with_capacity(n);
-        let mut created = Vec::with_capacity(n);
-        let mut partitions = Vec::with_capacity(n);
-        let mut offsets = Vec::with_capacity(n);
-        for s in &batch.orders {
-            let o = &s.order;
-            ids.push(o.id);
-            client_ids.push(o.client_order_id.as_ref().map(ClientOrderId::as_str));
-            symbols.push(o.symbol());
-            srcs.push(o.src_currency.as_str());
-            dsts.push(o.dst_currency.as_str());
-            sides.push(o.side.as_str());
-            prices.push(o.price.value());
-            quantities.push(o.quantity.value());
-            // Channel codes are at most 61.
-            channels.push(i16::try_from(o.channel.code()).unwrap_or(i16::MAX));
-            descriptions.push(o.description.as_str());
-            created.push(o.created_at);
-            partitions.push(s.partition);
-            offsets.push(s.offset);
-        }
+    /// The batch's one statement ([`APPLY`]), its arrays bound in the
+    /// order of its parameters.
+    fn apply_query(batch: &Batch) -> ApplyQuery<'_> {
+        let query = sqlx::query_scalar(APPLY);
+        let query = bind_orders(query, batch);
         let (log_partitions, next_offsets): (Vec<i32>, Vec<i64>) =
             batch.offsets.iter().map(|(p, o)| (*p, *o)).unzip();
-        let fill_ids: Vec<Uuid> = batch.states.iter().map(|s| s.id).collect();
-        let statuses: Vec<&str> = batch
-            .states
-            .iter()
-            .map(|s| s.fill.status.as_str())
-            .collect();
-        let filled: Vec<Decimal> = batch.states.iter().map(|s| s.fill.filled).collect();
-        let books: Vec<i32> = batch.states.iter().map(|s| s.partition).collect();
-        let t = &batch.trades;
-        let trade_ids: Vec<Uuid> = t.iter().map(|t| t.trade.id).collect();
-        let trade_symbols: Vec<&str> = t.iter().map(|t| t.symbol.as_str()).collect();
-        let trade_prices: Vec<Decimal> = t.iter().map(|t| t.trade.price).collect();
-        let trade_quantities: Vec<Decimal> = t.iter().map(|t| t.trade.quantity).collect();
-        let buys: Vec<Uuid> = t.iter().map(|t| t.trade.buy_order_id).collect();
-        let sells: Vec<Uuid> = t.iter().map(|t| t.trade.sell_order_id).collect();
-        let takers: Vec<&str> = t.iter().map(|t| t.trade.taker_side.as_str()).collect();
-        let executed: Vec<DateTime<Utc>> = t.iter().map(|t| t.trade.executed_at).collect();
-        let trade_partitions: Vec<i32> = t.iter().map(|t| t.partition).collect();
-        let trade_offsets: Vec<i64> = t.iter().map(|t| t.offset).collect();
-        sqlx::query_scalar(APPLY)
-            .bind(ids)
-            .bind(client_ids)
-            .bind(symbols)
-            .bind(srcs)
-            .bind(dsts)
-            .bind(sides)
-            .bind(prices)
-            .bind(quantities)
-            .bind(channels)
-            .bind(descriptions)
-            .bind(created)
-            .bind(partitions)
-            .bind(offsets)
+        let query = query
             .bind(batch.topic.clone())
             .bind(log_partitions)
-            .bind(next_offsets)
-            .bind(fill_ids)
-            .bind(statuses)
-            .bind(filled)
-            .bind(books)
-            .bind(trade_ids)
-            .bind(trade_symbols)
-            .bind(trade_prices)
-            .bind(trade_quantities)
-            .bind(buys)
-            .bind(sells)
-            .bind(takers)
-            .bind(executed)
-            .bind(trade_partitions)
-            .bind(trade_offsets)
+            .bind(next_offsets);
+        let query = bind_fills(query, batch);
+        bind_trades(query, batch)
     }
+}
+
+type ApplyQuery<'q> =
+    sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>;
+
+/// `$1`–`$13`: the orders, column by column.
+fn bind_orders<'q>(query: ApplyQuery<'q>, batch: &'q Batch) -> ApplyQuery<'q> {
+    let n = batch.orders.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut client_ids = Vec::with_capacity(n);
+    let mut symbols = Vec::with_capacity(n);
+    let mut srcs = Vec::with_capacity(n);
+    let mut dsts = Vec::with_capacity(n);
+    let mut sides = Vec::with_capacity(n);
+    let mut prices = Vec::with_capacity(n);
+    let mut quantities = Vec::with_capacity(n);
+    let mut channels = Vec::with_capacity(n);
+    let mut descriptions = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut partitions = Vec::with_capacity(n);
+    let mut offsets = Vec::with_capacity(n);
+    for s in &batch.orders {
+        let o = &s.order;
+        ids.push(o.id);
+        client_ids.push(o.client_order_id.as_ref().map(ClientOrderId::as_str));
+        symbols.push(o.symbol());
+        srcs.push(o.src_currency.as_str());
+        dsts.push(o.dst_currency.as_str());
+        sides.push(o.side.as_str());
+        prices.push(o.price.value());
+        quantities.push(o.quantity.value());
+        // Channel codes are at most 61.
+        channels.push(i16::try_from(o.channel.code()).unwrap_or(i16::MAX));
+        descriptions.push(o.description.as_str());
+        created.push(o.created_at);
+        partitions.push(s.partition);
+        offsets.push(s.offset);
+    }
+    query
+        .bind(ids)
+        .bind(client_ids)
+        .bind(symbols)
+        .bind(srcs)
+        .bind(dsts)
+        .bind(sides)
+        .bind(prices)
+        .bind(quantities)
+        .bind(channels)
+        .bind(descriptions)
+        .bind(created)
+        .bind(partitions)
+        .bind(offsets)
+}
+
+/// `$17`–`$20`: each touched order's fill and book partition.
+fn bind_fills<'q>(query: ApplyQuery<'q>, batch: &'q Batch) -> ApplyQuery<'q> {
+    let states = &batch.states;
+    let ids: Vec<Uuid> = states.iter().map(|s| s.id).collect();
+    let statuses: Vec<&str> = states.iter().map(|s| s.fill.status.as_str()).collect();
+    let filled: Vec<Decimal> = states.iter().map(|s| s.fill.filled).collect();
+    let books: Vec<i32> = states.iter().map(|s| s.partition).collect();
+    query.bind(ids).bind(statuses).bind(filled).bind(books)
+}
+
+/// `$21`–`$30`: the trades, column by column.
+fn bind_trades<'q>(query: ApplyQuery<'q>, batch: &'q Batch) -> ApplyQuery<'q> {
+    let t = &batch.trades;
+    let ids: Vec<Uuid> = t.iter().map(|t| t.trade.id).collect();
+    let symbols: Vec<&str> = t.iter().map(|t| t.symbol.as_str()).collect();
+    let prices: Vec<Decimal> = t.iter().map(|t| t.trade.price).collect();
+    let quantities: Vec<Decimal> = t.iter().map(|t| t.trade.quantity).collect();
+    let buys: Vec<Uuid> = t.iter().map(|t| t.trade.buy_order_id).collect();
+    let sells: Vec<Uuid> = t.iter().map(|t| t.trade.sell_order_id).collect();
+    let takers: Vec<&str> = t.iter().map(|t| t.trade.taker_side.as_str()).collect();
+    let executed: Vec<DateTime<Utc>> = t.iter().map(|t| t.trade.executed_at).collect();
+    let partitions: Vec<i32> = t.iter().map(|t| t.partition).collect();
+    let offsets: Vec<i64> = t.iter().map(|t| t.offset).collect();
+    query
+        .bind(ids)
+        .bind(symbols)
+        .bind(prices)
+        .bind(quantities)
+        .bind(buys)
+        .bind(sells)
+        .bind(takers)
+        .bind(executed)
+        .bind(partitions)
+        .bind(offsets)
 }
 
 #[async_trait]
 impl Store for PostgresStore {
     fn engine(&self) -> &'static str {
-        "postgres"
+        super::url::Engine::Postgres.as_str()
     }
 
     async fn apply(&self, batch: Arc<Batch>) -> Result<Applied, StoreError> {
@@ -476,8 +504,8 @@ impl Store for PostgresStore {
     async fn resting(&self, partition: i32) -> Result<Vec<StoredOrder>, StoreError> {
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM orders o JOIN order_fills f ON f.id = o.id \
-             WHERE f.book_partition = $1 AND f.status IN ('open', 'partially_filled') \
-             ORDER BY o.log_offset"
+             WHERE f.book_partition = $1 AND {} ORDER BY o.log_offset",
+            live_predicate("f.")
         ))
         .bind(partition)
         .fetch_all(&self.pool)
@@ -521,6 +549,98 @@ impl Store for PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Refreshes `member` and forgets the members whose time ran out
+    /// (skipping rows another heartbeat holds: it will do it).
+    async fn register(&self, member: &Member, state: MemberState) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO consumer_members (topic, member, instance, state, expires_at) \
+             VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond') \
+             ON CONFLICT (topic, member) DO UPDATE SET state = EXCLUDED.state, \
+                 expires_at = EXCLUDED.expires_at",
+        )
+        .bind(&member.topic)
+        .bind(&member.id)
+        .bind(&member.instance)
+        .bind(state.as_str())
+        .bind(member.ttl_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        sqlx::query(
+            "DELETE FROM consumer_members WHERE (topic, member) IN (\
+                 SELECT topic, member FROM consumer_members \
+                 WHERE topic = $1 AND expires_at < now() FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(&member.topic)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Renews the leases of `held` that `member` still holds at their epoch.
+    async fn renew(&self, member: &Member, held: &[Lease]) -> Result<Vec<Lease>, StoreError> {
+        let (partitions, epochs): (Vec<i32>, Vec<i64>) =
+            held.iter().map(|l| (l.partition, l.epoch)).unzip();
+        let renewed: Vec<(i32, i64)> = sqlx::query_as(
+            "UPDATE partition_leases l SET expires_at = now() + $3 * interval '1 millisecond' \
+             FROM UNNEST($4::int4[], $5::int8[]) AS h(p, e) \
+             WHERE l.topic = $1 AND l.owner = $2 AND l.partition = h.p AND l.epoch = h.e \
+             RETURNING l.partition, l.epoch",
+        )
+        .bind(&member.topic)
+        .bind(&member.id)
+        .bind(member.ttl_ms())
+        .bind(partitions)
+        .bind(epochs)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(renewed
+            .into_iter()
+            .map(|(partition, epoch)| Lease { partition, epoch })
+            .collect())
+    }
+
+    /// The members, leases and offsets of `topic`, in one snapshot.
+    async fn group_view(&self, topic: &str) -> Result<GroupView, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let members: Vec<MemberRow> = sqlx::query_as(
+            "SELECT member, instance, state FROM consumer_members \
+             WHERE topic = $1 AND expires_at >= now() ORDER BY member",
+        )
+        .bind(topic)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let leases: Vec<LeaseRow> = sqlx::query_as(
+            "SELECT partition, epoch, owner, instance, owner IS NOT NULL AND expires_at >= now() \
+             FROM partition_leases WHERE topic = $1",
+        )
+        .bind(topic)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let offsets: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT partition, next_offset FROM log_offsets WHERE topic = $1")
+                .bind(topic)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(GroupView::from_rows(
+            members,
+            leases,
+            offsets.into_iter().collect(),
+        ))
+    }
+}
+
 /// The leases live in two tables (`migrations/0003_leases.sql`); every
 /// time is the server's `now()`, so members' clocks never matter.
 #[async_trait]
@@ -549,103 +669,11 @@ impl Leases for PostgresStore {
     ) -> Result<GroupView, StoreError> {
         // One statement at a time, none waiting on another member: a member
         // frozen mid-heartbeat must hold no lock the others need.
-        let topic = &member.topic;
-        sqlx::query(
-            "INSERT INTO consumer_members (topic, member, instance, state, expires_at) \
-             VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond') \
-             ON CONFLICT (topic, member) DO UPDATE SET state = EXCLUDED.state, \
-                 expires_at = EXCLUDED.expires_at",
-        )
-        .bind(topic)
-        .bind(&member.id)
-        .bind(&member.instance)
-        .bind(state.as_str())
-        .bind(member.ttl_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(classify)?;
-        sqlx::query(
-            "DELETE FROM consumer_members WHERE (topic, member) IN (\
-                 SELECT topic, member FROM consumer_members \
-                 WHERE topic = $1 AND expires_at < now() FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(topic)
-        .execute(&self.pool)
-        .await
-        .map_err(classify)?;
-        let (partitions, epochs): (Vec<i32>, Vec<i64>) =
-            held.iter().map(|l| (l.partition, l.epoch)).unzip();
-        let renewed: Vec<(i32, i64)> = sqlx::query_as(
-            "UPDATE partition_leases l SET expires_at = now() + $3 * interval '1 millisecond' \
-             FROM UNNEST($4::int4[], $5::int8[]) AS h(p, e) \
-             WHERE l.topic = $1 AND l.owner = $2 AND l.partition = h.p AND l.epoch = h.e \
-             RETURNING l.partition, l.epoch",
-        )
-        .bind(topic)
-        .bind(&member.id)
-        .bind(member.ttl_ms())
-        .bind(partitions)
-        .bind(epochs)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
-        // The view in one snapshot.
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let members: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT member, instance, state FROM consumer_members \
-             WHERE topic = $1 AND expires_at >= now() ORDER BY member",
-        )
-        .bind(topic)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let leases: Vec<(i32, i64, Option<String>, String, bool)> = sqlx::query_as(
-            "SELECT partition, epoch, owner, instance, owner IS NOT NULL AND expires_at >= now() \
-             FROM partition_leases WHERE topic = $1",
-        )
-        .bind(topic)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let offsets: Vec<(i32, i64)> =
-            sqlx::query_as("SELECT partition, next_offset FROM log_offsets WHERE topic = $1")
-                .bind(topic)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(GroupView {
-            members: members
-                .into_iter()
-                .map(|(id, instance, state)| MemberView {
-                    id,
-                    instance,
-                    state: MemberState::parse(&state),
-                })
-                .collect(),
-            leases: leases
-                .into_iter()
-                .map(|(partition, epoch, owner, instance, live)| {
-                    let lease = LeaseView {
-                        partition,
-                        epoch,
-                        owner,
-                        instance,
-                        live,
-                    };
-                    (partition, lease)
-                })
-                .collect(),
-            offsets: offsets.into_iter().collect(),
-            renewed: renewed
-                .into_iter()
-                .map(|(partition, epoch)| Lease { partition, epoch })
-                .collect(),
-        })
+        self.register(member, state).await?;
+        let renewed = self.renew(member, held).await?;
+        let mut view = self.group_view(&member.topic).await?;
+        view.renewed = renewed;
+        Ok(view)
     }
 
     async fn acquire(
@@ -739,6 +767,21 @@ mod tests {
             store.migrate().await.expect("migrate");
             Arc::new(store)
         }
+    }
+
+    #[test]
+    fn the_resting_index_and_the_resting_query_agree_on_what_rests() {
+        let migration = include_str!("../../migrations/0002_matching.sql");
+        assert!(
+            migration.contains(&format!("WHERE {};", live_predicate(""))),
+            "migrations/0002_matching.sql's partial index must say {}",
+            live_predicate("")
+        );
+        let every: Vec<String> = Status::ALL
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        assert!(migration.contains(&format!("status IN ({})", every.join(", "))));
     }
 
     async fn engine() -> Postgres {

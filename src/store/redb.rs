@@ -13,10 +13,9 @@ use uuid::Uuid;
 
 use std::collections::HashSet;
 
+use super::settings::EmbeddedStoreSettings;
 use super::{Applied, Batch, Store, StoreError, first_after, from_json, to_json};
-use crate::config::EmbeddedStoreSettings;
-use crate::domain::{Fill, StoredTrade};
-use crate::domain::{Offsets, StoredOrder};
+use crate::domain::{Fill, Offsets, StoredOrder, StoredTrade};
 
 /// id (as u128) → JSON of the [`StoredOrder`].
 const ORDERS: TableDefinition<u128, &[u8]> = TableDefinition::new("orders");
@@ -202,10 +201,7 @@ fn apply_in(db: &Database, batch: &Batch, durable: bool) -> Result<Applied, Stor
         tx.set_durability(Durability::None)
             .map_err(|e| StoreError::permanent("redb refused a non-durable commit", e))?;
     }
-    let mut applied = Applied::default();
-    {
-        let mut orders = tx.open_table(ORDERS).map_err(classify)?;
-        let mut by_symbol = tx.open_table(BY_SYMBOL).map_err(classify)?;
+    let applied = {
         let mut offsets = tx.open_table(OFFSETS).map_err(classify)?;
         let mut current = Offsets::new();
         for partition in batch.offsets.keys() {
@@ -217,62 +213,15 @@ fn apply_in(db: &Database, batch: &Batch, durable: bool) -> Result<Applied, Stor
             }
         }
         batch.check(&current)?;
-        for stored in &batch.orders {
-            let key = stored.order.id.as_u128();
-            let value = to_json("an order", stored)?;
-            // One B-tree walk for the common case (a new id); a repeated id
-            // (rare) gets its first copy back: the first write wins.
-            let previous = orders
-                .insert(key, value.as_slice())
-                .map_err(classify)?
-                .map(|first| first.value().to_vec());
-            if let Some(first) = previous {
-                orders.insert(key, first.as_slice()).map_err(classify)?;
-                applied.duplicates += 1;
-                continue;
-            }
-            by_symbol
-                .insert((stored.order.symbol().as_str(), key), ())
-                .map_err(classify)?;
-            applied.inserted += 1;
-        }
-        for (partition, next) in &batch.offsets {
+        let applied = insert_orders(&tx, batch)?;
+        for (partition, next) in batch.forward(&current) {
             offsets
-                .insert((batch.topic.as_str(), *partition), *next)
+                .insert((batch.topic.as_str(), partition), next)
                 .map_err(classify)?;
         }
-        let mut fills = tx.open_table(FILLS).map_err(classify)?;
-        let mut resting = tx.open_table(RESTING).map_err(classify)?;
-        for state in &batch.states {
-            let key = state.id.as_u128();
-            if !state.fill.is_untouched() {
-                fills
-                    .insert(key, to_json("a fill", &state.fill)?.as_slice())
-                    .map_err(classify)?;
-            }
-            if state.fill.status.is_live() {
-                resting
-                    .insert((state.partition, key), ())
-                    .map_err(classify)?;
-            } else {
-                resting.remove((state.partition, key)).map_err(classify)?;
-            }
-        }
-        let mut trades = tx.open_table(TRADES).map_err(classify)?;
-        let mut trades_by_symbol = tx.open_table(TRADES_BY_SYMBOL).map_err(classify)?;
-        for trade in &batch.trades {
-            let key = trade.trade.id.as_u128();
-            if trades.get(key).map_err(classify)?.is_some() {
-                continue;
-            }
-            trades
-                .insert(key, to_json("a trade", trade)?.as_slice())
-                .map_err(classify)?;
-            trades_by_symbol
-                .insert((trade.symbol.as_str(), key), ())
-                .map_err(classify)?;
-        }
-    }
+        write_matching(&tx, batch)?;
+        applied
+    };
     #[cfg(test)]
     if batch.fail_before_commit {
         return Err(StoreError::unavailable("injected failure before commit"));
@@ -280,6 +229,69 @@ fn apply_in(db: &Database, batch: &Batch, durable: bool) -> Result<Applied, Stor
     // Dropping `tx` without commit aborts it: an error above leaves nothing behind.
     tx.commit().map_err(classify)?;
     Ok(applied)
+}
+
+/// The batch's orders (first write wins) and their symbol index.
+fn insert_orders(tx: &redb::WriteTransaction, batch: &Batch) -> Result<Applied, StoreError> {
+    let mut orders = tx.open_table(ORDERS).map_err(classify)?;
+    let mut by_symbol = tx.open_table(BY_SYMBOL).map_err(classify)?;
+    let mut applied = Applied::default();
+    for stored in &batch.orders {
+        let key = stored.order.id.as_u128();
+        let value = to_json("an order", stored)?;
+        // One B-tree walk for the common case (a new id); a repeated id
+        // (rare) gets its first copy back: the first write wins.
+        let previous = orders
+            .insert(key, value.as_slice())
+            .map_err(classify)?
+            .map(|first| first.value().to_vec());
+        if let Some(first) = previous {
+            orders.insert(key, first.as_slice()).map_err(classify)?;
+            applied.duplicates += 1;
+            continue;
+        }
+        by_symbol
+            .insert((stored.order.symbol().as_str(), key), ())
+            .map_err(classify)?;
+        applied.inserted += 1;
+    }
+    Ok(applied)
+}
+
+/// The batch's fills, resting index and trades (each trade once).
+fn write_matching(tx: &redb::WriteTransaction, batch: &Batch) -> Result<(), StoreError> {
+    let mut fills = tx.open_table(FILLS).map_err(classify)?;
+    let mut resting = tx.open_table(RESTING).map_err(classify)?;
+    for state in &batch.states {
+        let key = state.id.as_u128();
+        if !state.fill.is_untouched() {
+            fills
+                .insert(key, to_json("a fill", &state.fill)?.as_slice())
+                .map_err(classify)?;
+        }
+        if state.fill.status.is_live() {
+            resting
+                .insert((state.partition, key), ())
+                .map_err(classify)?;
+        } else {
+            resting.remove((state.partition, key)).map_err(classify)?;
+        }
+    }
+    let mut trades = tx.open_table(TRADES).map_err(classify)?;
+    let mut trades_by_symbol = tx.open_table(TRADES_BY_SYMBOL).map_err(classify)?;
+    for trade in &batch.trades {
+        let key = trade.trade.id.as_u128();
+        if trades.get(key).map_err(classify)?.is_some() {
+            continue;
+        }
+        trades
+            .insert(key, to_json("a trade", trade)?.as_slice())
+            .map_err(classify)?;
+        trades_by_symbol
+            .insert((trade.symbol.as_str(), key), ())
+            .map_err(classify)?;
+    }
+    Ok(())
 }
 
 /// One page of a per-symbol index (`(symbol, id) → ()`): the ids strictly
@@ -319,7 +331,7 @@ fn required(order: Option<StoredOrder>, id: u128) -> Result<StoredOrder, StoreEr
 #[async_trait]
 impl Store for RedbStore {
     fn engine(&self) -> &'static str {
-        "redb"
+        super::url::Engine::Redb.as_str()
     }
 
     async fn apply(&self, batch: Arc<Batch>) -> Result<Applied, StoreError> {

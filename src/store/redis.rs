@@ -33,11 +33,10 @@ use uuid::Uuid;
 
 use std::collections::HashSet;
 
-use super::lease::{GroupView, Lease, LeaseView, Leases, Member, MemberState, MemberView};
+use super::lease::{GroupView, Lease, Leases, Member, MemberRow, MemberState};
+use super::settings::{RedisPersistence, RedisSettings};
 use super::{Applied, Batch, Store, StoreError, from_json, to_json};
-use crate::config::{RedisPersistence, RedisSettings};
-use crate::domain::{Fill, StoredTrade};
-use crate::domain::{Offsets, StoredOrder};
+use crate::domain::{Fill, Offsets, StoredOrder, StoredTrade};
 
 /// One batch. KEYS = the offsets hash, the count, the fills hash, the
 /// trades hash, the leases hash; per order its key and its symbol's index;
@@ -70,15 +69,12 @@ for _ = 1, partitions do
   if claim ~= '' then
     local lease = redis.call('HGET', leases_key, p) or ''
     if string.sub(lease, 1, #claim) ~= claim then
-      return redis.error_reply('FENCED ' .. p .. ' partition ' .. p .. ': this writer holds its lease as '
-        .. claim .. ' (epoch|owner), the store has ' .. (lease == '' and 'no lease' or lease))
+      return redis.error_reply('FENCED ' .. p .. ' ' .. (lease == '' and '-' or lease))
     end
   end
   local current = redis.call('HGET', offsets_key, p)
   if fenced and (current or '') ~= expected and not (retried and current == target) then
-    return redis.error_reply('DIVERGED partition ' .. p .. ' is at ' .. (current or 'nothing stored')
-      .. ' in the store; this writer expected ' .. (expected == '' and 'nothing stored' or expected)
-      .. (retried and (' (or ' .. target .. ' if this batch was applied)') or ''))
+    return redis.error_reply('DIVERGED ' .. p .. ' ' .. (current or '-'))
   end
   if not current or tonumber(current) <= tonumber(target) then
     moves[#moves + 1] = {p, target}
@@ -259,22 +255,42 @@ pub struct RedisStore {
     _configuring: DropGuard,
 }
 
+/// The batch script's own refusals, worded by the batch (`DIVERGED p
+/// current`, `FENCED p epoch|owner|…`); any other error is classified.
+fn refusal(batch: &Batch, err: RedisError) -> StoreError {
+    let detail = err.detail().unwrap_or_default();
+    let (partition, found) = detail.split_once(' ').unwrap_or((detail, "-"));
+    let partition: i32 = partition.parse().unwrap_or(-1);
+    let found = (found != "-").then_some(found);
+    match err.code() {
+        Some("DIVERGED") => batch.diverged(partition, found.and_then(|f| f.parse().ok())),
+        Some("FENCED") => {
+            let held = found.map(|lease| {
+                let mut fields = lease.split('|');
+                let epoch = fields
+                    .next()
+                    .and_then(|e| e.parse().ok())
+                    .unwrap_or_default();
+                let owner = fields.next().filter(|o| !o.is_empty()).map(str::to_owned);
+                (epoch, owner)
+            });
+            match &batch.claim {
+                Some(claim) => claim.fenced(&batch.topic, partition, held),
+                None => StoreError::Fenced {
+                    partition,
+                    what: detail.to_owned(),
+                },
+            }
+        }
+        Some("INJECTED") => StoreError::unavailable("injected failure before the first write"),
+        _ => classify(err),
+    }
+}
+
 /// Sorts Redis errors: everything is an outage the consumer waits out —
 /// Redis refuses no order for what it holds — except a diverged offset.
 fn classify(err: RedisError) -> StoreError {
     match err.code() {
-        Some("DIVERGED") => StoreError::Diverged {
-            what: err.detail().unwrap_or_default().to_owned(),
-        },
-        // `FENCED {partition} {what}`
-        Some("FENCED") => {
-            let detail = err.detail().unwrap_or_default();
-            let (partition, what) = detail.split_once(' ').unwrap_or((detail, detail));
-            StoreError::Fenced {
-                partition: partition.parse().unwrap_or(-1),
-                what: what.to_owned(),
-            }
-        }
         Some("OOM") => StoreError::transient(
             "Redis is out of memory (maxmemory, noeviction): the batch was refused before its \
              first write; free memory or raise maxmemory",
@@ -423,6 +439,18 @@ impl RedisStore {
     }
 }
 
+impl RedisPersistence {
+    /// The Redis settings (`CONFIG SET name value`) that give this mode.
+    pub fn server_config(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            // No snapshots either: "none" means none.
+            Self::None => &[("appendonly", "no"), ("save", "")],
+            Self::AofEverysec => &[("appendonly", "yes"), ("appendfsync", "everysec")],
+            Self::AofAlways => &[("appendonly", "yes"), ("appendfsync", "always")],
+        }
+    }
+}
+
 /// The settings oms needs on every Redis run: its run id tells a restarted
 /// (or failed-over) server from the one already configured.
 async fn configure(
@@ -526,7 +554,7 @@ async fn apply_config(
 #[async_trait]
 impl Store for RedisStore {
     fn engine(&self) -> &'static str {
-        "redis"
+        super::url::Engine::Redis.as_str()
     }
 
     async fn apply(&self, batch: Arc<Batch>) -> Result<Applied, StoreError> {
@@ -589,13 +617,10 @@ impl Store for RedisStore {
                 .arg(to_json("a trade", trade)?);
         }
         let mut conn = self.conn.clone();
-        let inserted: usize = call.invoke_async(&mut conn).await.map_err(|e| {
-            if e.code() == Some("INJECTED") {
-                StoreError::unavailable("injected failure before the first write")
-            } else {
-                classify(e)
-            }
-        })?;
+        let inserted: usize = call
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| refusal(&batch, e))?;
         Ok(Applied::of(&batch, inserted))
     }
 
@@ -743,7 +768,7 @@ impl LeaseScripts {
 
 /// What [`HEARTBEAT`] returns.
 type HeartbeatReply = (
-    Vec<(String, String, String)>,
+    Vec<MemberRow>,
     Vec<(i32, i64, String, String, i32)>,
     Vec<(i32, i64)>,
     Vec<(i32, i64)>,
@@ -787,38 +812,27 @@ impl Leases for RedisStore {
             call.arg(lease.partition).arg(lease.epoch);
         }
         let mut conn = self.conn.clone();
-        let (mut members, leases, offsets, renewed): HeartbeatReply =
+        let (members, leases, offsets, renewed): HeartbeatReply =
             call.invoke_async(&mut conn).await.map_err(classify)?;
-        members.sort();
-        Ok(GroupView {
-            members: members
-                .into_iter()
-                .map(|(id, instance, state)| MemberView {
-                    id,
+        // Redis keeps a lease's owner empty once given up.
+        let leases = leases
+            .into_iter()
+            .map(|(p, e, owner, instance, live)| {
+                (
+                    p,
+                    e,
+                    (!owner.is_empty()).then_some(owner),
                     instance,
-                    state: MemberState::parse(&state),
-                })
-                .collect(),
-            leases: leases
-                .into_iter()
-                .map(|(partition, epoch, owner, instance, live)| {
-                    let owner = (!owner.is_empty()).then_some(owner);
-                    let lease = LeaseView {
-                        partition,
-                        epoch,
-                        owner,
-                        instance,
-                        live: live == 1,
-                    };
-                    (partition, lease)
-                })
-                .collect(),
-            offsets: offsets.into_iter().collect(),
-            renewed: renewed
-                .into_iter()
-                .map(|(partition, epoch)| Lease { partition, epoch })
-                .collect(),
-        })
+                    live == 1,
+                )
+            })
+            .collect();
+        let mut view = GroupView::from_rows(members, leases, offsets.into_iter().collect());
+        view.renewed = renewed
+            .into_iter()
+            .map(|(partition, epoch)| Lease { partition, epoch })
+            .collect();
+        Ok(view)
     }
 
     async fn acquire(

@@ -7,15 +7,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use uuid::Uuid;
 
 use std::collections::HashSet;
 
+use super::settings::EmbeddedStoreSettings;
 use super::{Applied, Batch, Store, StoreError, first_after, from_json, to_json};
-use crate::config::EmbeddedStoreSettings;
-use crate::domain::{Fill, StoredTrade};
-use crate::domain::{Offsets, StoredOrder};
+use crate::domain::{Fill, Offsets, StoredOrder, StoredTrade};
 
 /// Folder name inside the configured store folder.
 pub const DIR_NAME: &str = "orders.sled";
@@ -224,97 +223,135 @@ impl SledStore {
     }
 }
 
-fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
-    // Encode outside the transaction: its closure may run more than once.
-    let mut rows = Vec::with_capacity(batch.orders.len());
-    for stored in &batch.orders {
-        let value = to_json("an order", stored)?;
-        rows.push((
-            stored.order.id.as_u128(),
-            symbol_key(&stored.order.symbol(), stored.order.id.as_u128()),
-            value,
-        ));
+/// Fill key, the fill's JSON (none for an untouched one), resting-index
+/// key, whether the order rests.
+type EncodedFill = (Vec<u8>, Option<Vec<u8>>, Vec<u8>, bool);
+
+/// A batch's values encoded before its transaction: the transaction's
+/// closure may run more than once.
+struct Encoded {
+    /// Order id, its symbol-index key, its JSON.
+    rows: Vec<(u128, Vec<u8>, Vec<u8>)>,
+    fills: Vec<EncodedFill>,
+    /// Trade key, its JSON, its symbol-index key.
+    trades: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+}
+
+impl Encoded {
+    fn of(batch: &Batch) -> Result<Self, StoreError> {
+        let mut rows = Vec::with_capacity(batch.orders.len());
+        for stored in &batch.orders {
+            let id = stored.order.id.as_u128();
+            let index = symbol_key(&stored.order.symbol(), id);
+            rows.push((id, index, to_json("an order", stored)?));
+        }
+        let mut fills = Vec::with_capacity(batch.states.len());
+        for state in &batch.states {
+            let id = state.id.as_u128();
+            let fill = match state.fill.is_untouched() {
+                true => None,
+                false => Some(to_json("a fill", &state.fill)?),
+            };
+            let live = state.fill.status.is_live();
+            fills.push((
+                fill_key(id).to_vec(),
+                fill,
+                resting_key(state.partition, id).to_vec(),
+                live,
+            ));
+        }
+        let mut trades = Vec::with_capacity(batch.trades.len());
+        for trade in &batch.trades {
+            let id = trade.trade.id.as_u128();
+            let index = trade_index_key(&trade.symbol, id);
+            trades.push((trade_key(id).to_vec(), to_json("a trade", trade)?, index));
+        }
+        Ok(Self {
+            rows,
+            fills,
+            trades,
+        })
     }
-    let mut fills = Vec::with_capacity(batch.states.len());
-    for state in &batch.states {
-        let id = state.id.as_u128();
-        let fill = if state.fill.is_untouched() {
-            None
+}
+
+type Aborting<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// The batch's partitions' offsets as the transaction sees them.
+fn current_offsets(offsets: &TransactionalTree, batch: &Batch) -> Aborting<Offsets> {
+    let mut current = Offsets::new();
+    for partition in batch.offsets.keys() {
+        if let Some(next) = offsets.get(offset_key(&batch.topic, *partition))? {
+            let next = <[u8; 8]>::try_from(next.as_ref()).map_err(|_| {
+                ConflictableTransactionError::Abort(StoreError::refused("corrupt offset entry"))
+            })?;
+            current.insert(*partition, i64::from_be_bytes(next));
+        }
+    }
+    Ok(current)
+}
+
+/// The orders (first write wins) and their symbol index.
+fn insert_orders(
+    orders: &TransactionalTree,
+    by_symbol: &TransactionalTree,
+    rows: &[(u128, Vec<u8>, Vec<u8>)],
+) -> Aborting<Applied> {
+    let mut applied = Applied::default();
+    for (id, index_key, value) in rows {
+        let key = id.to_be_bytes();
+        // One lookup for the common case (a new id); a repeated id gets its
+        // first copy back: the first write wins.
+        if let Some(first) = orders.insert(&key[..], value.as_slice())? {
+            orders.insert(&key[..], first)?;
+            applied.duplicates += 1;
+            continue;
+        }
+        by_symbol.insert(index_key.as_slice(), &[][..])?;
+        applied.inserted += 1;
+    }
+    Ok(applied)
+}
+
+/// Fills, the resting index and trades (each trade once).
+fn write_matching(matching: &TransactionalTree, encoded: &Encoded) -> Aborting<()> {
+    for (key, fill, resting, live) in &encoded.fills {
+        if let Some(fill) = fill {
+            matching.insert(key.as_slice(), fill.as_slice())?;
+        }
+        if *live {
+            matching.insert(resting.as_slice(), &[][..])?;
         } else {
-            Some(to_json("a fill", &state.fill)?)
-        };
-        fills.push((
-            fill_key(id),
-            fill,
-            resting_key(state.partition, id),
-            state.fill.status.is_live(),
-        ));
+            matching.remove(resting.as_slice())?;
+        }
     }
-    let mut trades = Vec::with_capacity(batch.trades.len());
-    for trade in &batch.trades {
-        let id = trade.trade.id.as_u128();
-        trades.push((
-            trade_key(id),
-            to_json("a trade", trade)?,
-            trade_index_key(&trade.symbol, id),
-        ));
+    for (key, trade, index) in &encoded.trades {
+        if matching.get(key)?.is_none() {
+            matching.insert(key.as_slice(), trade.as_slice())?;
+            matching.insert(index.as_slice(), &[][..])?;
+        }
     }
-    let outcome: Result<Applied, TransactionError<StoreError>> = (
+    Ok(())
+}
+
+fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
+    let encoded = Encoded::of(batch)?;
+    let trees = (
         &store.orders,
         &store.by_symbol,
         &store.offsets,
         &store.matching,
-    )
-        .transaction(|(orders, by_symbol, offsets, matching)| {
-            let mut current = Offsets::new();
-            for partition in batch.offsets.keys() {
-                if let Some(next) = offsets.get(offset_key(&batch.topic, *partition))? {
-                    let next = <[u8; 8]>::try_from(next.as_ref()).map_err(|_| {
-                        ConflictableTransactionError::Abort(StoreError::refused(
-                            "corrupt offset entry",
-                        ))
-                    })?;
-                    current.insert(*partition, i64::from_be_bytes(next));
-                }
-            }
+    );
+    let outcome: Result<Applied, TransactionError<StoreError>> =
+        trees.transaction(|(orders, by_symbol, offsets, matching)| {
+            let current = current_offsets(offsets, batch)?;
             batch
                 .check(&current)
                 .map_err(ConflictableTransactionError::Abort)?;
-            let mut applied = Applied::default();
-            for (id, index_key, value) in &rows {
-                let key = id.to_be_bytes();
-                // One lookup for the common case (a new id); a repeated id
-                // gets its first copy back: the first write wins.
-                if let Some(first) = orders.insert(&key[..], value.as_slice())? {
-                    orders.insert(&key[..], first)?;
-                    applied.duplicates += 1;
-                    continue;
-                }
-                by_symbol.insert(index_key.as_slice(), &[][..])?;
-                applied.inserted += 1;
+            let applied = insert_orders(orders, by_symbol, &encoded.rows)?;
+            for (partition, next) in batch.forward(&current) {
+                offsets.insert(offset_key(&batch.topic, partition), &next.to_be_bytes()[..])?;
             }
-            for (partition, next) in &batch.offsets {
-                offsets.insert(
-                    offset_key(&batch.topic, *partition),
-                    &next.to_be_bytes()[..],
-                )?;
-            }
-            for (key, fill, resting, live) in &fills {
-                if let Some(fill) = fill {
-                    matching.insert(&key[..], fill.as_slice())?;
-                }
-                if *live {
-                    matching.insert(&resting[..], &[][..])?;
-                } else {
-                    matching.remove(&resting[..])?;
-                }
-            }
-            for (key, trade, index) in &trades {
-                if matching.get(key)?.is_none() {
-                    matching.insert(&key[..], trade.as_slice())?;
-                    matching.insert(index.as_slice(), &[][..])?;
-                }
-            }
+            write_matching(matching, &encoded)?;
             #[cfg(test)]
             if batch.fail_before_commit {
                 return Err(ConflictableTransactionError::Abort(
@@ -342,7 +379,7 @@ fn apply_in(store: &SledStore, batch: &Batch) -> Result<Applied, StoreError> {
 #[async_trait]
 impl Store for SledStore {
     fn engine(&self) -> &'static str {
-        "sled"
+        super::url::Engine::Sled.as_str()
     }
 
     async fn apply(&self, batch: Arc<Batch>) -> Result<Applied, StoreError> {

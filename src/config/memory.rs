@@ -1,0 +1,20 @@
+//! `[memory]`: the process' heap.
+
+use serde::{Deserialize, Serialize};
+
+/// `[memory]`: the process' heap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemorySettings {
+    /// Every this often, freed heap pages go back to the system
+    /// (`malloc_trim`; glibc keeps them otherwise). 0: never.
+    pub trim_every_ms: u64,
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        Self {
+            trim_every_ms: 1_000,
+        }
+    }
+}
