@@ -6,7 +6,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list --unsorted
 
-# Install what is missing, start tansu, PostgreSQL (and Redis for the redis store) and oms, print the URLs (store: redb, sled, postgres or redis; instances > 1: behind nginx on :8080)
+# Install what is missing, start tansu, PostgreSQL (and Redis for the redis store) and oms, print the URLs (store: redb, sled, memory, postgres or redis; instances > 1: behind nginx on :8080)
 up store="redb" instances="1":
     OMS_STORE={{store}} OMS_INSTANCES={{instances}} scripts/stack.sh up
 

@@ -110,6 +110,7 @@ async fn run(
         url: StoreUrl::embedded(engine, &folder).map_err(anyhow::Error::msg)?,
         ..StoreSettings::default()
     };
+    let rss_before = rss_mib();
     let store = oms::store::open(&settings).await?;
     let mut books = Matcher::new();
     let mut stored: BTreeMap<i32, i64> = BTreeMap::new();
@@ -146,12 +147,35 @@ async fn run(
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
+    // What the store holds in this process (the memory engine's state;
+    // redb's and sled's caches), then what a restart costs: close (the
+    // memory engine writes its last snapshot) and open again.
+    let held_mib = rss_mib() - rss_before;
+    let timed = Instant::now();
+    drop(store);
+    let close_seconds = timed.elapsed().as_secs_f64();
+    let timed = Instant::now();
+    let reopened = oms::store::open(&settings).await?;
+    let count = reopened.count().await?;
+    let reopen_seconds = timed.elapsed().as_secs_f64();
+    drop(reopened);
     println!(
-        "{{\"engine\": \"{name}\", \"profile\": \"{profile}\", \"orders\": {orders}, \"batch\": {batch_size}, \"trades\": {trades}, \"seconds\": {seconds:.3}, \"cpu_us_per_order\": {:.1}, \"store_us_per_order\": {:.1}}}",
+        "{{\"engine\": \"{name}\", \"profile\": \"{profile}\", \"orders\": {orders}, \"batch\": {batch_size}, \"trades\": {trades}, \"seconds\": {seconds:.3}, \"cpu_us_per_order\": {:.1}, \"store_us_per_order\": {:.1}, \"held_mib\": {held_mib:.0}, \"close_s\": {close_seconds:.2}, \"reopen_s\": {reopen_seconds:.2}, \"reopened_orders\": {count}}}",
         cpu * 1e6 / orders as f64,
         store_seconds * 1e6 / orders as f64,
     );
-    drop(store);
     let _ = std::fs::remove_dir_all(&folder);
     Ok(())
+}
+
+/// This process' resident memory, MiB.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }

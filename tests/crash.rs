@@ -154,6 +154,23 @@ async fn postgres_is_exactly_once_under_kill_9_on_the_memory_broker() {
     crash_and_count(Engine::Postgres, BrokerEngine::Memory, ORDERS, &[]).await;
 }
 
+/// The memory engine snapshots every few hundred orders and every 100 ms,
+/// so the kills land during snapshot writes too.
+const SNAPSHOT_OFTEN: &[(&str, &str)] = &[
+    ("OMS__STORE__MEMORY__SNAPSHOT_EVERY_ORDERS", "300"),
+    ("OMS__STORE__MEMORY__SNAPSHOT_EVERY_MS", "100"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_exactly_once_under_kill_9_on_the_durable_broker() {
+    crash_and_count(Engine::Memory, BrokerEngine::Sqlite, ORDERS, SNAPSHOT_OFTEN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_exactly_once_under_kill_9_on_the_memory_broker() {
+    crash_and_count(Engine::Memory, BrokerEngine::Memory, ORDERS, SNAPSHOT_OFTEN).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_is_not_wedged_by_produce_timeouts() {
     // 5 ms: far below a loaded machine's produce round trip, so most sends

@@ -64,6 +64,18 @@ async fn a_longer_new_log_on_the_durable_broker_is_read_whole_into_postgres() {
     replaced_log(BrokerEngine::Sqlite, Engine::Postgres, NewLog::Longer).await;
 }
 
+/// The memory engine: a snapshot newer than the log it meets is noticed
+/// like any store's offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_new_log_on_the_memory_broker_is_read_whole_into_memory() {
+    replaced_log(BrokerEngine::Memory, Engine::Memory, NewLog::Shorter).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_longer_new_log_on_the_durable_broker_is_read_whole_into_memory() {
+    replaced_log(BrokerEngine::Sqlite, Engine::Memory, NewLog::Longer).await;
+}
+
 async fn replaced_log(broker: BrokerEngine, engine: Engine, new_log: NewLog) {
     let broker_dir = tempfile::tempdir().expect("tempdir");
     let store_dir = tempfile::tempdir().expect("tempdir");

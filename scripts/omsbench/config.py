@@ -23,8 +23,9 @@ OMS_PORT = 28080
 PROM_PORT = 29090
 
 MODES = {"sqlite": "sqlite://tansu.db", "memory": "memory://tansu/"}
-STORES = ["redb", "redb-nomatch", "sled", "redis", "redis-aof", "postgres", "postgres-tmpfs"]
+STORES = ["memory", "redb", "redb-nomatch", "sled", "redis", "redis-aof", "postgres", "postgres-tmpfs"]
 STORE_TITLES = {
+    "memory": "memory (snapshots on tmpfs)",
     "redb": "redb (tmpfs)",
     "redb-nomatch": "redb (tmpfs), matching off",
     "sled": "sled (tmpfs)",

@@ -81,7 +81,7 @@ def fresh_redis(name: str, label: str) -> Store:
 def fresh_store(name: str, label: str) -> Store:
     if name in REDIS_PERSISTENCE:
         return fresh_redis(name, label)
-    if name in ("redb", "sled", "redb-nomatch"):
+    if name in ("memory", "redb", "sled", "redb-nomatch"):
         engine = name.split("-")[0]
         path = Path("/dev/shm/oms-bench") / f"{name}-{label}-{uuid.uuid4().hex[:8]}"
         # The same store with the consumer only storing: what matching costs.

@@ -10,6 +10,7 @@
 //! contract tests.
 
 pub mod lease;
+pub mod memory;
 pub mod postgres;
 pub mod redb;
 pub mod redis;
@@ -377,6 +378,9 @@ pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError
         )),
         Engine::Redis => Ok(Arc::new(
             redis::RedisStore::open(url.as_str(), &settings.redis).await?,
+        )),
+        Engine::Memory => Ok(Arc::new(
+            memory::MemoryStore::open(folder(), &settings.memory).await?,
         )),
     }
 }

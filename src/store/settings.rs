@@ -19,6 +19,43 @@ pub struct StoreSettings {
     pub postgres: PostgresSettings,
     /// `[store.redis]`
     pub redis: RedisSettings,
+    /// `[store.memory]`
+    pub memory: MemoryStoreSettings,
+}
+
+/// `[store.memory]`: the in-memory engine and its snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryStoreSettings {
+    /// A snapshot is written after this many orders were stored since the
+    /// last one (0: not by count). A restart reads the log from the newest
+    /// snapshot's offsets, so this bounds how much of the log it reads again.
+    pub snapshot_every_orders: u64,
+    /// ... or after this long with anything stored (0: not by time).
+    pub snapshot_every_ms: u64,
+    /// How many snapshots are kept (the newest; at least 1). An older one is
+    /// what a restart falls back to when the newest is damaged.
+    pub snapshots_kept: usize,
+    /// Most memory the state may hold, MiB (an estimate of what the orders,
+    /// fills, trades and indexes take; 0: no bound). At the bound the
+    /// consumer stops taking batches and `/readyz` says why; the log keeps
+    /// every order until the bound is raised.
+    pub max_mib: u64,
+}
+
+impl Default for MemoryStoreSettings {
+    fn default() -> Self {
+        Self {
+            // A snapshot serialises the whole state (~8 s of one core per
+            // million orders, bench/analysis.md): rarely enough that its
+            // cost per order stays small, often enough that a restart reads
+            // at most this much of the log again.
+            snapshot_every_orders: 1_000_000,
+            snapshot_every_ms: 300_000,
+            snapshots_kept: 3,
+            max_mib: 4_096,
+        }
+    }
 }
 
 /// `[store.redb]`, `[store.sled]`: an engine in files of its own.
@@ -122,6 +159,7 @@ impl Default for StoreSettings {
             sled: EmbeddedStoreSettings::default(),
             postgres: PostgresSettings::default(),
             redis: RedisSettings::default(),
+            memory: MemoryStoreSettings::default(),
         }
     }
 }

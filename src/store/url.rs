@@ -17,6 +17,8 @@ pub enum Engine {
     Postgres,
     /// Redis: an in-memory database server, persistence a setting.
     Redis,
+    /// In this process' memory, snapshots in a folder, the log as the journal.
+    Memory,
 }
 
 /// What [`StoreUrl`] needs to know about an engine.
@@ -31,7 +33,13 @@ struct EngineInfo {
 
 impl Engine {
     /// Every engine, for error messages and parsing.
-    pub const ALL: [Engine; 4] = [Engine::Redb, Engine::Sled, Engine::Postgres, Engine::Redis];
+    pub const ALL: [Engine; 5] = [
+        Engine::Redb,
+        Engine::Sled,
+        Engine::Postgres,
+        Engine::Redis,
+        Engine::Memory,
+    ];
 
     fn info(self) -> EngineInfo {
         match self {
@@ -55,6 +63,11 @@ impl Engine {
                 default_url: "redis://127.0.0.1:6379/0",
                 aliases: &[],
             },
+            Engine::Memory => EngineInfo {
+                name: "memory",
+                default_url: "memory:///dev/shm/oms-snapshots",
+                aliases: &[],
+            },
         }
     }
 
@@ -74,7 +87,7 @@ impl Engine {
     /// Whether the engine keeps its data in files of its own (a path), rather
     /// than in a server (a connection URL).
     pub fn is_embedded(self) -> bool {
-        matches!(self, Engine::Redb | Engine::Sled)
+        matches!(self, Engine::Redb | Engine::Sled | Engine::Memory)
     }
 
     fn from_scheme(scheme: &str) -> Option<Engine> {

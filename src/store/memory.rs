@@ -1,0 +1,841 @@
+//! The memory engine: the orders view in process memory, the log as its
+//! journal and snapshots on disk so a restart does not read the whole log.
+//!
+//! The state is a set of persistent maps (`imbl`): cloning it is O(1) and
+//! shares every node. A batch is applied to a clone, which then replaces the
+//! current state in one pointer swap — a reader sees a batch whole or not at
+//! all, and a failed batch leaves nothing behind. A snapshot takes the
+//! current state the same way and is written by a thread of its own, off
+//! the consumer's path. Only one process sees the data (like redb), so group
+//! mode refuses it; every instance in assign mode is a full replica.
+//!
+//! A snapshot holds the whole state *and* its offsets, so a restart loads
+//! it and reads the log from exactly there: what the process held past the
+//! last snapshot is read again from the log, never lost, never doubled.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::settings::MemoryStoreSettings;
+use super::{Applied, Batch, Store, StoreError, first_after};
+use crate::domain::{Fill, Offsets, StoredOrder, StoredTrade};
+
+/// The first bytes of every snapshot file; the digit is the format version.
+const MAGIC: &[u8; 8] = b"OMSMEM01";
+/// magic, payload length (u64 LE), CRC-32 of the payload (u32 LE).
+const HEADER: usize = 8 + 8 + 4;
+const SUFFIX: &str = ".snapshot";
+const PARTIAL: &str = ".partial";
+const REFUSED: &str = ".refused";
+
+/// An estimate of what one stored order holds in memory beyond its strings:
+/// the order itself, its `Arc`, its nodes in the id map and the symbol
+/// index, and its entry in the resting index while it rests. Calibrated
+/// against the process' RSS (docs/stores.md, "memory").
+const ORDER_OVERHEAD: u64 = 400;
+/// Likewise for a trade with its symbol-index entry.
+const TRADE_OVERHEAD: u64 = 300;
+
+type SymbolIndex = imbl::OrdSet<(Arc<str>, u128)>;
+
+/// Everything the engine holds; cheap to clone (persistent maps).
+#[derive(Clone, Default)]
+struct State {
+    /// id → order, its fill set.
+    orders: imbl::HashMap<u128, Arc<StoredOrder>>,
+    by_symbol: SymbolIndex,
+    /// (partition, id) of every order resting in a book.
+    resting: imbl::OrdSet<(i32, u128)>,
+    trades: imbl::HashMap<u128, Arc<StoredTrade>>,
+    trades_by_symbol: SymbolIndex,
+    /// topic → next offset to read, per partition.
+    offsets: BTreeMap<String, Offsets>,
+    /// Estimated bytes held (for `max_mib`).
+    bytes: u64,
+    /// Batches applied since the store was first created: names snapshots.
+    generation: u64,
+}
+
+/// The state as written to disk (the indexes are rebuilt on load).
+#[derive(Serialize, Deserialize)]
+struct Image {
+    generation: u64,
+    offsets: BTreeMap<String, Offsets>,
+    /// Each order with its fill (a [`StoredOrder`] does not serialise it).
+    orders: Vec<(StoredOrder, Fill)>,
+    resting: Vec<(i32, u128)>,
+    trades: Vec<StoredTrade>,
+}
+
+fn order_bytes(o: &StoredOrder) -> u64 {
+    let strings = o.order.description.as_str().len()
+        + o.order
+            .client_order_id
+            .as_ref()
+            .map_or(0, |c| c.as_str().len());
+    ORDER_OVERHEAD + strings as u64
+}
+
+fn trade_bytes(t: &StoredTrade) -> u64 {
+    TRADE_OVERHEAD + t.symbol.len() as u64
+}
+
+impl State {
+    fn image(&self) -> Image {
+        Image {
+            generation: self.generation,
+            offsets: self.offsets.clone(),
+            orders: self
+                .orders
+                .values()
+                .map(|o| ((**o).clone(), o.fill))
+                .collect(),
+            resting: self.resting.iter().copied().collect(),
+            trades: self.trades.values().map(|t| (**t).clone()).collect(),
+        }
+    }
+
+    fn from_image(image: Image) -> State {
+        let mut state = State {
+            generation: image.generation,
+            offsets: image.offsets,
+            resting: image.resting.into_iter().collect(),
+            ..State::default()
+        };
+        for (mut order, fill) in image.orders {
+            order.fill = fill;
+            state.insert_order(order);
+        }
+        for trade in image.trades {
+            state.insert_trade(trade);
+        }
+        state
+    }
+
+    /// First write wins: `false` for an id already held.
+    fn insert_order(&mut self, order: StoredOrder) -> bool {
+        let key = order.order.id.as_u128();
+        if self.orders.contains_key(&key) {
+            return false;
+        }
+        self.bytes += order_bytes(&order);
+        self.by_symbol
+            .insert((Arc::from(order.order.symbol().as_str()), key));
+        self.orders.insert(key, Arc::new(order));
+        true
+    }
+
+    fn insert_trade(&mut self, trade: StoredTrade) {
+        let key = trade.trade.id.as_u128();
+        if self.trades.contains_key(&key) {
+            return;
+        }
+        self.bytes += trade_bytes(&trade);
+        self.trades_by_symbol
+            .insert((Arc::from(trade.symbol.as_str()), key));
+        self.trades.insert(key, Arc::new(trade));
+    }
+
+    /// The batch on top of this state, or why not (nothing changed then:
+    /// the caller drops this copy).
+    fn apply(&mut self, batch: &Batch, max_bytes: u64) -> Result<Applied, StoreError> {
+        let current = self.offsets.get(&batch.topic).cloned().unwrap_or_default();
+        batch.check(&current)?;
+        if let Some(fenced) = &batch.claim {
+            // Leases exist only in a shared store; this one is never shared.
+            return Err(StoreError::refused(format!(
+                "the memory store holds no leases, yet a batch claims {fenced:?}"
+            )));
+        }
+        let incoming: u64 = batch.orders.iter().map(order_bytes).sum::<u64>()
+            + batch.trades.iter().map(trade_bytes).sum::<u64>();
+        if max_bytes > 0 && self.bytes + incoming > max_bytes {
+            return Err(StoreError::unavailable(format!(
+                "the memory store is full: it holds ~{} MiB and store.memory.max_mib is {}; \
+                 the log keeps every order until the bound is raised (restart with a larger \
+                 store.memory.max_mib)",
+                self.bytes >> 20,
+                max_bytes >> 20
+            )));
+        }
+        let mut applied = Applied::default();
+        for stored in &batch.orders {
+            if self.insert_order(stored.clone()) {
+                applied.inserted += 1;
+            } else {
+                applied.duplicates += 1;
+            }
+        }
+        let forward: Vec<(i32, i64)> = batch.forward(&current).collect();
+        let offsets = self.offsets.entry(batch.topic.clone()).or_default();
+        offsets.extend(forward);
+        for state in &batch.states {
+            let key = state.id.as_u128();
+            if let Some(order) = self.orders.get(&key)
+                && order.fill != state.fill
+            {
+                let mut order = (**order).clone();
+                order.fill = state.fill;
+                self.orders.insert(key, Arc::new(order));
+            }
+            if state.fill.status.is_live() {
+                self.resting.insert((state.partition, key));
+            } else {
+                self.resting.remove(&(state.partition, key));
+            }
+        }
+        for trade in &batch.trades {
+            self.insert_trade(trade.clone());
+        }
+        self.generation += 1;
+        Ok(applied)
+    }
+}
+
+/// The memory engine.
+pub struct MemoryStore {
+    current: RwLock<Arc<State>>,
+    /// One batch at a time builds the next state.
+    writer: Mutex<Due>,
+    snapshots: Snapshots,
+    max_bytes: u64,
+}
+
+/// When the next snapshot is due.
+struct Due {
+    orders: u64,
+    since: Instant,
+    written_generation: u64,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("dir", &self.snapshots.dir)
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// Opens the store whose snapshots live in `dir` (created as needed):
+    /// the newest valid snapshot is loaded; one that fails its checksum is
+    /// reported, renamed `*.refused` and the one before it used.
+    pub async fn open(dir: &Path, settings: &MemoryStoreSettings) -> Result<Self, StoreError> {
+        let (dir, settings) = (dir.to_owned(), settings.clone());
+        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, &settings))
+            .await
+            .map_err(|source| StoreError::Crashed {
+                engine: "memory",
+                source,
+            })?
+    }
+
+    fn open_blocking(dir: &Path, settings: &MemoryStoreSettings) -> Result<Self, StoreError> {
+        fs::create_dir_all(dir).map_err(|e| {
+            StoreError::permanent(
+                format!("cannot create the snapshot folder {}", dir.display()),
+                e,
+            )
+        })?;
+        let started = Instant::now();
+        let state = load_newest(dir)?;
+        tracing::info!(
+            orders = state.orders.len(),
+            trades = state.trades.len(),
+            generation = state.generation,
+            seconds = started.elapsed().as_secs_f64(),
+            "memory store loaded"
+        );
+        let snapshots = Snapshots::start(dir, settings.snapshots_kept.max(1))?;
+        Ok(MemoryStore {
+            writer: Mutex::new(Due {
+                orders: 0,
+                since: Instant::now(),
+                written_generation: state.generation,
+            }),
+            current: RwLock::new(Arc::new(state)),
+            snapshots: Snapshots {
+                every_orders: settings.snapshot_every_orders,
+                every: Duration::from_millis(settings.snapshot_every_ms),
+                ..snapshots
+            },
+            max_bytes: settings.max_mib.saturating_mul(1 << 20),
+        })
+    }
+
+    fn now(&self) -> Arc<State> {
+        match self.current.read() {
+            Ok(state) => state.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Estimated bytes the state holds (what `max_mib` bounds).
+    pub fn held_bytes(&self) -> u64 {
+        self.now().bytes
+    }
+
+    /// Writes a snapshot of the current state now and waits for it (a clean
+    /// stop, and tests).
+    pub fn snapshot_now(&self) -> Result<(), StoreError> {
+        let state = self.now();
+        write_snapshot(&self.snapshots.dir, &state, self.snapshots.kept)
+            .map(drop)
+            .map_err(|e| StoreError::transient("the memory store could not write a snapshot", e))
+    }
+
+    fn apply_now(&self, batch: &Batch) -> Result<Applied, StoreError> {
+        let mut due = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::refused("the memory store's writer panicked"))?;
+        let mut next = (*self.now()).clone();
+        let applied = next.apply(batch, self.max_bytes)?;
+        #[cfg(test)]
+        if batch.fail_before_commit {
+            return Err(StoreError::unavailable("injected failure before commit"));
+        }
+        let next = Arc::new(next);
+        match self.current.write() {
+            Ok(mut current) => *current = next.clone(),
+            Err(poisoned) => *poisoned.into_inner() = next.clone(),
+        }
+        metrics::gauge!("memory_store_bytes").set(next.bytes as f64);
+        due.orders += batch.orders.len() as u64;
+        let orders_due =
+            self.snapshots.every_orders > 0 && due.orders >= self.snapshots.every_orders;
+        let time_due =
+            !self.snapshots.every.is_zero() && due.since.elapsed() >= self.snapshots.every;
+        if orders_due || time_due {
+            // The writer thread is busy with the last one: try after the next batch.
+            if self.snapshots.request(next.clone()) {
+                due.orders = 0;
+                due.since = Instant::now();
+                due.written_generation = next.generation;
+            }
+        }
+        Ok(applied)
+    }
+}
+
+impl Drop for MemoryStore {
+    /// A clean stop writes a last snapshot, so the next start reads nothing
+    /// again from the log.
+    fn drop(&mut self) {
+        let written = self
+            .writer
+            .lock()
+            .map(|d| d.written_generation)
+            .unwrap_or(0);
+        if self.now().generation != written
+            && let Err(err) = self.snapshot_now()
+        {
+            tracing::warn!(error = %crate::error::Chain(&err), "memory store: no snapshot on close; the next start reads more of the log");
+        }
+    }
+}
+
+/// The snapshot writer: a thread taking one state at a time.
+struct Snapshots {
+    dir: PathBuf,
+    kept: usize,
+    every_orders: u64,
+    every: Duration,
+    tx: SyncSender<Arc<State>>,
+}
+
+impl Snapshots {
+    fn start(dir: &Path, kept: usize) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::sync_channel::<Arc<State>>(0);
+        let folder = dir.to_owned();
+        std::thread::Builder::new()
+            .name("oms-snapshot".into())
+            .spawn(move || {
+                for state in rx {
+                    let started = Instant::now();
+                    match write_snapshot(&folder, &state, kept) {
+                        Ok(bytes) => {
+                            metrics::counter!("memory_snapshots_total").increment(1);
+                            metrics::histogram!("memory_snapshot_seconds")
+                                .record(started.elapsed().as_secs_f64());
+                            tracing::info!(
+                                generation = state.generation,
+                                orders = state.orders.len(),
+                                bytes,
+                                seconds = started.elapsed().as_secs_f64(),
+                                "memory store snapshot written"
+                            );
+                        }
+                        Err(err) => {
+                            metrics::counter!("memory_snapshot_failures_total").increment(1);
+                            tracing::warn!(error = %err, dir = %folder.display(), "memory store snapshot failed; the log still holds everything after the last one");
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::permanent("cannot start the snapshot thread", e))?;
+        Ok(Snapshots {
+            dir: dir.to_owned(),
+            kept,
+            every_orders: 0,
+            every: Duration::ZERO,
+            tx,
+        })
+    }
+
+    /// Hands `state` to the writer if it is idle.
+    fn request(&self, state: Arc<State>) -> bool {
+        match self.tx.try_send(state) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+fn snapshot_name(generation: u64) -> String {
+    format!("{generation:020}{SUFFIX}")
+}
+
+/// Serialises, checksums, writes to a temporary file, fsyncs, renames and
+/// fsyncs the folder; then keeps only the newest `kept`. Returns the bytes.
+fn write_snapshot(dir: &Path, state: &State, kept: usize) -> std::io::Result<u64> {
+    let payload = rmp_serde::to_vec_named(&state.image()).map_err(std::io::Error::other)?;
+    let name = snapshot_name(state.generation);
+    let partial = dir.join(format!("{name}{PARTIAL}"));
+    {
+        let mut file = File::create(&partial)?;
+        file.write_all(MAGIC)?;
+        file.write_all(&(payload.len() as u64).to_le_bytes())?;
+        file.write_all(&crc32fast::hash(&payload).to_le_bytes())?;
+        file.write_all(&payload)?;
+        file.sync_all()?;
+    }
+    fs::rename(&partial, dir.join(&name))?;
+    File::open(dir)?.sync_all()?;
+    let mut all = snapshot_files(dir)?;
+    while all.len() > kept {
+        let (_, oldest) = all.remove(0);
+        fs::remove_file(oldest)?;
+    }
+    Ok((HEADER + payload.len()) as u64)
+}
+
+/// Finished snapshots in `dir`, oldest first.
+fn snapshot_files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(generation) = name.strip_suffix(SUFFIX).and_then(|g| g.parse().ok()) {
+            out.push((generation, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Why a snapshot file was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot read it")]
+    Io(#[from] std::io::Error),
+    #[error("it is not an oms memory-store snapshot (or another version of one)")]
+    Magic,
+    #[error("it is cut short: {have} bytes of {want}")]
+    Truncated { have: usize, want: usize },
+    #[error("its checksum does not match (the file is damaged)")]
+    Checksum,
+    #[error("its content does not decode")]
+    Decode(#[from] rmp_serde::decode::Error),
+}
+
+fn read_snapshot(path: &Path) -> Result<State, SnapshotError> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err(SnapshotError::Magic);
+    }
+    let want = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default()) as usize;
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().unwrap_or_default());
+    let payload = &bytes[HEADER..];
+    if payload.len() != want {
+        return Err(SnapshotError::Truncated {
+            have: payload.len(),
+            want,
+        });
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err(SnapshotError::Checksum);
+    }
+    let image: Image = rmp_serde::from_slice(payload)?;
+    Ok(State::from_image(image))
+}
+
+/// The newest snapshot that reads whole; none: an empty state (the log is
+/// read from its start). Leftover partial files (a kill during a write) are
+/// removed; a refused snapshot is renamed `*.refused` and kept for a look.
+fn load_newest(dir: &Path) -> Result<State, StoreError> {
+    let unreadable =
+        |e: std::io::Error| StoreError::permanent(format!("cannot read {}", dir.display()), e);
+    for entry in fs::read_dir(dir).map_err(unreadable)? {
+        let path = entry.map_err(unreadable)?.path();
+        if path.to_string_lossy().ends_with(PARTIAL) {
+            tracing::info!(path = %path.display(), "removing a snapshot whose write did not finish");
+            _ = fs::remove_file(&path);
+        }
+    }
+    let mut files = snapshot_files(dir).map_err(unreadable)?;
+    while let Some((_, path)) = files.pop() {
+        match read_snapshot(&path) {
+            Ok(state) => return Ok(state),
+            Err(err) => {
+                metrics::counter!("memory_snapshots_refused_total").increment(1);
+                tracing::error!(path = %path.display(), reason = %crate::error::Chain(&err), "a memory-store snapshot is refused; trying the one before it");
+                let mut refused = path.clone().into_os_string();
+                refused.push(REFUSED);
+                _ = fs::rename(&path, refused);
+            }
+        }
+    }
+    Ok(State::default())
+}
+
+fn page<T>(
+    index: &SymbolIndex,
+    symbol: &str,
+    after: Option<Uuid>,
+    limit: usize,
+    mut get: impl FnMut(u128) -> Option<T>,
+) -> Result<Vec<T>, StoreError> {
+    let Some(start) = first_after(after) else {
+        return Ok(Vec::new());
+    };
+    let symbol: Arc<str> = Arc::from(symbol);
+    index
+        .range((symbol.clone(), start)..=(symbol, u128::MAX))
+        .take(limit)
+        .map(|(_, id)| {
+            get(*id).ok_or_else(|| {
+                StoreError::refused(format!(
+                    "index names {} that is missing",
+                    Uuid::from_u128(*id)
+                ))
+            })
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn engine(&self) -> &'static str {
+        super::url::Engine::Memory.as_str()
+    }
+
+    async fn apply(&self, batch: Arc<Batch>) -> Result<Applied, StoreError> {
+        // Microseconds of CPU per batch: no blocking pool round trip.
+        self.apply_now(&batch)
+    }
+
+    async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError> {
+        Ok(self.now().offsets.get(topic).cloned().unwrap_or_default())
+    }
+
+    async fn forget_offsets(&self, topic: &str, partitions: &[i32]) -> Result<(), StoreError> {
+        let _writer = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::refused("the memory store's writer panicked"))?;
+        let mut next = (*self.now()).clone();
+        if let Some(offsets) = next.offsets.get_mut(topic) {
+            for p in partitions {
+                offsets.remove(p);
+            }
+        }
+        next.generation += 1;
+        match self.current.write() {
+            Ok(mut current) => *current = Arc::new(next),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(next),
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
+        Ok(self.now().orders.get(&id.as_u128()).map(|o| (**o).clone()))
+    }
+
+    async fn list_by_symbol(
+        &self,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        let state = self.now();
+        page(&state.by_symbol, symbol, after, limit, |id| {
+            state.orders.get(&id).map(|o| (**o).clone())
+        })
+    }
+
+    async fn known(&self, ids: Vec<Uuid>) -> Result<HashSet<Uuid>, StoreError> {
+        let state = self.now();
+        Ok(ids
+            .into_iter()
+            .filter(|id| state.orders.contains_key(&id.as_u128()))
+            .collect())
+    }
+
+    async fn resting(&self, partition: i32) -> Result<Vec<StoredOrder>, StoreError> {
+        let state = self.now();
+        let mut out = state
+            .resting
+            .range((partition, 0)..=(partition, u128::MAX))
+            .map(|(_, id)| {
+                state.orders.get(id).map(|o| (**o).clone()).ok_or_else(|| {
+                    StoreError::refused(format!(
+                        "the resting index names order {} that is missing",
+                        Uuid::from_u128(*id)
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|o| o.offset);
+        Ok(out)
+    }
+
+    async fn trades(
+        &self,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredTrade>, StoreError> {
+        let state = self.now();
+        page(&state.trades_by_symbol, symbol, after, limit, |id| {
+            state.trades.get(&id).map(|t| (**t).clone())
+        })
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        Ok(self.now().orders.len() as u64)
+    }
+
+    /// Always serving: a full store still answers reads; the consumer's
+    /// state (and so `/readyz`) says it is waiting for room.
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Memory(tempfile::TempDir);
+
+    impl super::super::contract::Engine for Memory {
+        async fn open(&self) -> Arc<dyn Store> {
+            Arc::new(
+                MemoryStore::open(self.0.path(), &MemoryStoreSettings::default())
+                    .await
+                    .expect("open the memory store"),
+            )
+        }
+    }
+
+    async fn engine() -> Memory {
+        Memory(tempfile::tempdir().expect("tempdir"))
+    }
+
+    crate::store_contract_tests!(engine);
+
+    use super::super::contract::{TOPIC, batch, order};
+
+    fn settings(every_orders: u64) -> MemoryStoreSettings {
+        MemoryStoreSettings {
+            snapshot_every_orders: every_orders,
+            snapshot_every_ms: 0,
+            snapshots_kept: 3,
+            max_mib: 0,
+        }
+    }
+
+    async fn open(dir: &Path, settings: &MemoryStoreSettings) -> MemoryStore {
+        MemoryStore::open(dir, settings).await.expect("open")
+    }
+
+    /// Ten batches of one order each, offsets 1..=10 on partition 0.
+    async fn fill_up(store: &MemoryStore, from: i64, to: i64) {
+        for n in from..to {
+            store
+                .apply(batch(vec![order(("USD", "EUR"), n)], &[(0, n + 1)]))
+                .await
+                .expect("apply");
+        }
+    }
+
+    /// What a kill -9 leaves: no snapshot on close.
+    fn kill(store: MemoryStore) {
+        std::mem::forget(store);
+    }
+
+    #[tokio::test]
+    async fn a_restart_loads_the_newest_snapshot_with_its_offsets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), &settings(0)).await;
+        fill_up(&store, 0, 6).await;
+        store.snapshot_now().expect("snapshot");
+        fill_up(&store, 6, 9).await; // after the snapshot: lost with the process
+        kill(store);
+
+        let store = open(dir.path(), &settings(0)).await;
+        assert_eq!(store.count().await.expect("count"), 6);
+        assert_eq!(
+            store.offsets(TOPIC).await.expect("offsets"),
+            Offsets::from([(0, 6)]),
+            "the snapshot's offsets: the log is read again from there"
+        );
+    }
+
+    #[tokio::test]
+    async fn snapshots_are_written_every_n_orders_and_only_the_last_k_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), &settings(2)).await;
+        let newest = |dir: &Path| snapshot_files(dir).expect("list").last().map(|(g, _)| *g);
+        for round in 0..5 {
+            fill_up(&store, round * 2, round * 2 + 2).await;
+            // The writer takes a state when it is idle: wait for this one.
+            let want = (round * 2 + 2) as u64;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while newest(dir.path()) != Some(want) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(
+                newest(dir.path()),
+                Some(want),
+                "a snapshot after every 2 orders"
+            );
+        }
+        let files = snapshot_files(dir.path()).expect("list");
+        assert!(files.len() <= 3, "kept at most 3: {files:?}");
+        kill(store);
+        let store = open(dir.path(), &settings(0)).await;
+        assert!(store.count().await.expect("count") >= 10);
+    }
+
+    /// Damage the newest snapshot in `how`; the one before it is used and
+    /// the damaged one is set aside.
+    async fn damaged_newest_falls_back(how: impl FnOnce(&Path)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), &settings(0)).await;
+        fill_up(&store, 0, 4).await;
+        store.snapshot_now().expect("first snapshot");
+        fill_up(&store, 4, 8).await;
+        store.snapshot_now().expect("second snapshot");
+        kill(store);
+        let files = snapshot_files(dir.path()).expect("list");
+        let (_, newest) = files.last().expect("two snapshots");
+        how(newest);
+
+        let store = open(dir.path(), &settings(0)).await;
+        assert_eq!(store.count().await.expect("count"), 4, "the older snapshot");
+        assert_eq!(
+            store.offsets(TOPIC).await.expect("offsets"),
+            Offsets::from([(0, 4)]),
+            "with its own offsets, never the damaged one's"
+        );
+        assert_eq!(snapshot_files(dir.path()).expect("list").len(), 1);
+        kill(store);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_cut_half_way_is_refused_and_the_one_before_used() {
+        damaged_newest_falls_back(|path| {
+            let len = fs::metadata(path).expect("metadata").len();
+            File::options()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(len / 2))
+                .expect("truncate");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_with_a_flipped_byte_is_refused_by_its_checksum() {
+        damaged_newest_falls_back(|path| {
+            let mut bytes = fs::read(path).expect("read");
+            let at = bytes.len() - 10;
+            bytes[at] ^= 0xff;
+            fs::write(path, bytes).expect("write");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn no_valid_snapshot_means_the_log_is_read_from_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(snapshot_name(7)), b"not a snapshot").expect("write");
+        fs::write(
+            dir.path().join(format!("{}{PARTIAL}", snapshot_name(9))),
+            b"half",
+        )
+        .expect("write");
+        let store = open(dir.path(), &settings(0)).await;
+        assert_eq!(store.count().await.expect("count"), 0);
+        assert!(store.offsets(TOPIC).await.expect("offsets").is_empty());
+        assert!(snapshot_files(dir.path()).expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn at_its_bound_the_store_refuses_batches_until_the_bound_is_raised() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tight = MemoryStoreSettings {
+            max_mib: 1,
+            ..settings(0)
+        };
+        let store = open(dir.path(), &tight).await;
+        let per_order = order_bytes(&order(("USD", "EUR"), 0)) as i64;
+        let mut fits = 0;
+        let over = loop {
+            assert!(fits < 2 * (1 << 20) / per_order, "never refused");
+            match store
+                .apply(batch(vec![order(("USD", "EUR"), fits)], &[(0, fits + 1)]))
+                .await
+            {
+                Ok(_) => fits += 1,
+                Err(err) => break err,
+            }
+        };
+        assert!(fits > (1 << 20) / per_order / 2, "refused early, at {fits}");
+        assert!(
+            !over.is_permanent(),
+            "a bound is waited out, not dead-lettered"
+        );
+        assert!(over.to_string().contains("max_mib"), "{over}");
+        assert_eq!(
+            store.offsets(TOPIC).await.expect("offsets"),
+            Offsets::from([(0, fits)])
+        );
+        drop(store); // a clean stop: a snapshot
+
+        let raised = MemoryStoreSettings {
+            max_mib: 2,
+            ..settings(0)
+        };
+        let store = open(dir.path(), &raised).await;
+        store
+            .apply(batch(vec![order(("USD", "EUR"), fits)], &[(0, fits + 1)]))
+            .await
+            .expect("stored once the bound is raised");
+        assert_eq!(store.count().await.expect("count"), fits as u64 + 1);
+    }
+}
