@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use super::settings::MemoryStoreSettings;
 use super::{Applied, Batch, Store, StoreError, first_after};
-use crate::domain::{Fill, Offsets, StoredOrder, StoredTrade};
+use crate::domain::{Fill, Offsets, Order, StoredOrder, StoredTrade, Trade};
 
 /// The first bytes of every snapshot file; the digit is the format version.
 const MAGIC: &[u8; 8] = b"OMSMEM01";
@@ -45,7 +45,20 @@ const ORDER_OVERHEAD: u64 = 400;
 /// Likewise for a trade with its symbol-index entry.
 const TRADE_OVERHEAD: u64 = 300;
 
-type SymbolIndex = imbl::OrdSet<(Arc<str>, u128)>;
+/// symbol → ids in id order. One set per symbol, keyed by plain integers:
+/// a batch's copy-on-write of a B-tree leaf then copies no reference counts.
+type SymbolIndex = imbl::HashMap<Arc<str>, imbl::OrdSet<u128>>;
+
+fn index(index: &mut SymbolIndex, symbol: &str, key: u128) {
+    match index.get_mut(symbol) {
+        Some(ids) => {
+            ids.insert(key);
+        }
+        None => {
+            index.insert(Arc::from(symbol), imbl::OrdSet::unit(key));
+        }
+    }
+}
 
 /// Everything the engine holds; cheap to clone (persistent maps).
 #[derive(Clone, Default)]
@@ -65,15 +78,45 @@ struct State {
     generation: u64,
 }
 
-/// The state as written to disk (the indexes are rebuilt on load).
+/// The state as written to disk (the indexes are rebuilt on load). No
+/// `serde(flatten)` anywhere in it: flattened structs decode through
+/// serde's generic buffering, which made loading 1 M orders take ~20 s.
 #[derive(Serialize, Deserialize)]
-struct Image {
+struct Image<O, T> {
     generation: u64,
     offsets: BTreeMap<String, Offsets>,
-    /// Each order with its fill (a [`StoredOrder`] does not serialise it).
-    orders: Vec<(StoredOrder, Fill)>,
+    orders: O,
     resting: Vec<(i32, u128)>,
-    trades: Vec<StoredTrade>,
+    trades: T,
+}
+
+/// An order in a snapshot: the order, where it sits, its fill.
+type OrderRow<O> = (O, i32, i64, Fill);
+/// A trade in a snapshot: the trade, its symbol, its taker's position.
+type TradeRow<T> = (T, String, i32, i64);
+type Decoded = Image<Vec<OrderRow<Order>>, Vec<TradeRow<Trade>>>;
+
+/// Serialises the items of an iterator as a sequence without collecting
+/// them: a snapshot borrows the state instead of copying every order.
+struct Seq<I>(std::cell::RefCell<Option<I>>);
+
+impl<I> Serialize for Seq<I>
+where
+    I: Iterator,
+    I::Item: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.borrow_mut().take() {
+            Some(items) => serializer.collect_seq(items),
+            None => Err(serde::ser::Error::custom(
+                "a snapshot sequence is written once",
+            )),
+        }
+    }
+}
+
+fn seq<I: Iterator>(items: I) -> Seq<I> {
+    Seq(std::cell::RefCell::new(Some(items)))
 }
 
 fn order_bytes(o: &StoredOrder) -> u64 {
@@ -90,35 +133,46 @@ fn trade_bytes(t: &StoredTrade) -> u64 {
 }
 
 impl State {
-    fn image(&self) -> Image {
-        Image {
+    /// The snapshot's bytes.
+    fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        let image = Image {
             generation: self.generation,
             offsets: self.offsets.clone(),
-            orders: self
+            orders: seq(self
                 .orders
                 .values()
-                .map(|o| ((**o).clone(), o.fill))
-                .collect(),
+                .map(|o| (&o.order, o.partition, o.offset, o.fill))),
             resting: self.resting.iter().copied().collect(),
-            trades: self.trades.values().map(|t| (**t).clone()).collect(),
-        }
+            trades: seq(self
+                .trades
+                .values()
+                .map(|t| (&t.trade, &t.symbol, t.partition, t.offset))),
+        };
+        rmp_serde::to_vec_named(&image)
     }
 
-    fn from_image(image: Image) -> State {
+    fn decode(bytes: &[u8]) -> Result<State, rmp_serde::decode::Error> {
+        let image: Decoded = rmp_serde::from_slice(bytes)?;
         let mut state = State {
             generation: image.generation,
             offsets: image.offsets,
             resting: image.resting.into_iter().collect(),
             ..State::default()
         };
-        for (mut order, fill) in image.orders {
-            order.fill = fill;
-            state.insert_order(order);
+        for (order, partition, offset, fill) in image.orders {
+            let mut stored = StoredOrder::new(order, partition, offset);
+            stored.fill = fill;
+            state.insert_order(stored);
         }
-        for trade in image.trades {
-            state.insert_trade(trade);
+        for (trade, symbol, partition, offset) in image.trades {
+            state.insert_trade(StoredTrade {
+                trade,
+                symbol,
+                partition,
+                offset,
+            });
         }
-        state
+        Ok(state)
     }
 
     /// First write wins: `false` for an id already held.
@@ -128,8 +182,7 @@ impl State {
             return false;
         }
         self.bytes += order_bytes(&order);
-        self.by_symbol
-            .insert((Arc::from(order.order.symbol().as_str()), key));
+        index(&mut self.by_symbol, order.order.symbol().as_str(), key);
         self.orders.insert(key, Arc::new(order));
         true
     }
@@ -140,8 +193,7 @@ impl State {
             return;
         }
         self.bytes += trade_bytes(&trade);
-        self.trades_by_symbol
-            .insert((Arc::from(trade.symbol.as_str()), key));
+        index(&mut self.trades_by_symbol, &trade.symbol, key);
         self.trades.insert(key, Arc::new(trade));
     }
 
@@ -355,7 +407,9 @@ struct Snapshots {
 
 impl Snapshots {
     fn start(dir: &Path, kept: usize) -> Result<Self, StoreError> {
-        let (tx, rx) = mpsc::sync_channel::<Arc<State>>(0);
+        // One state may wait while another is written: a request made before
+        // the thread first waits, or during a write, is not lost.
+        let (tx, rx) = mpsc::sync_channel::<Arc<State>>(1);
         let folder = dir.to_owned();
         std::thread::Builder::new()
             .name("oms-snapshot".into())
@@ -392,7 +446,7 @@ impl Snapshots {
         })
     }
 
-    /// Hands `state` to the writer if it is idle.
+    /// Hands `state` to the writer unless one already waits for it.
     fn request(&self, state: Arc<State>) -> bool {
         match self.tx.try_send(state) {
             Ok(()) => true,
@@ -408,7 +462,7 @@ fn snapshot_name(generation: u64) -> String {
 /// Serialises, checksums, writes to a temporary file, fsyncs, renames and
 /// fsyncs the folder; then keeps only the newest `kept`. Returns the bytes.
 fn write_snapshot(dir: &Path, state: &State, kept: usize) -> std::io::Result<u64> {
-    let payload = rmp_serde::to_vec_named(&state.image()).map_err(std::io::Error::other)?;
+    let payload = state.encode().map_err(std::io::Error::other)?;
     let name = snapshot_name(state.generation);
     let partial = dir.join(format!("{name}{PARTIAL}"));
     {
@@ -478,8 +532,7 @@ fn read_snapshot(path: &Path) -> Result<State, SnapshotError> {
     if crc32fast::hash(payload) != crc {
         return Err(SnapshotError::Checksum);
     }
-    let image: Image = rmp_serde::from_slice(payload)?;
-    Ok(State::from_image(image))
+    Ok(State::decode(payload)?)
 }
 
 /// The newest snapshot that reads whole; none: an empty state (the log is
@@ -521,11 +574,12 @@ fn page<T>(
     let Some(start) = first_after(after) else {
         return Ok(Vec::new());
     };
-    let symbol: Arc<str> = Arc::from(symbol);
-    index
-        .range((symbol.clone(), start)..=(symbol, u128::MAX))
+    let Some(ids) = index.get(symbol) else {
+        return Ok(Vec::new());
+    };
+    ids.range(start..)
         .take(limit)
-        .map(|(_, id)| {
+        .map(|id| {
             get(*id).ok_or_else(|| {
                 StoreError::refused(format!(
                     "index names {} that is missing",
