@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -40,8 +41,8 @@ const REFUSED: &str = ".refused";
 /// An estimate of what one stored order holds in memory beyond its strings:
 /// the order itself, its `Arc`, its nodes in the id map and the symbol
 /// index, and its entry in the resting index while it rests. Calibrated
-/// against the process' RSS (docs/stores.md, "memory").
-const ORDER_OVERHEAD: u64 = 400;
+/// against the process' RSS: 749 MiB more for 1 M orders (bench/analysis.md).
+const ORDER_OVERHEAD: u64 = 750;
 /// Likewise for a trade with its symbol-index entry.
 const TRADE_OVERHEAD: u64 = 300;
 
@@ -266,7 +267,6 @@ pub struct MemoryStore {
 struct Due {
     orders: u64,
     since: Instant,
-    written_generation: u64,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -307,12 +307,11 @@ impl MemoryStore {
             seconds = started.elapsed().as_secs_f64(),
             "memory store loaded"
         );
-        let snapshots = Snapshots::start(dir, settings.snapshots_kept.max(1))?;
+        let snapshots = Snapshots::start(dir, settings.snapshots_kept.max(1), state.generation)?;
         Ok(MemoryStore {
             writer: Mutex::new(Due {
                 orders: 0,
                 since: Instant::now(),
-                written_generation: state.generation,
             }),
             current: RwLock::new(Arc::new(state)),
             snapshots: Snapshots {
@@ -341,8 +340,11 @@ impl MemoryStore {
     pub fn snapshot_now(&self) -> Result<(), StoreError> {
         let state = self.now();
         write_snapshot(&self.snapshots.dir, &state, self.snapshots.kept)
-            .map(drop)
-            .map_err(|e| StoreError::transient("the memory store could not write a snapshot", e))
+            .map_err(|e| StoreError::transient("the memory store could not write a snapshot", e))?;
+        self.snapshots
+            .written
+            .fetch_max(state.generation, Ordering::Relaxed);
+        Ok(())
     }
 
     fn apply_now(&self, batch: &Batch) -> Result<Applied, StoreError> {
@@ -372,7 +374,6 @@ impl MemoryStore {
             if self.snapshots.request(next.clone()) {
                 due.orders = 0;
                 due.since = Instant::now();
-                due.written_generation = next.generation;
             }
         }
         Ok(applied)
@@ -383,11 +384,12 @@ impl Drop for MemoryStore {
     /// A clean stop writes a last snapshot, so the next start reads nothing
     /// again from the log.
     fn drop(&mut self) {
-        let written = self
-            .writer
-            .lock()
-            .map(|d| d.written_generation)
-            .unwrap_or(0);
+        // Let the writer finish what it was given, then write what is newer.
+        drop(self.snapshots.tx.take());
+        if let Some(thread) = self.snapshots.thread.take() {
+            _ = thread.join();
+        }
+        let written = self.snapshots.written.load(Ordering::Relaxed);
         if self.now().generation != written
             && let Err(err) = self.snapshot_now()
         {
@@ -402,22 +404,28 @@ struct Snapshots {
     kept: usize,
     every_orders: u64,
     every: Duration,
-    tx: SyncSender<Arc<State>>,
+    tx: Option<SyncSender<Arc<State>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The generation of the newest snapshot written.
+    written: Arc<AtomicU64>,
 }
 
 impl Snapshots {
-    fn start(dir: &Path, kept: usize) -> Result<Self, StoreError> {
+    fn start(dir: &Path, kept: usize, loaded: u64) -> Result<Self, StoreError> {
+        let written = Arc::new(AtomicU64::new(loaded));
+        let done = written.clone();
         // One state may wait while another is written: a request made before
         // the thread first waits, or during a write, is not lost.
         let (tx, rx) = mpsc::sync_channel::<Arc<State>>(1);
         let folder = dir.to_owned();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("oms-snapshot".into())
             .spawn(move || {
                 for state in rx {
                     let started = Instant::now();
                     match write_snapshot(&folder, &state, kept) {
                         Ok(bytes) => {
+                            done.fetch_max(state.generation, Ordering::Relaxed);
                             metrics::counter!("memory_snapshots_total").increment(1);
                             metrics::histogram!("memory_snapshot_seconds")
                                 .record(started.elapsed().as_secs_f64());
@@ -442,15 +450,17 @@ impl Snapshots {
             kept,
             every_orders: 0,
             every: Duration::ZERO,
-            tx,
+            tx: Some(tx),
+            thread: Some(thread),
+            written,
         })
     }
 
     /// Hands `state` to the writer unless one already waits for it.
     fn request(&self, state: Arc<State>) -> bool {
-        match self.tx.try_send(state) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        match self.tx.as_ref().map(|tx| tx.try_send(state)) {
+            Some(Ok(())) => true,
+            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => false,
         }
     }
 }
@@ -756,6 +766,20 @@ mod tests {
             store.offsets(TOPIC).await.expect("offsets"),
             Offsets::from([(0, 6)]),
             "the snapshot's offsets: the log is read again from there"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_clean_stop_waits_for_the_writer_and_leaves_the_whole_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), &settings(1)).await;
+        fill_up(&store, 0, 50).await; // a snapshot asked for after every batch
+        drop(store);
+        let store = open(dir.path(), &settings(0)).await;
+        assert_eq!(store.count().await.expect("count"), 50);
+        assert_eq!(
+            store.offsets(TOPIC).await.expect("offsets"),
+            Offsets::from([(0, 50)])
         );
     }
 
