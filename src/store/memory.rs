@@ -2,11 +2,13 @@
 //! journal and snapshots on disk so a restart does not read the whole log.
 //!
 //! The state is a set of persistent maps (`imbl`): cloning it is O(1) and
-//! shares every node. A batch is applied to a clone, which then replaces the
-//! current state in one pointer swap — a reader sees a batch whole or not at
-//! all, and a failed batch leaves nothing behind. A snapshot takes the
-//! current state the same way and is written by a thread of its own, off
-//! the consumer's path. Only one process sees the data (like redb), so group
+//! shares every node. A batch is first admitted (offsets, bound), then
+//! applied under the state's write lock — a reader sees a batch whole or
+//! not at all, and a refused batch changes nothing. It is applied in place
+//! unless a reader or the snapshot writer still holds the state; then only
+//! the nodes it touches are copied. A snapshot takes the current state as
+//! an O(1) clone and is written by a thread of its own, off the consumer's
+//! path. Only one process sees the data (like redb), so group
 //! mode refuses it; every instance in assign mode is a full replica.
 //!
 //! A snapshot holds the whole state *and* its offsets, so a restart loads
@@ -198,9 +200,9 @@ impl State {
         self.trades.insert(key, Arc::new(trade));
     }
 
-    /// The batch on top of this state, or why not (nothing changed then:
-    /// the caller drops this copy).
-    fn apply(&mut self, batch: &Batch, max_bytes: u64) -> Result<Applied, StoreError> {
+    /// Whether the batch may be applied on top of this state, and the
+    /// offsets it starts from; nothing is changed either way.
+    fn admit(&self, batch: &Batch, max_bytes: u64) -> Result<Offsets, StoreError> {
         let current = self.offsets.get(&batch.topic).cloned().unwrap_or_default();
         batch.check(&current)?;
         if let Some(fenced) = &batch.claim {
@@ -220,6 +222,12 @@ impl State {
                 max_bytes >> 20
             )));
         }
+        Ok(current)
+    }
+
+    /// An admitted batch on top of this state (it cannot fail: every
+    /// refusal is [`State::admit`]'s, before anything changes).
+    fn apply(&mut self, batch: &Batch, current: &Offsets) -> Applied {
         let mut applied = Applied::default();
         for stored in &batch.orders {
             if self.insert_order(stored.clone()) {
@@ -228,7 +236,7 @@ impl State {
                 applied.duplicates += 1;
             }
         }
-        let forward: Vec<(i32, i64)> = batch.forward(&current).collect();
+        let forward: Vec<(i32, i64)> = batch.forward(current).collect();
         let offsets = self.offsets.entry(batch.topic.clone()).or_default();
         offsets.extend(forward);
         for state in &batch.states {
@@ -250,14 +258,14 @@ impl State {
             self.insert_trade(trade.clone());
         }
         self.generation += 1;
-        Ok(applied)
+        applied
     }
 }
 
 /// The memory engine.
 pub struct MemoryStore {
     current: RwLock<Arc<State>>,
-    /// One batch at a time builds the next state.
+    /// One batch at a time; when the next snapshot is due.
     writer: Mutex<Due>,
     snapshots: Snapshots,
     max_bytes: u64,
@@ -347,22 +355,34 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// Changes the state under the write lock, in place where no reader
+    /// or snapshot shares it (the persistent maps copy only the nodes
+    /// someone else still holds). `change` must refuse before it changes
+    /// anything: a reader then sees each change whole or not at all.
+    fn change<R>(
+        &self,
+        change: impl FnOnce(&mut State) -> Result<R, StoreError>,
+    ) -> Result<(R, Arc<State>), StoreError> {
+        let mut current = self.current.write().map_err(|_| {
+            StoreError::refused("the memory store's writer panicked part-way through a batch")
+        })?;
+        let result = change(Arc::make_mut(&mut current))?;
+        Ok((result, current.clone()))
+    }
+
     fn apply_now(&self, batch: &Batch) -> Result<Applied, StoreError> {
         let mut due = self
             .writer
             .lock()
             .map_err(|_| StoreError::refused("the memory store's writer panicked"))?;
-        let mut next = (*self.now()).clone();
-        let applied = next.apply(batch, self.max_bytes)?;
-        #[cfg(test)]
-        if batch.fail_before_commit {
-            return Err(StoreError::unavailable("injected failure before commit"));
-        }
-        let next = Arc::new(next);
-        match self.current.write() {
-            Ok(mut current) => *current = next.clone(),
-            Err(poisoned) => *poisoned.into_inner() = next.clone(),
-        }
+        let (applied, next) = self.change(|state| {
+            let current = state.admit(batch, self.max_bytes)?;
+            #[cfg(test)]
+            if batch.fail_before_commit {
+                return Err(StoreError::unavailable("injected failure before commit"));
+            }
+            Ok(state.apply(batch, &current))
+        })?;
         metrics::gauge!("memory_store_bytes").set(next.bytes as f64);
         due.orders += batch.orders.len() as u64;
         let orders_due =
@@ -620,17 +640,15 @@ impl Store for MemoryStore {
             .writer
             .lock()
             .map_err(|_| StoreError::refused("the memory store's writer panicked"))?;
-        let mut next = (*self.now()).clone();
-        if let Some(offsets) = next.offsets.get_mut(topic) {
-            for p in partitions {
-                offsets.remove(p);
+        self.change(|state| {
+            if let Some(offsets) = state.offsets.get_mut(topic) {
+                for p in partitions {
+                    offsets.remove(p);
+                }
             }
-        }
-        next.generation += 1;
-        match self.current.write() {
-            Ok(mut current) => *current = Arc::new(next),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(next),
-        }
+            state.generation += 1;
+            Ok(())
+        })?;
         Ok(())
     }
 
