@@ -155,16 +155,21 @@ async fn the_oms_supervisor_starts_oms_again_when_it_asks_and_stops_it_with_itse
     .spawn()
     .expect("start the supervisor");
     let restarts = state.path().join("run/oms-test-restarts");
+    let pid_file = format!("{}.pid", marker.display());
     let again = eventually(Duration::from_secs(30), || async {
         let runs = std::fs::read_to_string(&marker)
             .unwrap_or_default()
             .lines()
             .count();
         let counted = std::fs::read_to_string(&restarts).unwrap_or_default();
-        (runs == 2 && counted.trim() == "1").then_some(())
+        // The second run writes its pid after its line in the marker: wait
+        // for both, or SIGTERM can land before the stand-in says who it is.
+        let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        let pid = pid.trim().to_owned();
+        (runs == 2 && counted.trim() == "1" && !pid.is_empty()).then_some(pid)
     })
     .await;
-    assert!(again.is_some(), "oms was not started again after status 75");
+    let pid = again.expect("oms was not started again after status 75");
     signal(&supervisor.id().to_string(), "TERM");
     let stopped = eventually(Duration::from_secs(30), || {
         let done = supervisor.try_wait().expect("wait").is_some();
@@ -172,11 +177,9 @@ async fn the_oms_supervisor_starts_oms_again_when_it_asks_and_stops_it_with_itse
     })
     .await;
     assert!(stopped.is_some(), "the supervisor did not stop on SIGTERM");
-    let pid =
-        std::fs::read_to_string(format!("{}.pid", marker.display())).expect("the stand-in's pid");
     let gone = eventually(Duration::from_secs(10), || {
         let alive = Command::new("kill")
-            .args(["-0", pid.trim()])
+            .args(["-0", &pid])
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
