@@ -262,11 +262,17 @@ impl State {
     }
 }
 
+/// What every call answers once a batch panicked part-way through.
+fn poisoned() -> StoreError {
+    StoreError::refused("the memory store's writer panicked part-way through a batch")
+}
+
 /// The memory engine.
 pub struct MemoryStore {
     current: RwLock<Arc<State>>,
-    /// One batch at a time; when the next snapshot is due.
-    writer: Mutex<Due>,
+    /// When the next snapshot is due (batches are one at a time already:
+    /// the consumer applies them in order).
+    due: Mutex<Due>,
     snapshots: Snapshots,
     max_bytes: u64,
 }
@@ -317,7 +323,7 @@ impl MemoryStore {
         );
         let snapshots = Snapshots::start(dir, settings.snapshots_kept.max(1), state.generation)?;
         Ok(MemoryStore {
-            writer: Mutex::new(Due {
+            due: Mutex::new(Due {
                 orders: 0,
                 since: Instant::now(),
             }),
@@ -331,22 +337,20 @@ impl MemoryStore {
         })
     }
 
-    fn now(&self) -> Arc<State> {
-        match self.current.read() {
-            Ok(state) => state.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Estimated bytes the state holds (what `max_mib` bounds).
-    pub fn held_bytes(&self) -> u64 {
-        self.now().bytes
+    /// The state readers see. A panic part-way through a batch poisons the
+    /// lock and leaves a half-applied state behind it: reads refuse it too,
+    /// rather than serve what no batch ever made.
+    fn now(&self) -> Result<Arc<State>, StoreError> {
+        self.current
+            .read()
+            .map(|state| state.clone())
+            .map_err(|_| poisoned())
     }
 
     /// Writes a snapshot of the current state now and waits for it (a clean
     /// stop, and tests).
     pub fn snapshot_now(&self) -> Result<(), StoreError> {
-        let state = self.now();
+        let state = self.now()?;
         write_snapshot(&self.snapshots.dir, &state, self.snapshots.kept)
             .map_err(|e| StoreError::transient("the memory store could not write a snapshot", e))?;
         self.snapshots
@@ -363,18 +367,13 @@ impl MemoryStore {
         &self,
         change: impl FnOnce(&mut State) -> Result<R, StoreError>,
     ) -> Result<(R, Arc<State>), StoreError> {
-        let mut current = self.current.write().map_err(|_| {
-            StoreError::refused("the memory store's writer panicked part-way through a batch")
-        })?;
+        let mut current = self.current.write().map_err(|_| poisoned())?;
         let result = change(Arc::make_mut(&mut current))?;
         Ok((result, current.clone()))
     }
 
     fn apply_now(&self, batch: &Batch) -> Result<Applied, StoreError> {
-        let mut due = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::refused("the memory store's writer panicked"))?;
+        let mut due = self.due.lock().map_err(|_| poisoned())?;
         let (applied, next) = self.change(|state| {
             let current = state.admit(batch, self.max_bytes)?;
             #[cfg(test)]
@@ -410,7 +409,7 @@ impl Drop for MemoryStore {
             _ = thread.join();
         }
         let written = self.snapshots.written.load(Ordering::Relaxed);
-        if self.now().generation != written
+        if self.now().is_ok_and(|state| state.generation != written)
             && let Err(err) = self.snapshot_now()
         {
             tracing::warn!(error = %crate::error::Chain(&err), "memory store: no snapshot on close; the next start reads more of the log");
@@ -632,14 +631,12 @@ impl Store for MemoryStore {
     }
 
     async fn offsets(&self, topic: &str) -> Result<Offsets, StoreError> {
-        Ok(self.now().offsets.get(topic).cloned().unwrap_or_default())
+        Ok(self.now()?.offsets.get(topic).cloned().unwrap_or_default())
     }
 
     async fn forget_offsets(&self, topic: &str, partitions: &[i32]) -> Result<(), StoreError> {
-        let _writer = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::refused("the memory store's writer panicked"))?;
+        // change()'s write lock keeps this to one writer at a time; `due`
+        // only counts orders toward the next snapshot.
         self.change(|state| {
             if let Some(offsets) = state.offsets.get_mut(topic) {
                 for p in partitions {
@@ -653,7 +650,7 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<StoredOrder>, StoreError> {
-        Ok(self.now().orders.get(&id.as_u128()).map(|o| (**o).clone()))
+        Ok(self.now()?.orders.get(&id.as_u128()).map(|o| (**o).clone()))
     }
 
     async fn list_by_symbol(
@@ -662,14 +659,14 @@ impl Store for MemoryStore {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<StoredOrder>, StoreError> {
-        let state = self.now();
+        let state = self.now()?;
         page(&state.by_symbol, symbol, after, limit, |id| {
             state.orders.get(&id).map(|o| (**o).clone())
         })
     }
 
     async fn known(&self, ids: Vec<Uuid>) -> Result<HashSet<Uuid>, StoreError> {
-        let state = self.now();
+        let state = self.now()?;
         Ok(ids
             .into_iter()
             .filter(|id| state.orders.contains_key(&id.as_u128()))
@@ -677,7 +674,7 @@ impl Store for MemoryStore {
     }
 
     async fn resting(&self, partition: i32) -> Result<Vec<StoredOrder>, StoreError> {
-        let state = self.now();
+        let state = self.now()?;
         let mut out = state
             .resting
             .range((partition, 0)..=(partition, u128::MAX))
@@ -700,20 +697,20 @@ impl Store for MemoryStore {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<StoredTrade>, StoreError> {
-        let state = self.now();
+        let state = self.now()?;
         page(&state.trades_by_symbol, symbol, after, limit, |id| {
             state.trades.get(&id).map(|t| (**t).clone())
         })
     }
 
     async fn count(&self) -> Result<u64, StoreError> {
-        Ok(self.now().orders.len() as u64)
+        Ok(self.now()?.orders.len() as u64)
     }
 
-    /// Always serving: a full store still answers reads; the consumer's
-    /// state (and so `/readyz`) says it is waiting for room.
+    /// Serving unless a batch panicked part-way: a full store still answers
+    /// reads; the consumer's state (and so `/readyz`) says it waits for room.
     async fn health(&self) -> Result<(), StoreError> {
-        Ok(())
+        self.now().map(drop)
     }
 }
 
@@ -767,6 +764,38 @@ mod tests {
     /// What a kill -9 leaves: no snapshot on close.
     fn kill(store: MemoryStore) {
         std::mem::forget(store);
+    }
+
+    /// A batch that panics part-way leaves a state no batch made: from then
+    /// on reads refuse it as well as writes, and the health check says so.
+    #[tokio::test]
+    async fn after_a_panic_mid_batch_nothing_is_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), &settings(0)).await;
+        fill_up(&store, 0, 3).await;
+        let half_applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.change(|state| -> Result<(), StoreError> {
+                state.generation += 1;
+                panic!("a bug half-way through a batch");
+            })
+        }));
+        assert!(half_applied.is_err(), "the change panicked");
+        let refused = |r: Result<_, StoreError>, what: &str| {
+            let err = r.err().unwrap_or_else(|| panic!("{what} was served"));
+            assert!(err.to_string().contains("panicked"), "{what}: {err}");
+        };
+        refused(store.count().await.map(drop), "count");
+        refused(store.get(Uuid::nil()).await.map(drop), "get");
+        refused(store.offsets(TOPIC).await.map(drop), "offsets");
+        refused(store.health().await, "health");
+        refused(
+            store
+                .apply(batch(vec![order(("USD", "EUR"), 3)], &[(0, 4)]))
+                .await
+                .map(drop),
+            "apply",
+        );
+        kill(store);
     }
 
     #[tokio::test]
