@@ -291,6 +291,13 @@ impl Amount {
     pub fn value(self) -> Decimal {
         self.0
     }
+
+    /// An amount this process checked when it was accepted and kept where
+    /// nothing changes it unnoticed (a snapshot section behind its CRC-32):
+    /// taken back as it was, without printing and parsing it again.
+    pub(crate) fn checked_before(value: Decimal) -> Self {
+        Self(value)
+    }
 }
 
 impl FromStr for Amount {

@@ -28,13 +28,19 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod row;
+
+use row::{OrderRow, TradeRow};
+
 use super::settings::MemoryStoreSettings;
 use super::{Applied, Batch, Store, StoreError, first_after};
-use crate::domain::{Currency, Fill, Offsets, Order, StoredOrder, StoredTrade, Trade};
+use crate::domain::{Currency, Offsets, StoredOrder, StoredTrade};
 
 /// The first bytes of every snapshot file; the digits are the format
-/// version (01 was one payload; 02 has sections, decoded in parallel).
-const MAGIC: &[u8; 8] = b"OMSMEM02";
+/// version (01 was one payload; 02 has sections, decoded in parallel; 03
+/// holds positional binary rows, [`row`]). A file of another version is
+/// refused like a damaged one: the log is read from the snapshot before.
+const MAGIC: &[u8; 8] = b"OMSMEM03";
 /// What follows the magic, each as a section: its length (u64 LE), its
 /// CRC-32 (u32 LE), its bytes.
 const SECTIONS: usize = 4;
@@ -93,11 +99,6 @@ struct Meta {
     generation: u64,
     offsets: BTreeMap<String, Offsets>,
 }
-
-/// An order in a snapshot: the order, where it sits, its fill.
-type OrderRow<O> = (O, i32, i64, Fill);
-/// A trade in a snapshot: the trade, its symbol, its taker's position.
-type TradeRow<T> = (T, String, i32, i64);
 
 /// A scoped thread's result; its panic goes on as this thread's.
 fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
@@ -278,15 +279,14 @@ impl State {
             generation: self.generation,
             offsets: self.offsets.clone(),
         };
-        let orders = by_symbol(&self.by_symbol, &self.orders, "orders")?
-            .map(|o| (&o.order, o.partition, o.offset, o.fill));
-        let trades = by_symbol(&self.trades_by_symbol, &self.trades, "trades")?
-            .map(|t| (&t.trade, &t.symbol, t.partition, t.offset));
+        let orders = by_symbol(&self.by_symbol, &self.orders, "orders")?.map(|o| OrderRow::of(o));
+        let trades =
+            by_symbol(&self.trades_by_symbol, &self.trades, "trades")?.map(|t| TradeRow::of(t));
         Ok([
             rmp_serde::to_vec_named(&meta)?,
-            rmp_serde::to_vec_named(&seq(orders))?,
+            rmp_serde::to_vec(&seq(orders))?,
             rmp_serde::to_vec(&seq(self.resting.iter()))?,
-            rmp_serde::to_vec_named(&seq(trades))?,
+            rmp_serde::to_vec(&seq(trades))?,
         ])
     }
 
@@ -303,26 +303,18 @@ impl State {
             let rest = scope.spawn(|| {
                 let mut state = State::default();
                 let mut runs = Runs::default();
-                each(
-                    trades,
-                    |(trade, symbol, partition, offset): TradeRow<Trade>| {
-                        let key = trade.id.as_u128();
-                        runs.push(
-                            &mut state.trades_by_symbol,
-                            |s| s == symbol,
-                            || symbol.clone(),
-                            key,
-                        );
-                        let stored = StoredTrade {
-                            trade,
-                            symbol,
-                            partition,
-                            offset,
-                        };
-                        state.bytes += trade_bytes(&stored);
-                        once(state.trades.insert(key, Arc::new(stored)), "trade", key)
-                    },
-                )?;
+                each(trades, |row: TradeRow| {
+                    let (key, symbol) = (row.id(), row.symbol());
+                    runs.push(
+                        &mut state.trades_by_symbol,
+                        |s| s == symbol,
+                        || symbol.to_owned(),
+                        key,
+                    );
+                    let stored = row.stored()?;
+                    state.bytes += trade_bytes(&stored);
+                    once(state.trades.insert(key, Arc::new(stored)), "trade", key)
+                })?;
                 runs.finish(&mut state.trades_by_symbol);
                 each(resting, |at: (i32, u128)| {
                     state.resting.insert(at);
@@ -336,30 +328,28 @@ impl State {
             let decoder = scope.spawn(move || {
                 let (mut by_symbol, mut runs, mut bytes) =
                     (SymbolIndex::default(), Runs::default(), 0);
+                let mut rows = row::Orders::default();
                 let mut chunk = Vec::with_capacity(CHUNK);
-                each(
-                    orders,
-                    |(order, partition, offset, fill): OrderRow<Order>| {
-                        let key = order.id.as_u128();
-                        let (src, dst) = (&order.src_currency, &order.dst_currency);
-                        runs.push(
-                            &mut by_symbol,
-                            |s| names(s, src, dst),
-                            || order.symbol(),
-                            key,
-                        );
-                        let mut stored = StoredOrder::new(order, partition, offset);
-                        stored.fill = fill;
-                        bytes += order_bytes(&stored);
-                        chunk.push((key, Arc::new(stored)));
-                        if chunk.len() == CHUNK {
-                            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-                            // The filing thread stopped: it has the error.
-                            chunks.send(full).map_err(|_| "the orders are refused")?;
-                        }
-                        Ok(())
-                    },
-                )?;
+                each(orders, |row: OrderRow| {
+                    let key = row.id();
+                    let stored = rows.stored(row)?;
+                    let order = &stored.order;
+                    let (src, dst) = (&order.src_currency, &order.dst_currency);
+                    runs.push(
+                        &mut by_symbol,
+                        |s| names(s, src, dst),
+                        || order.symbol(),
+                        key,
+                    );
+                    bytes += order_bytes(&stored);
+                    chunk.push((key, Arc::new(stored)));
+                    if chunk.len() == CHUNK {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                        // The filing thread stopped: it has the error.
+                        chunks.send(full).map_err(|_| "the orders are refused")?;
+                    }
+                    Ok(())
+                })?;
                 _ = chunks.send(chunk);
                 runs.finish(&mut by_symbol);
                 Ok::<_, rmp_serde::decode::Error>((by_symbol, bytes))
@@ -982,6 +972,7 @@ mod tests {
     crate::store_contract_tests!(engine);
 
     use super::super::contract::{TOPIC, batch, order};
+    use crate::domain::Trade;
 
     fn settings(every_orders: u64) -> MemoryStoreSettings {
         MemoryStoreSettings {
@@ -1066,8 +1057,8 @@ mod tests {
         state.insert_order(order(("USD", "EUR"), 1));
         let mut sections = state.encode().expect("encode");
         let row = state.orders.values().next().expect("the order");
-        let twice = [row, row].map(|o| (&o.order, o.partition, o.offset, o.fill));
-        sections[1] = rmp_serde::to_vec_named(&twice).expect("encode");
+        let twice = [row, row].map(|o| OrderRow::of(o));
+        sections[1] = rmp_serde::to_vec(&twice).expect("encode");
         let Err(err) = State::decode(sections.each_ref().map(Vec::as_slice)) else {
             panic!("a snapshot holding an order twice was believed");
         };
