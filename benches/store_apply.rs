@@ -256,3 +256,7 @@ fn rss_mib() -> f64 {
         })
         .map_or(0.0, |kib| kib / 1024.0)
 }
+
+/// The allocator oms runs on.
+#[global_allocator]
+static ALLOCATOR: oms::memory::Allocator = oms::memory::Allocator;

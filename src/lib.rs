@@ -19,6 +19,7 @@
 //! - [`error`]: an error with its causes, for logs and dead letters.
 //! - [`matching`]: the price-time order books the consumer feeds, order
 //!   status, trades.
+//! - [`memory`]: the allocator oms runs on (jemalloc) and giving freed heap back.
 
 pub mod api;
 pub mod app;

@@ -15,6 +15,9 @@ use oms::config::{Engine, Settings};
 use oms::store::postgres::PostgresStore;
 use oms::telemetry::Telemetry;
 
+#[global_allocator]
+static ALLOCATOR: oms::memory::Allocator = oms::memory::Allocator;
+
 /// Order-ingest daemon: OpenAPI order API → Kafka-API log → a pluggable store.
 #[derive(Debug, Parser)]
 #[command(name = "oms", version, about)]

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MemorySettings {
-    /// Every this often, freed heap pages go back to the system
-    /// (`malloc_trim`; glibc keeps them otherwise). 0: never.
+    /// Every this often, freed heap pages go back to the system (jemalloc's
+    /// purge of every arena; it keeps them for reuse otherwise, until its
+    /// decay returns them). 0: never.
     pub trim_every_ms: u64,
 }
 
