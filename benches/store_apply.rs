@@ -155,8 +155,10 @@ async fn run(
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
     // What the store holds in this process (the memory engine's state;
-    // redb's and sled's caches), then what a restart costs: close (the
+    // redb's and sled's caches), freed pages given back first as oms'
+    // trim thread does every second; then what a restart costs: close (the
     // memory engine writes its last snapshot) and open again.
+    oms::memory::trim();
     let held_mib = rss_mib() - rss_before;
     let timed = Instant::now();
     drop(store);
