@@ -96,18 +96,27 @@ def report(results: Results, out: Path, command: str) -> str:
                   "### Consumer alone: draining the backlog into an empty store", ""]
         # Reports from before restarts were measured render as they were.
         restarts = any(d.restart_s is not None for d in r.drain)
-        if restarts:
+        readies = any(d.ready_s is not None for d in r.drain)
+        if readies:
+            lines += ["`ready s`, `no lag s`: oms stopped after the drain and started again on the full store, "
+                      "until `/readyz` answers 200 (the store open — for the memory engine its last snapshot "
+                      "loaded — the broker reachable, the consumer running), and until it also reports no lag "
+                      "(the log watcher looks every 2 s, so this one moves in steps of that). The drain's own "
+                      "seconds are what a restart without a snapshot replays.", ""]
+        elif restarts:
             lines += ["`restart s`: oms stopped after the drain and started again on the full store, until "
                       "`/readyz` answers 200 with no lag — for the memory engine loading its last snapshot "
                       "and reading the log after it; the drain's own seconds are what a restart without a "
                       "snapshot replays.", ""]
+        extra = [("ready s", lambda d: d.ready_s)] if readies else []
+        extra += [("no lag s" if readies else "restart s", lambda d: d.restart_s)] if restarts else []
         lines += ["| store | orders | seconds | orders/s | vs. raw consume | oms CPU | oms RSS MiB | store RSS MiB |"
-                  + (" restart s |" if restarts else ""),
-                  "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if restarts else ""),
+                  + "".join(f" {name} |" for name, _ in extra),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extra),
                   f"| raw consume, no store | {raw_c.records:,} | {raw_c.seconds:.1f} | "
-                  f"{fmt(raw_c.per_second)} | 1.00 | – | – | – |" + (" – |" if restarts else "")]
+                  f"{fmt(raw_c.per_second)} | 1.00 | – | – | – |" + " – |" * len(extra)]
         for d in r.drain:
-            restart = (" –" if d.restart_s is None else f" {d.restart_s:.2f}") + " |" if restarts else ""
+            restart = "".join(" – |" if get(d) is None else f" {get(d):.2f} |" for _, get in extra)
             lines.append(f"| {STORE_TITLES[d.store]} | {d.orders:,} | {d.seconds:.1f} | "
                          f"{fmt(d.per_second)} | {d.per_second / raw_c.per_second:.2f} | "
                          f"{d.oms_cpu_cores:.2f} | {d.oms_rss_mib:.0f} | {mib(d.store_rss_mib)} |{restart}")
@@ -216,7 +225,11 @@ def targets(r: ModeResult) -> list[str]:
     if memory:
         out.append(f"the memory engine drains at ≥ 95 % of the raw consume rate: {memory.per_second / raw:.1%}: "
                    + ok(memory.per_second >= 0.95 * raw))
-        if memory.restart_s is not None:
+        if memory.ready_s is not None:
+            out.append(f"the memory engine restarts on a snapshot of {memory.orders:,} orders ready in ≤ 2 s: "
+                       f"{memory.ready_s:.2f} s (no lag reported after {memory.restart_s:.2f} s; a full replay: "
+                       f"{memory.seconds:.1f} s): " + ok(memory.ready_s <= 2.0))
+        elif memory.restart_s is not None:
             out.append(f"the memory engine restarts on a snapshot of {memory.orders:,} orders, ready with no "
                        f"lag, in ≤ 2 s: {memory.restart_s:.2f} s (a full replay: {memory.seconds:.1f} s): "
                        + ok(memory.restart_s <= 2.0))

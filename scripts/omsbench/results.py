@@ -77,7 +77,8 @@ class Drain:
     oms_cpu_cores: float
     oms_rss_mib: float
     store_rss_mib: Optional[float] = None
-    # Starting again on the full store until ready with no lag.
+    # Restarted on the full store: until /readyz is 200, until no lag is reported.
+    ready_s: Optional[float] = None
     restart_s: Optional[float] = None
 
 
