@@ -5,16 +5,18 @@
 //! loading a memory snapshot of 1 M orders on three threads spent a quarter
 //! of its CPU there, and took 0.81 s with jemalloc against 1.76 s with
 //! glibc (crossing: 1.25 against 2.46 s; `bench/analysis.md`, "The memory
-//! engine, restart"). It is set here, in the library, so every binary built
-//! on oms — the daemon, the tests, the benches, the relay — runs on the same
-//! allocator and a comparison between them measures their code.
+//! engine, restart"). [`Allocator`] names it once; the daemon
+//! (`src/main.rs`), this crate's unit tests and the store bench install it.
+//! The relay (`examples/relay.rs`) stays on the system allocator: the floor
+//! oms is measured against does not move with oms' choices.
 //!
 //! jemalloc keeps what is freed for reuse and returns it as it ages (its
 //! decay, ~10 s). oms' long-lived data (the books, a store's cache, the
 //! memory engine's maps) grows interleaved with every batch's short-lived
 //! allocations, so oms also purges every arena once a second
-//! (`memory.trim_every_ms`): what a drain of 1 M orders peaks at is then the
-//! data it holds, not the allocator's spread.
+//! (`memory.trim_every_ms`) rather than hold freed pages until they age (the
+//! drain peaks measured with this trim were taken on glibc, with
+//! `malloc_trim`; they have not been measured again on jemalloc).
 
 use std::time::Duration;
 
