@@ -65,6 +65,14 @@ impl Application {
                 settings.store.url.redacted()
             )
         })?;
+        let keys = crate::auth::Keyring::open(&settings.auth)
+            .with_context(|| "reading the API keys (auth.keys_file)".to_owned())?;
+        if keys.active() == 0 {
+            tracing::warn!(
+                file = %settings.auth.keys_file.display(),
+                "no API key in force: every order request is refused with 401 until one is made (`oms keys create --account NAME`)"
+            );
+        }
         let producer =
             OrderProducer::new(&settings.broker).context("creating the Kafka producer")?;
         let status = ConsumerStatus::default();
@@ -106,6 +114,7 @@ impl Application {
             topic: settings.broker.topic.clone(),
             books,
             matching: settings.consumer.matching,
+            keys: Arc::new(keys),
         });
         Ok(Self {
             settings,
@@ -144,7 +153,8 @@ impl Application {
         let producer = state.producer.clone();
         let lag_status = state.consumer.clone();
         let produced = state.producer.evidence();
-        let endpoint = api::routes(state, metrics.clone(), settings.http.body_limit_bytes);
+        let keys = state.keys.clone();
+        let endpoint = api::routes(state, metrics.clone(), &settings.http, &settings.auth);
         let drain = Duration::from_millis(settings.http.shutdown_timeout_ms);
         tracing::info!(%addr, engine = settings.store.engine().as_str(), topic = %settings.broker.topic, "oms serving");
 
@@ -185,6 +195,14 @@ impl Application {
             Ok("log watcher")
         });
         tasks.spawn(metrics_upkeep(metrics, shutdown.clone()));
+        let (stop, reload) = (
+            shutdown.clone(),
+            Duration::from_millis(settings.auth.reload_ms),
+        );
+        tasks.spawn(async move {
+            crate::auth::ring::watch(keys, reload, stop).await;
+            Ok("key watcher")
+        });
 
         let stop_within = parts_stop_within(&settings);
         let failure = join_all(tasks, &shutdown, stop_within).await;

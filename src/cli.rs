@@ -1,8 +1,11 @@
-//! What the `oms dlq` commands print. The work itself is in
-//! [`crate::broker::dlq`]; this module only renders it for a terminal.
+//! What the `oms dlq` and `oms keys` commands print. The work itself is in
+//! [`crate::broker::dlq`] and [`crate::auth`]; this module only renders it
+//! for a terminal.
 
+use crate::auth::{KeyFile, Role};
 use crate::broker::dlq::{self, DlqEntry, DlqPosition, ReplayOutcome, ReplaySummary, Selection};
-use crate::config::{BrokerSettings, DlqSettings};
+use crate::config::{AuthSettings, BrokerSettings, DlqSettings};
+use crate::domain::Account;
 
 fn origin(e: &DlqEntry) -> String {
     match (&e.origin_topic, e.origin_partition, e.origin_offset) {
@@ -133,5 +136,85 @@ pub async fn dlq_replay(
             settings.topic
         );
     }
+    Ok(())
+}
+
+/// A limit as `oms keys list` shows it: the key's own, or the default.
+fn limit(own: Option<u32>, default: u32) -> String {
+    match own.unwrap_or(default) {
+        0 => "none".into(),
+        n => n.to_string(),
+    }
+}
+
+/// `oms keys create`: the key, shown once; the last line is `ID KEY`.
+pub fn keys_create(
+    file: &KeyFile,
+    account: Account,
+    role: Role,
+    rate: Option<u32>,
+    in_flight: Option<u32>,
+) -> anyhow::Result<()> {
+    let made = file.create(account, role, rate, in_flight)?;
+    eprintln!(
+        "made {} key {} for account {} in {}; the key is shown once, here — oms keeps only its hash",
+        made.record.role.as_str(),
+        made.record.id,
+        made.record.account,
+        file.path().display()
+    );
+    println!("{} {}", made.record.id, made.key.expose());
+    Ok(())
+}
+
+/// `oms keys list`: every key, revoked ones too.
+pub fn keys_list(file: &KeyFile, defaults: &AuthSettings, json: bool) -> anyhow::Result<()> {
+    let set = file.load()?;
+    if json {
+        for k in &set.keys {
+            let mut shown = serde_json::to_value(k)?;
+            if let Some(map) = shown.as_object_mut() {
+                map.remove("hash");
+            }
+            println!("{shown}");
+        }
+        return Ok(());
+    }
+    if set.keys.is_empty() {
+        println!("no keys in {}", file.path().display());
+        return Ok(());
+    }
+    println!(
+        "{:<17} {:<24} {:<7} {:>6} {:>9} {:<21} REVOKED",
+        "ID", "ACCOUNT", "ROLE", "RATE/S", "IN FLIGHT", "CREATED"
+    );
+    for k in &set.keys {
+        println!(
+            "{:<17} {:<24} {:<7} {:>6} {:>9} {:<21} {}",
+            k.id,
+            k.account.as_str(),
+            k.role.as_str(),
+            limit(k.rate_per_sec, defaults.rate_per_sec),
+            limit(k.max_in_flight, defaults.max_in_flight),
+            k.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+            k.revoked_at.map_or_else(
+                || "-".into(),
+                |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// `oms keys revoke`: in force on every instance within `auth.reload_ms`.
+pub fn keys_revoke(file: &KeyFile, id: &str, settings: &AuthSettings) -> anyhow::Result<()> {
+    let revoked = file.revoke(id)?;
+    println!(
+        "revoked key {} of account {}: every oms reading {} refuses it within {} ms",
+        revoked.id,
+        revoked.account,
+        file.path().display(),
+        settings.reload_ms
+    );
     Ok(())
 }

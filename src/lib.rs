@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;

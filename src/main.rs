@@ -48,6 +48,15 @@ enum Command {
         #[command(flatten)]
         broker: BrokerArgs,
     },
+    /// Make, list and revoke API keys (in `auth.keys_file`, which every
+    /// instance reads again within `auth.reload_ms`).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        /// The key file (`auth.keys_file`).
+        #[arg(long, global = true)]
+        keys_file: Option<PathBuf>,
+    },
     /// Print the OpenAPI document.
     Openapi {
         #[arg(long, value_enum, default_value_t = SpecFormat::Yaml)]
@@ -83,6 +92,37 @@ enum DlqCommand {
         /// Show what would be replayed, change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a key for an account; the key is printed once, never stored.
+    /// The last line of the output is `ID KEY`.
+    Create {
+        /// The account that owns what the key submits.
+        #[arg(long, value_parser = parse_account)]
+        account: oms::domain::Account,
+        /// `trader` submits, cancels and reads; `reader` only reads.
+        #[arg(long, default_value = "trader")]
+        role: oms::auth::Role,
+        /// Requests per second (0: no limit); default `auth.rate_per_sec`.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Requests in flight at once (0: no limit); default `auth.max_in_flight`.
+        #[arg(long)]
+        in_flight: Option<u32>,
+    },
+    /// Show every key: id, account, role, limits, made and revoked when.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: every instance refuses it within `auth.reload_ms`.
+    Revoke {
+        /// The key's id (`oms keys list`).
+        id: String,
     },
 }
 
@@ -154,6 +194,9 @@ struct ServeArgs {
     /// HTTP listen address (`http.addr`).
     #[arg(long)]
     http_addr: Option<String>,
+    /// The API key file (`auth.keys_file`).
+    #[arg(long)]
+    keys_file: Option<PathBuf>,
     #[command(flatten)]
     broker: BrokerArgs,
 }
@@ -185,9 +228,17 @@ impl ServeArgs {
         if let Some(v) = &self.http_addr {
             out.push(("http.addr", v.clone()));
         }
+        if let Some(v) = &self.keys_file {
+            out.push(("auth.keys_file", v.display().to_string()));
+        }
         self.broker.overrides(&mut out);
         out
     }
+}
+
+/// `--account`: an account name, by its rule.
+fn parse_account(s: &str) -> Result<oms::domain::Account, String> {
+    s.parse().map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// `--after`: a full `PARTITION:OFFSET`.
@@ -273,6 +324,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || admin::probe(&settings.broker)).await??;
             println!("{summary}");
             Ok(())
+        }
+        Command::Keys { command, keys_file } => {
+            let mut overrides = Vec::new();
+            if let Some(v) = keys_file {
+                overrides.push(("auth.keys_file", v.display().to_string()));
+            }
+            let (settings, _telemetry) = load(&cli, &overrides)?;
+            let file = oms::auth::KeyFile::new(&settings.auth.keys_file);
+            match command {
+                KeysCommand::Create {
+                    account,
+                    role,
+                    rate,
+                    in_flight,
+                } => oms::cli::keys_create(&file, account.clone(), *role, *rate, *in_flight),
+                KeysCommand::List { json } => oms::cli::keys_list(&file, &settings.auth, *json),
+                KeysCommand::Revoke { id } => oms::cli::keys_revoke(&file, id, &settings.auth),
+            }
         }
         Command::Openapi { format } => {
             match format {

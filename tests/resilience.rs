@@ -152,7 +152,7 @@ async fn sigterm_drains_and_exits_0() {
         .expect("topics");
     let args = common::serve_args(&cfg);
     let daemon = OmsProcess::start(free_port(), &args, &dir.path().join("oms.log")).await;
-    let client = reqwest::Client::new();
+    let client = common::client(Duration::from_secs(30));
     let mut acked = BTreeSet::new();
     for n in 0..5 {
         let resp = client
@@ -343,7 +343,7 @@ async fn a_memory_broker_restarted_under_a_running_oms_makes_it_start_over() {
     let port = free_port();
     let log = store_dir.path().join("oms.log");
     let mut oms = OmsProcess::start(port, &args, &log).await;
-    let client = reqwest::Client::new();
+    let client = common::client(Duration::from_secs(30));
     let post = |n: u64| {
         let client = client.clone();
         async move {

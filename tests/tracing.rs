@@ -172,7 +172,7 @@ async fn start_oms(
 
 /// Posts an order (with `traceparent` if given) and waits until it is stored.
 async fn submit(oms: &OmsProcess, n: u64, traceparent: Option<&str>) -> Uuid {
-    let client = reqwest::Client::new();
+    let client = common::client(Duration::from_secs(30));
     let mut request = client
         .post(format!("{}/orders", oms.base))
         .json(&order_body(n));

@@ -13,8 +13,8 @@ use poem_openapi::types::{
 use serde_json::Value;
 
 use crate::domain::{
-    Amount, Broken, Channel, ClientOrderId, Currency, Description, Field, Rule, Side, Status,
-    Symbol,
+    Account, Amount, Broken, Channel, ClientOrderId, Currency, Description, Field, Rule, Side,
+    Status, Symbol,
 };
 
 /// A rule as poem-openapi's schema.
@@ -81,6 +81,7 @@ openapi_field!(
     Amount => inline,
     Description => inline,
     ClientOrderId => inline,
+    Account => inline,
     Side => component,
     Channel => component,
 );

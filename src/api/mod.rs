@@ -2,6 +2,7 @@
 //! `/docs`, the spec at `/openapi.json` and `/openapi.yaml`, `/metrics`, and
 //! the middleware every request passes (body limit, metrics, problem+json).
 
+pub mod auth;
 pub mod fields;
 pub mod health;
 pub mod orders;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub books: crate::consumer::Books,
     /// Whether the consumer matches orders (`consumer.matching`).
     pub matching: bool,
+    /// The API keys in force (`src/auth`).
+    pub keys: Arc<crate::auth::Keyring>,
 }
 
 #[derive(Tags)]
@@ -72,7 +75,15 @@ pub fn openapi() -> OpenApiService<(orders::OrdersApi, trading::TradingApi, heal
 }
 
 /// The whole HTTP application.
-pub fn routes(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize) -> impl Endpoint {
+pub fn routes(
+    state: Arc<AppState>,
+    metrics: PrometheusHandle,
+    http: &crate::config::HttpSettings,
+    auth: &crate::config::AuthSettings,
+) -> impl Endpoint + use<> {
+    let body_limit = http.body_limit_bytes;
+    let keys = state.keys.clone();
+    let public = Arc::new(auth.public.clone());
     Route::new()
         .nest("/", openapi())
         .nest("/docs", spec::swagger_ui())
@@ -80,6 +91,7 @@ pub fn routes(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize
         .at("/openapi.yaml", spec::yaml_endpoint())
         .at("/metrics", get(render_metrics).data(metrics))
         .data(state)
+        .around(move |ep, req| auth::guard_unlisted(ep, req, keys.clone(), public.clone()))
         .around(move |ep, req| limit_body(ep, req, body_limit))
         .around(record_metrics)
         .around(trace_request)
@@ -90,10 +102,17 @@ pub fn routes(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize
                 StatusCode::NOT_FOUND => "not-found",
                 StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
                 StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+                StatusCode::UNAUTHORIZED => "unauthorized",
                 s if s.is_server_error() => "internal",
                 _ => "bad-request",
             };
             let mut response = Problem::new(status, kind, err.to_string()).into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    poem::http::header::WWW_AUTHENTICATE,
+                    poem::http::HeaderValue::from_static(auth::CHALLENGE),
+                );
+            }
             if let Some(allow) = allow.flatten() {
                 if let Ok(value) = poem::http::HeaderValue::from_str(allow) {
                     response
@@ -316,12 +335,15 @@ fn status_label(status: StatusCode) -> Option<&'static str> {
         200 => "200",
         202 => "202",
         400 => "400",
+        401 => "401",
+        403 => "403",
         404 => "404",
         405 => "405",
         409 => "409",
         413 => "413",
         415 => "415",
         422 => "422",
+        429 => "429",
         500 => "500",
         501 => "501",
         503 => "503",

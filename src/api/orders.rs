@@ -12,13 +12,14 @@ use poem_openapi::types::{Example, ParseError, ParseFromJSON, ParseResult, Type}
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use uuid::Uuid;
 
+use super::auth::{ApiKey, refused};
 use super::fields::StatusView;
 use super::problem::Problem;
 use super::{ApiTags, AppState};
 use crate::broker::producer::ProduceError;
 use crate::domain::StoredOrder;
 use crate::domain::{
-    Amount, Cancel, Channel, ClientOrderId, Currency, Description, NewOrder, Side, Symbol,
+    Account, Amount, Cancel, Channel, ClientOrderId, Currency, Description, NewOrder, Side, Symbol,
 };
 
 // The API's document of [`NewOrder`]: its fields (tied to
@@ -127,6 +128,9 @@ pub struct OrderView {
     /// Present when the order was submitted with one.
     #[oai(skip_serializing_if_is_none)]
     pub client_order_id: Option<ClientOrderId>,
+    /// The account that owns the order (the submitting key's).
+    #[oai(skip_serializing_if_is_none)]
+    pub account: Option<Account>,
     pub symbol: String,
     pub src_currency: Currency,
     pub dst_currency: Currency,
@@ -159,6 +163,7 @@ impl From<StoredOrder> for OrderView {
             remaining_quantity: remaining.normalize().to_string(),
             id: o.id,
             client_order_id: o.client_order_id,
+            account: o.account,
             symbol,
             src_currency: o.src_currency,
             dst_currency: o.dst_currency,
@@ -200,6 +205,7 @@ impl Example for OrderView {
         Self {
             id: example_id(),
             client_order_id: ClientOrderId::try_from("inv-2026-11-0042".to_owned()).ok(),
+            account: "acme-treasury".parse().ok(),
             symbol: "USD-EUR".into(),
             src_currency: body.src_currency,
             dst_currency: body.dst_currency,
@@ -260,9 +266,20 @@ pub enum CreateOrderResponse {
     /// the log: retry after `Retry-After` seconds with the same `client_order_id`.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
+    /// No API key, or one that is not valid or was revoked.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// The key is a `reader` key: it may read, not submit or cancel.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// The key is over its rate or has too many requests in flight: retry
+    /// after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u32),
 }
 
 fn bad_create_request(err: poem::Error) -> CreateOrderResponse {
+    refused!(err, CreateOrderResponse);
     use poem_openapi::error::ContentTypeError;
     if err.is::<ContentTypeError>() {
         return CreateOrderResponse::UnsupportedMediaType(Json(Problem::new(
@@ -290,9 +307,17 @@ pub enum GetOrderResponse {
     /// the log to tell whether the order exists.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
+    /// No API key, or one that is not valid or was revoked.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// The key is over its rate or has too many requests in flight: retry
+    /// after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u32),
 }
 
 fn bad_read_request(err: poem::Error) -> GetOrderResponse {
+    refused!(err, GetOrderResponse, reads);
     tracing::debug!(error = %err, "bad order id");
     GetOrderResponse::BadRequest(Json(bad_id()))
 }
@@ -309,9 +334,17 @@ pub enum ListOrdersResponse {
     /// The store cannot be read right now.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
+    /// No API key, or one that is not valid or was revoked.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// The key is over its rate or has too many requests in flight: retry
+    /// after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u32),
 }
 
 fn bad_list_request(err: poem::Error) -> ListOrdersResponse {
+    refused!(err, ListOrdersResponse, reads);
     ListOrdersResponse::BadRequest(Json(Problem::malformed(err.to_string())))
 }
 
@@ -340,9 +373,20 @@ pub enum CancelOrderResponse {
     /// whether the order exists, or the broker did not acknowledge the cancel.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
+    /// No API key, or one that is not valid or was revoked.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// The key is a `reader` key: it may read, not submit or cancel.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// The key is over its rate or has too many requests in flight: retry
+    /// after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u32),
 }
 
 fn bad_cancel_request(err: poem::Error) -> CancelOrderResponse {
+    refused!(err, CancelOrderResponse);
     tracing::debug!(error = %err, "bad order id");
     CancelOrderResponse::BadRequest(Json(bad_id()))
 }
@@ -363,10 +407,24 @@ fn not_found(id: Uuid) -> Problem {
     )
 }
 
-/// An order looked up the way a client following a `202` expects: a miss
-/// waits (at most `http.read_wait_ms`) until the store holds every record
-/// the log is known to hold, then looks again. `Err`: a 503 to answer.
-async fn find_order(state: &AppState, id: Uuid) -> Result<Option<StoredOrder>, Problem> {
+/// An order of `account` looked up the way a client following a `202`
+/// expects: a miss waits (at most `http.read_wait_ms`) until the store
+/// holds every record the log is known to hold, then looks again. Another
+/// account's order is not there for this caller — the same `None` as an
+/// order that does not exist, so an id leaks nothing. `Err`: a 503 to answer.
+async fn find_order(
+    state: &AppState,
+    account: &Account,
+    id: Uuid,
+) -> Result<Option<StoredOrder>, Problem> {
+    let owned = |found: Option<StoredOrder>| {
+        found.filter(|stored| stored.order.account.as_ref() == Some(account))
+    };
+    find_any(state, id).await.map(owned)
+}
+
+/// [`find_order`] for whoever owns it.
+async fn find_any(state: &AppState, id: Uuid) -> Result<Option<StoredOrder>, Problem> {
     match state.store.get(id).await {
         Ok(Some(stored)) => return Ok(Some(stored)),
         Ok(None) => {}
@@ -449,9 +507,13 @@ impl OrdersApi {
     async fn create(
         &self,
         state: Data<&Arc<AppState>>,
+        key: ApiKey,
         body: Json<NewOrderInput>,
     ) -> CreateOrderResponse {
-        let order = match NewOrder::from_json(body.0.0).and_then(|o| o.accept(Utc::now())) {
+        let account = Some(key.0.account.clone());
+        let order = match NewOrder::from_json(body.0.0)
+            .and_then(|o| o.accept_for(account, Utc::now()))
+        {
             Ok(order) => order,
             Err(errors) => return CreateOrderResponse::Invalid(Json(Problem::validation(&errors))),
         };
@@ -502,8 +564,13 @@ impl OrdersApi {
     /// known to hold, then looks again. So `404` means the order does not
     /// exist; a consumer too far behind to tell answers `503` instead.
     #[oai(path = "/orders/:id", method = "get", operation_id = "getOrder")]
-    async fn get(&self, state: Data<&Arc<AppState>>, id: Path<Uuid>) -> GetOrderResponse {
-        match find_order(&state, id.0).await {
+    async fn get(
+        &self,
+        state: Data<&Arc<AppState>>,
+        key: ApiKey,
+        id: Path<Uuid>,
+    ) -> GetOrderResponse {
+        match find_order(&state, &key.0.account, id.0).await {
             Ok(Some(stored)) => GetOrderResponse::Ok(Json(stored.into())),
             Ok(None) => GetOrderResponse::NotFound(Json(not_found(id.0))),
             Err(problem) => GetOrderResponse::Unavailable(Json(problem), state.retry_after_secs),
@@ -519,11 +586,16 @@ impl OrdersApi {
     /// filled in `filled_quantity`). Repeating a cancel is harmless: it
     /// answers `202` while the order is still open, `409` after.
     #[oai(path = "/orders/:id", method = "delete", operation_id = "cancelOrder")]
-    async fn cancel(&self, state: Data<&Arc<AppState>>, id: Path<Uuid>) -> CancelOrderResponse {
+    async fn cancel(
+        &self,
+        state: Data<&Arc<AppState>>,
+        key: ApiKey,
+        id: Path<Uuid>,
+    ) -> CancelOrderResponse {
         if !state.matching {
             return CancelOrderResponse::NotImplemented(Json(Problem::matching_off()));
         }
-        let stored = match find_order(&state, id.0).await {
+        let stored = match find_order(&state, &key.0.account, id.0).await {
             Ok(Some(stored)) => stored,
             Ok(None) => return CancelOrderResponse::NotFound(Json(not_found(id.0))),
             Err(problem) => {
@@ -579,14 +651,15 @@ impl OrdersApi {
         }
     }
 
-    /// List a symbol's orders
+    /// List your orders of a symbol
     ///
-    /// Orders of one symbol in id order (time order for server-assigned ids),
+    /// The caller's own orders (its key's account) of one symbol in id order (time order for server-assigned ids),
     /// one page at a time: pass the previous page's `next_after` as `after`.
     #[oai(path = "/orders", method = "get", operation_id = "listOrders")]
     async fn list(
         &self,
         state: Data<&Arc<AppState>>,
+        key: ApiKey,
         /// `SRC-DST`, e.g. `USD-EUR`.
         symbol: Query<Symbol>,
         /// Page size, 1 to 1000 (default 100).
@@ -598,7 +671,7 @@ impl OrdersApi {
         let limit = limit.0.unwrap_or(100) as usize;
         match state
             .store
-            .list_by_symbol(symbol.0.as_str(), after.0, limit)
+            .list_owned(&key.0.account, symbol.0.as_str(), after.0, limit)
             .await
         {
             Ok(orders) => {

@@ -10,6 +10,7 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use uuid::Uuid;
 
+use super::auth::{ApiKey, refused};
 use super::problem::Problem;
 use super::{ApiTags, AppState};
 use crate::domain::StoredTrade;
@@ -146,9 +147,17 @@ pub enum ListTradesResponse {
     /// The store cannot be read right now.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
+    /// No API key, or one that is not valid or was revoked.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// The key is over its rate or has too many requests in flight: retry
+    /// after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u32),
 }
 
 fn bad_trades_request(err: poem::Error) -> ListTradesResponse {
+    refused!(err, ListTradesResponse, reads);
     ListTradesResponse::BadRequest(Json(Problem::malformed(err.to_string())))
 }
 
@@ -169,9 +178,17 @@ pub enum OrderBookResponse {
     /// symbol's partition reads the book from the store).
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
+    /// No API key, or one that is not valid or was revoked.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// The key is over its rate or has too many requests in flight: retry
+    /// after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u32),
 }
 
 fn bad_book_request(err: poem::Error) -> OrderBookResponse {
+    refused!(err, OrderBookResponse, reads);
     OrderBookResponse::BadRequest(Json(Problem::malformed(err.to_string())))
 }
 
@@ -189,6 +206,7 @@ impl TradingApi {
     async fn list(
         &self,
         state: Data<&Arc<AppState>>,
+        _key: ApiKey,
         /// `SRC-DST`, e.g. `USD-EUR`.
         symbol: Query<Symbol>,
         /// Page size, 1 to 1000 (default 100).
@@ -228,6 +246,7 @@ impl TradingApi {
     async fn book(
         &self,
         state: Data<&Arc<AppState>>,
+        _key: ApiKey,
         /// `SRC-DST`, e.g. `USD-EUR`.
         symbol: Path<Symbol>,
         /// Levels per side, 1 to 1000 (default 10).

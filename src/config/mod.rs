@@ -8,6 +8,7 @@
 //! [`deprecated`], which can be deleted in one commit; the rules between
 //! settings are checked at load, in one place ([`checks`]).
 
+pub mod auth;
 pub mod broker;
 mod checks;
 pub mod consumer;
@@ -26,6 +27,7 @@ pub use crate::store::settings::{
     EmbeddedStoreSettings, PostgresSettings, RedisPersistence, RedisSettings, StoreSettings,
 };
 pub use crate::store::url::{Engine, StoreUrl};
+pub use auth::AuthSettings;
 pub use broker::BrokerSettings;
 pub use consumer::{ConsumerMode, ConsumerSettings};
 pub use dlq::DlqSettings;
@@ -39,6 +41,7 @@ pub use telemetry::{LogFormat, TelemetrySettings};
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub http: HttpSettings,
+    pub auth: AuthSettings,
     pub broker: BrokerSettings,
     pub consumer: ConsumerSettings,
     pub store: StoreSettings,

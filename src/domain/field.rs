@@ -603,6 +603,95 @@ impl Field for ClientOrderId {
     }
 }
 
+// ---- account ----------------------------------------------------------------
+
+/// Longest account name, in characters.
+pub const ACCOUNT_MAX_CHARS: usize = 64;
+
+static ACCOUNT_PATTERN: LazyLock<String> = LazyLock::new(|| anchored("[A-Za-z0-9][A-Za-z0-9._-]*"));
+static ACCOUNT_RE: LazyLock<Regex> = LazyLock::new(|| compile(&ACCOUNT_PATTERN));
+
+static ACCOUNT_DOC: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "The account that owns the order: the account of the API key that submitted it. \
+         1 to {ACCOUNT_MAX_CHARS} characters, letters, digits, `.`, `_` and `-`, starting \
+         with a letter or digit."
+    )
+});
+
+/// Who owns an order: the account of the API key that submitted it. Not
+/// something a client sends — the server sets it from the key — so it
+/// names no one but the caller. Orders written before accounts existed
+/// carry none (`Option<Account>` = `None`, "no account"): no key owns them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Account(String);
+
+impl Account {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Account {
+    type Error = Broken;
+    fn try_from(s: String) -> Result<Self, Broken> {
+        let chars = s.chars().count();
+        if chars == 0 || chars > ACCOUNT_MAX_CHARS {
+            Err(Broken::new(
+                "length",
+                format!("must be 1 to {ACCOUNT_MAX_CHARS} characters"),
+            ))
+        } else if !ACCOUNT_RE.is_match(&s) {
+            Err(Broken::new(
+                "pattern",
+                "letters, digits, `.`, `_` and `-` only, starting with a letter or digit",
+            ))
+        } else {
+            Ok(Self(s))
+        }
+    }
+}
+
+impl std::str::FromStr for Account {
+    type Err = Broken;
+    fn from_str(s: &str) -> Result<Self, Broken> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+impl From<Account> for String {
+    fn from(a: Account) -> String {
+        a.0
+    }
+}
+
+impl std::fmt::Display for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Field for Account {
+    const NAME: &'static str = "Account";
+    fn rule() -> Rule {
+        Rule {
+            description: Some(ACCOUNT_DOC.as_str()),
+            pattern: Some(ACCOUNT_PATTERN.clone()),
+            min_length: Some(1),
+            max_length: Some(ACCOUNT_MAX_CHARS),
+            example: Some("acme-treasury".into()),
+            ..Rule::new("string")
+        }
+    }
+    fn from_json(value: &Value) -> Result<Self, Broken> {
+        Self::try_from(string_of(value)?.to_owned())
+    }
+    fn to_json(&self) -> Value {
+        Value::String(self.0.clone())
+    }
+}
+
 // ---- plumbing ---------------------------------------------------------------
 
 fn compile(pattern: &str) -> Regex {

@@ -10,8 +10,8 @@ pub mod order;
 pub mod trade;
 
 pub use field::{
-    Amount, Broken, CHANNELS, Channel, ClientOrderId, Currency, Description, Field, Rule, Side,
-    Symbol,
+    Account, Amount, Broken, CHANNELS, Channel, ClientOrderId, Currency, Description, Field, Rule,
+    Side, Symbol,
 };
 pub use fill::{Fill, OrderState, Status};
 pub use log::{Offsets, Positioned, StoredOrder};

@@ -14,7 +14,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 pub use super::field::{
-    Amount, Broken, CHANNELS, Channel, ClientOrderId, Currency, Description, Field, Side, Symbol,
+    Account, Amount, Broken, CHANNELS, Channel, ClientOrderId, Currency, Description, Field, Side,
+    Symbol,
 };
 
 /// Version of the JSON record of an order on the log. Bump on incompatible change.
@@ -215,17 +216,36 @@ impl NewOrder {
         }
     }
 
-    /// Accepts the order: checks the rule between fields and assigns its
-    /// identity and creation time.
+    /// Accepts an order of no account (tools, tests, the bench): checks the
+    /// rule between fields and assigns its identity and creation time.
     pub fn accept(self, now: DateTime<Utc>) -> Result<Order, ValidationErrors> {
+        self.accept_for(None, now)
+    }
+
+    /// Accepts the order for `account` (the submitting key's): checks the
+    /// rule between fields and assigns its identity and creation time. A
+    /// `client_order_id` names an order within its account, so two accounts
+    /// using the same key get two orders; without an account the id is
+    /// derived as it was before accounts existed.
+    pub fn accept_for(
+        self,
+        account: Option<Account>,
+        now: DateTime<Utc>,
+    ) -> Result<Order, ValidationErrors> {
         check_pair(&self.src_currency, &self.dst_currency)?;
-        let id = match &self.client_order_id {
-            Some(cid) => Uuid::new_v5(&CLIENT_ORDER_ID_NAMESPACE, cid.as_str().as_bytes()),
-            None => Uuid::now_v7(),
+        let id = match (&self.client_order_id, &account) {
+            (Some(cid), None) => Uuid::new_v5(&CLIENT_ORDER_ID_NAMESPACE, cid.as_str().as_bytes()),
+            // `/` cannot be part of an account name: the name is unambiguous.
+            (Some(cid), Some(account)) => Uuid::new_v5(
+                &CLIENT_ORDER_ID_NAMESPACE,
+                format!("{account}/{}", cid.as_str()).as_bytes(),
+            ),
+            (None, _) => Uuid::now_v7(),
         };
         Ok(Order {
             id,
             client_order_id: self.client_order_id,
+            account,
             src_currency: self.src_currency,
             dst_currency: self.dst_currency,
             side: self.side,
@@ -262,6 +282,11 @@ pub struct Order {
     pub id: Uuid,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_order_id: Option<ClientOrderId>,
+    /// The owner: the account of the key that submitted it. `None` for
+    /// orders written before accounts existed (their records have no
+    /// `account` field and decode unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
     pub src_currency: Currency,
     pub dst_currency: Currency,
     pub side: Side,
@@ -279,6 +304,8 @@ struct UncheckedOrder {
     id: Uuid,
     #[serde(default)]
     client_order_id: Option<ClientOrderId>,
+    #[serde(default)]
+    account: Option<Account>,
     src_currency: Currency,
     dst_currency: Currency,
     side: Side,
@@ -296,6 +323,7 @@ impl TryFrom<UncheckedOrder> for Order {
         Ok(Order {
             id: o.id,
             client_order_id: o.client_order_id,
+            account: o.account,
             src_currency: o.src_currency,
             dst_currency: o.dst_currency,
             side: o.side,

@@ -38,9 +38,14 @@ use crate::domain::{Currency, Offsets, StoredOrder, StoredTrade};
 
 /// The first bytes of every snapshot file; the digits are the format
 /// version (01 was one payload; 02 has sections, decoded in parallel; 03
-/// holds positional binary rows, [`row`]). A file of another version is
-/// refused like a damaged one: the log is read from the snapshot before.
-const MAGIC: &[u8; 8] = b"OMSMEM03";
+/// holds positional binary rows, [`row`]; 04 adds the order's account as
+/// the rows' last field). A file of another version is refused like a
+/// damaged one: the log is read from the snapshot before.
+const MAGIC: &[u8; 8] = b"OMSMEM04";
+/// Read as well as [`MAGIC`]: its rows are 04's without the account, which
+/// a row missing its last field decodes as (orders of no account) — a
+/// snapshot written before accounts loads as it was.
+const MAGIC_BEFORE_ACCOUNTS: &[u8; 8] = b"OMSMEM03";
 /// What follows the magic, each as a section: its length (u64 LE), its
 /// CRC-32 (u32 LE), its bytes.
 const SECTIONS: usize = 4;
@@ -766,7 +771,10 @@ fn read_snapshot(path: &Path) -> Result<State, SnapshotError> {
     // when whole; nothing writes to a finished one, so the mapping does not
     // change while it is read (and the checksums would notice if it did).
     let bytes = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
-    let Some(mut rest) = bytes.strip_prefix(MAGIC) else {
+    let Some(mut rest) = bytes
+        .strip_prefix(MAGIC)
+        .or_else(|| bytes.strip_prefix(MAGIC_BEFORE_ACCOUNTS))
+    else {
         return Err(SnapshotError::Magic);
     };
     let mut sections: [&[u8]; SECTIONS] = [&[]; SECTIONS];

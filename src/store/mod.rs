@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::{Offsets, OrderState, StoredOrder, StoredTrade};
+use crate::domain::{Account, Offsets, OrderState, StoredOrder, StoredTrade};
 use settings::StoreSettings;
 use url::Engine;
 
@@ -303,6 +303,9 @@ impl StoreError {
     }
 }
 
+/// Orders read per step of [`Store::list_owned`]'s default walk.
+const OWNED_SCAN_PAGE: usize = 1_000;
+
 /// A materialised view of the orders log. Every method is safe to call
 /// concurrently; blocking engines run their work off the async workers.
 #[async_trait]
@@ -333,6 +336,38 @@ pub trait Store: Send + Sync + 'static {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<StoredOrder>, StoreError>;
+
+    /// The orders of `account` of one symbol in id order, strictly after
+    /// `after`, at most `limit`, with their fills (`GET /orders`: a caller
+    /// lists its own). This default walks the symbol's orders a page at a
+    /// time and keeps the account's; an engine with an index by account
+    /// answers from it instead.
+    async fn list_owned(
+        &self,
+        account: &Account,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        let mut owned = Vec::with_capacity(limit);
+        let mut cursor = after;
+        loop {
+            let page = self.list_by_symbol(symbol, cursor, OWNED_SCAN_PAGE).await?;
+            let last = page.len() < OWNED_SCAN_PAGE;
+            cursor = page.last().map(|o| o.order.id);
+            for stored in page {
+                if stored.order.account.as_ref() == Some(account) {
+                    owned.push(stored);
+                    if owned.len() == limit {
+                        return Ok(owned);
+                    }
+                }
+            }
+            if last {
+                return Ok(owned);
+            }
+        }
+    }
 
     /// Which of `ids` are stored (matching skips a repeated order).
     async fn known(&self, ids: Vec<Uuid>) -> Result<HashSet<Uuid>, StoreError>;

@@ -19,8 +19,8 @@ use super::lease::{GroupView, Lease, LeaseRow, Leases, Member, MemberRow, Member
 use super::settings::PostgresSettings;
 use super::{Applied, Batch, Store, StoreError};
 use crate::domain::{
-    Amount, Broken, Channel, ClientOrderId, Description, Fill, Offsets, Order, Status, StoredOrder,
-    StoredTrade, Trade,
+    Account, Amount, Broken, Channel, ClientOrderId, Description, Fill, Offsets, Order, Status,
+    StoredOrder, StoredTrade, Trade,
 };
 
 /// The versioned schema (`migrations/`), applied by `oms migrate`.
@@ -29,10 +29,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 const APPLY: &str = r#"
 WITH inserted AS (
     INSERT INTO orders (id, client_order_id, symbol, src_currency, dst_currency, side,
-                        price, quantity, channel, description, created_at, log_partition, log_offset)
+                        price, quantity, channel, description, created_at, log_partition, log_offset,
+                        account)
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::numeric[], $8::numeric[], $9::int2[], $10::text[], $11::timestamptz[],
-                         $12::int4[], $13::int8[])
+                         $12::int4[], $13::int8[], $31::text[])
     ON CONFLICT (id) DO NOTHING
     RETURNING 1
 ), moved AS (
@@ -62,7 +63,7 @@ SELECT count(*) FROM inserted
 /// An order's columns and its fill's (`orders o LEFT JOIN order_fills f`).
 const COLUMNS: &str = "o.id, o.client_order_id, o.src_currency, o.dst_currency, o.side, o.price, \
                        o.quantity, o.channel, o.description, o.created_at, o.log_partition, \
-                       o.log_offset, f.status, f.filled_quantity";
+                       o.log_offset, o.account, f.status, f.filled_quantity";
 const FROM: &str = "orders o LEFT JOIN order_fills f ON f.id = o.id";
 
 const TRADE_COLUMNS: &str = "id, symbol, price, quantity, buy_order_id, sell_order_id, \
@@ -100,6 +101,7 @@ struct Row {
     created_at: DateTime<Utc>,
     log_partition: i32,
     log_offset: i64,
+    account: Option<String>,
     status: Option<String>,
     filled_quantity: Option<Decimal>,
 }
@@ -159,6 +161,11 @@ impl TryFrom<Row> for StoredOrder {
                     .map(ClientOrderId::try_from)
                     .transpose()
                     .map_err(bad("client_order_id"))?,
+                account: row
+                    .account
+                    .map(Account::try_from)
+                    .transpose()
+                    .map_err(bad("account"))?,
                 src_currency: row.src_currency.parse().map_err(bad("src_currency"))?,
                 dst_currency: row.dst_currency.parse().map_err(bad("dst_currency"))?,
                 side: row.side.parse().map_err(bad("side"))?,
@@ -286,7 +293,15 @@ impl PostgresStore {
             .bind(log_partitions)
             .bind(next_offsets);
         let query = bind_fills(query, batch);
-        bind_trades(query, batch)
+        let query = bind_trades(query, batch);
+        // `$31`, bound last: the column came after the statement's others.
+        query.bind(
+            batch
+                .orders
+                .iter()
+                .map(|s| s.order.account.as_ref().map(Account::as_str))
+                .collect::<Vec<_>>(),
+        )
     }
 }
 
@@ -489,6 +504,28 @@ impl Store for PostgresStore {
                 limit,
             )
             .await?;
+        rows.into_iter().map(StoredOrder::try_from).collect()
+    }
+
+    async fn list_owned(
+        &self,
+        account: &Account,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        // `orders_account_symbol_id` (migrations/0004_accounts.sql).
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM {FROM} WHERE o.account = $1 AND o.symbol = $2 \
+             AND ($3::uuid IS NULL OR o.id > $3) ORDER BY o.id LIMIT $4"
+        ))
+        .bind(account.as_str())
+        .bind(symbol)
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
         rows.into_iter().map(StoredOrder::try_from).collect()
     }
 

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use oms::app::Application;
+use oms::auth::{Key, KeyFile, KeyRecord, Role};
 use oms::broker::admin;
 use oms::config::{Engine, Settings, StoreUrl};
 use serde_json::{Value, json};
@@ -24,9 +25,60 @@ pub fn bootstrap() -> String {
     })
 }
 
-/// Settings for one test: port 0, a topic of its own, a store folder of its own.
+/// The API key every harness client sends (account [`TEST_ACCOUNT`], a
+/// trader without limits): [`settings`] puts it in each test's key file.
+pub const TEST_KEY: &str =
+    "oms_7e57000000000001_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub const TEST_ACCOUNT: &str = "test";
+
+/// Adds a key to the key file of `cfg` (made by the test, so the test knows it).
+pub fn add_key(
+    cfg: &Settings,
+    key: &str,
+    account: &str,
+    role: Role,
+    rate: Option<u32>,
+    in_flight: Option<u32>,
+) {
+    let key = Key::parse(key).expect("a key of the oms_<id>_<secret> form");
+    let hash: String = key.hash().iter().map(|b| format!("{b:02x}")).collect();
+    KeyFile::new(&cfg.auth.keys_file)
+        .add(KeyRecord {
+            id: key.id().to_owned(),
+            account: account.parse().expect("an account"),
+            role,
+            hash: format!("sha256:{hash}"),
+            created_at: chrono::Utc::now(),
+            revoked_at: None,
+            rate_per_sec: rate,
+            max_in_flight: in_flight,
+        })
+        .expect("write the test's key file");
+}
+
+/// An HTTP client that sends [`TEST_KEY`] with every request.
+pub fn client(timeout: Duration) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TEST_KEY}")
+            .parse()
+            .expect("a header value"),
+    );
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
+/// Settings for one test: port 0, a topic of its own, a store folder of its
+/// own, and a key file in it holding [`TEST_KEY`].
 pub fn settings(bootstrap: &str, store: &Path) -> Settings {
     let mut s = Settings::default();
+    std::fs::create_dir_all(store).expect("the test's store folder");
+    s.auth.keys_file = store.join("oms-keys.toml");
+    add_key(&s, TEST_KEY, TEST_ACCOUNT, Role::Trader, Some(0), Some(0));
     let topic = format!("orders-{}", Uuid::now_v7().simple());
     s.http.addr = "127.0.0.1:0".into();
     s.http.shutdown_timeout_ms = 5_000;
@@ -84,6 +136,8 @@ pub fn serve_args(cfg: &Settings) -> Vec<String> {
         &cfg.broker.dlq_topic,
         "--trades-topic",
         &cfg.broker.trades_topic,
+        "--keys-file",
+        &cfg.auth.keys_file.display().to_string(),
     ]
     .map(String::from)
     .to_vec();
@@ -130,10 +184,7 @@ impl TestApp {
         let store = app.store();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("http client");
+        let client = client(Duration::from_secs(10));
         TestApp {
             base,
             store,
@@ -561,7 +612,7 @@ impl OmsProcess {
             .spawn()
             .expect("start oms");
         let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let client = client(Duration::from_secs(30));
         let up = eventually(Duration::from_secs(30), || {
             let url = format!("{base}/healthz");
             let client = client.clone();
@@ -860,10 +911,7 @@ impl Load {
         let next = std::sync::Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
         let run = format!("load-{}", Uuid::now_v7().simple());
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("client");
+        let client = client(Duration::from_secs(5));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..clients {
             let (client, base, next, run, stop) = (

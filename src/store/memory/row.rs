@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{
-    Amount, Broken, Channel, ClientOrderId, Currency, Description, Fill, Order, Side, Status,
-    StoredOrder, StoredTrade, Trade,
+    Account, Amount, Broken, Channel, ClientOrderId, Currency, Description, Fill, Order, Side,
+    Status, StoredOrder, StoredTrade, Trade,
 };
 
 fn decimal(value: Decimal) -> u128 {
@@ -59,6 +59,10 @@ pub(super) struct OrderRow<'a> {
     /// The status' place in [`Status::ALL`].
     status: u8,
     filled: u128,
+    /// Last, and defaulted: a row of a snapshot written before accounts
+    /// (`OMSMEM03`) ends before it and reads as an order of no account.
+    #[serde(borrow, default)]
+    account: Option<&'a str>,
 }
 
 impl<'a> OrderRow<'a> {
@@ -82,6 +86,7 @@ impl<'a> OrderRow<'a> {
                 .position(|s| *s == stored.fill.status)
                 .expect("every status is in Status::ALL") as u8,
             filled: decimal(stored.fill.filled),
+            account: o.account.as_ref().map(Account::as_str),
         }
     }
 
@@ -120,6 +125,11 @@ impl Orders {
                 .map(|c| ClientOrderId::try_from(c.to_owned()))
                 .transpose()
                 .map_err(|e| checked("client_order_id", e))?,
+            account: row
+                .account
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| checked("account", e))?,
             src_currency: src,
             dst_currency: dst,
             side: side(row.buy),
