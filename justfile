@@ -10,6 +10,18 @@ default:
 up store="redb" instances="1":
     OMS_STORE={{store}} OMS_INSTANCES={{instances}} scripts/stack.sh up
 
+# Make an API key for ACCOUNT on the `just up` stack (role trader or reader); the last line is `ID KEY`
+key account role="trader":
+    @scripts/stack.sh key {{account}} {{role}}
+
+# Revoke an API key by its id: every instance refuses it within a second
+revoke id:
+    @scripts/stack.sh revoke {{id}}
+
+# List the stack's API keys (ids, accounts, roles, limits; never the keys)
+keys:
+    @scripts/stack.sh keys
+
 # Stop exactly what `just up` started (by pid)
 down:
     scripts/stack.sh down
@@ -52,7 +64,7 @@ bench-store orders="200000":
 clients:
     scripts/clients.sh
 
-# k6 load against the running stack (`just up` first): script orders or healthz; k6 env vars pass through
+# k6 load against the running stack (`just up` first) with its development key: script orders or healthz; k6 env vars pass through
 load script="orders":
     scripts/install.sh k6
-    k6 run k6/{{script}}.js
+    OMS_KEY="${OMS_KEY:-$(cut -d' ' -f2 .oms/dev/dev.key)}" k6 run k6/{{script}}.js

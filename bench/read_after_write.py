@@ -9,8 +9,10 @@ was just promised does not exist), as does no 200 within 30 s.
     bench/read_after_write.py http://127.0.0.1:8080 [samples]
 
 Prints one JSON line: samples, failures, retried, p50/p99/max ms of 202 → 200.
+The API key is $OMS_KEY (oms refuses order requests without one).
 """
 import http.client
+import os
 import json
 import sys
 import time
@@ -27,9 +29,10 @@ def main() -> int:
     samples = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     conn = http.client.HTTPConnection(base.hostname, base.port, timeout=10)
     delays, failures, retried = [], [], 0
+    auth = {"Authorization": f"Bearer {os.environ['OMS_KEY']}"} if os.environ.get("OMS_KEY") else {}
     for _ in range(samples):
         body = json.dumps({**BODY, "client_order_id": f"raw-{uuid.uuid4()}"})
-        conn.request("POST", "/orders", body, {"Content-Type": "application/json"})
+        conn.request("POST", "/orders", body, {"Content-Type": "application/json", **auth})
         resp = conn.getresponse()
         resp.read()
         if resp.status != 202:
@@ -38,7 +41,7 @@ def main() -> int:
         accepted = time.perf_counter()
         location, waited = resp.getheader("Location"), False
         while True:
-            conn.request("GET", location)
+            conn.request("GET", location, headers=auth)
             read = conn.getresponse()
             read.read()
             if read.status != 503 or time.perf_counter() - accepted > GIVE_UP_S:

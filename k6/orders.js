@@ -10,7 +10,7 @@ import http from 'k6/http';
 import { check, sleep } from 'k6';
 import exec from 'k6/execution';
 
-import { BASE_URL, SLEEP, stages, P95_MS } from './profile.js';
+import { AUTH, BASE_URL, SLEEP, stages, P95_MS } from './profile.js';
 
 export const options = {
   stages,
@@ -38,7 +38,7 @@ export default function () {
     client_order_id: `k6-${RUN}-${exec.vu.idInTest}-${n}`,
   });
   const res = http.post(`${BASE_URL}/orders`, body, {
-    headers: { 'Content-Type': 'application/json' },
+    headers: { 'Content-Type': 'application/json', ...AUTH },
     tags: { name: 'POST /orders' },
   });
   check(res, {

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# API-contract checks against a live oms (BASE_URL as the only argument):
+# API-contract checks against a live oms (BASE_URL as the only argument; the
+# API key is $OMS_KEY, else the stack's development key):
+# - every protected operation refuses a request without a key (401,
+#   problem+json, WWW-Authenticate), and the open paths answer without one;
 # - property-based fuzzing of every operation with schemathesis, every check
 #   but use_after_free (a cancelled order stays readable)
 #   and every phase (examples, coverage, fuzzing, stateful): schema-valid
@@ -15,13 +18,32 @@
 #   oms' series, and every query of the Grafana dashboard returns data.
 source "$(dirname "$0")/lib.sh"
 base="${1:?usage: $0 BASE_URL}"
+key="${OMS_KEY:-$(dev_key)}"
+auth=(-H "Authorization: Bearer $key")
 
 # GET /orders/{id} answered 200 so far (from oms' own metrics).
 orders_read() {
-  curl -sf "$base/metrics" | awk '/^http_requests_total\{method="GET",route="\/orders\/\{id\}",status="200"\}/ {n += $2} END {print n + 0}'
+  curl -sf "${auth[@]}" "$base/metrics" | awk '/^http_requests_total\{method="GET",route="\/orders\/\{id\}",status="200"\}/ {n += $2} END {print n + 0}'
 }
 
-say "schemathesis against $base/openapi.json (every check but use_after_free, every phase)"
+say "every protected operation refuses a request without a key"
+probe_id="00000000-0000-7000-8000-000000000000"
+for op in "POST /orders" "GET /orders?symbol=USD-EUR" "GET /orders/$probe_id" "DELETE /orders/$probe_id" \
+    "GET /trades?symbol=USD-EUR" "GET /orderbook/USD-EUR"; do
+  for credential in "" "Authorization: Bearer oms_0000000000000000_$(printf '0%.0s' {1..64})"; do
+    headers="$(curl -s -o /dev/null -D - -X "${op%% *}" ${credential:+-H "$credential"} \
+      -H 'content-type: application/json' -d '{}' "$base${op#* }" | tr -d '\r')"
+    grep -q '^HTTP/1.1 401' <<<"$headers" || die "$op ${credential:+with an unknown key }answered without a valid key: $(head -n 1 <<<"$headers")"
+    grep -qi '^www-authenticate: Bearer' <<<"$headers" || die "$op: a 401 without WWW-Authenticate"
+    grep -qi '^content-type: application/problem+json' <<<"$headers" || die "$op: a 401 that is not problem+json"
+  done
+done
+for open_path in /healthz /readyz /metrics /docs/ /openapi.json /openapi.yaml; do
+  code="$(curl -s -o /dev/null -w '%{http_code}' "$base$open_path")"
+  [[ $code == 200 ]] || die "GET $open_path without a key answered $code (auth.public lists it)"
+done
+
+say "schemathesis against $base/openapi.json (every check but use_after_free, every phase), with the API key"
 read_before="$(orders_read)"
 # The hooks tell the fuzzer the one order rule a schema cannot state.
 # Every check but one: `use_after_free` expects a resource gone after a 2xx
@@ -30,6 +52,7 @@ read_before="$(orders_read)"
 # order's history is the point of an OMS).
 SCHEMATHESIS_HOOKS="$OMS_ROOT/e2e/schemathesis_hooks.py" st run "$base/openapi.json" \
   --checks all \
+  "${auth[@]}" \
   --exclude-checks use_after_free \
   --max-examples "${OMS_FUZZ_EXAMPLES:-50}" \
   --seed "${OMS_FUZZ_SEED:-20261127}" \
@@ -44,14 +67,14 @@ say "schemathesis read $((read_after - read_before)) accepted order(s) back thro
 
 "$OMS_ROOT/scripts/clients.sh"
 say "generated Python client against $base"
-python3 "$OMS_ROOT/clients/python/check.py" "$OMS_ROOT/.oms/clients/python" "$base"
+python3 "$OMS_ROOT/clients/python/check.py" "$OMS_ROOT/.oms/clients/python" "$base" "$key"
 say "generated TypeScript client against $base"
-(cd "$OMS_ROOT/clients/ts" && npx --no-install tsc -p . && node dist/check.js "$base")
+(cd "$OMS_ROOT/clients/ts" && npx --no-install tsc -p . && node dist/check.js "$base" "$key")
 
 "$OMS_ROOT/scripts/install.sh" chromium
 say "Swagger UI in headless Chromium against $base/docs"
 (cd "$OMS_ROOT/e2e/browser" && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
-  && node swagger.mjs "$base" "$OMS_STATE/swagger-ui.png")
+  && node swagger.mjs "$base" "$OMS_STATE/swagger-ui.png" "$key")
 
 if [[ -n "${OMS_PROM_URL:-}" ]]; then
   say "Prometheus ($OMS_PROM_URL): oms' series and every dashboard query"

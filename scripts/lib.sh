@@ -43,6 +43,30 @@ OMS_REDIS_PREFIX="oms"
 # graceful stop of oms (HTTP drain, last batch, leaving the group, flush).
 OMS_STOP_GRACE=25
 
+# The stack's API keys (`oms keys`, `just key`): one file every instance reads,
+# and the development key `up` makes (`ID KEY` on one line, owner-only).
+OMS_KEYS_FILE="${OMS_KEYS_FILE:-$OMS_STATE/keys.toml}"
+OMS_DEV_KEY_FILE="$OMS_STATE/dev.key"
+
+# The development key (account `dev`, no limits), made once per stack and
+# again if it was revoked; prints the key. Needs $OMS_BIN.
+dev_key() {
+  local id
+  if [[ -s "$OMS_DEV_KEY_FILE" ]]; then
+    id="$(cut -d' ' -f1 "$OMS_DEV_KEY_FILE")"
+    if "$OMS_BIN" keys list --json --keys-file "$OMS_KEYS_FILE" 2>/dev/null \
+        | grep "\"id\":\"$id\"" | grep -qv revoked_at; then
+      cut -d' ' -f2 "$OMS_DEV_KEY_FILE"
+      return
+    fi
+  fi
+  say "making a development API key (account dev, no limits) in $OMS_KEYS_FILE"
+  mkdir -p "$OMS_STATE"
+  (umask 077 && "$OMS_BIN" keys create --keys-file "$OMS_KEYS_FILE" --account dev --rate 0 --in-flight 0 \
+    2>/dev/null | tail -n 1 >"$OMS_DEV_KEY_FILE")
+  cut -d' ' -f2 "$OMS_DEV_KEY_FILE"
+}
+
 TANSU_BIN="$OMS_TOOLS/bin/tansu"
 OMS_TARGET_DIR="${CARGO_TARGET_DIR:-$OMS_ROOT/target}"
 PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"

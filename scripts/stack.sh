@@ -4,6 +4,8 @@
 #   scripts/stack.sh down               stop what `up` started (by pid)
 #   scripts/stack.sh status             show what runs
 #   scripts/stack.sh start|stop NAME... one component: broker, postgres, redis, oms, prometheus
+#   scripts/stack.sh key ACCOUNT [ROLE] make an API key (last line: ID KEY)
+#   scripts/stack.sh revoke ID          revoke one (every instance refuses it within a second)
 # State, logs and pids live in $OMS_STATE (default .oms/dev, git-ignored).
 source "$(dirname "$0")/lib.sh"
 
@@ -141,6 +143,7 @@ launch_oms() {
     --store "$url" \
     --http-addr "127.0.0.1:$port" \
     --bootstrap "127.0.0.1:$OMS_BROKER_PORT" \
+    --keys-file "$OMS_KEYS_FILE" \
     >>"$log" 2>&1 </dev/null &
   echo $! >"$(pid_file "$name")"
   wait_for_component "$name" 60 curl -sf "http://127.0.0.1:$port/readyz" || {
@@ -162,6 +165,7 @@ start_oms() {
   say "creating topics ($partitions partition(s) for orders)$([[ $store == postgres ]] && echo ' and the Postgres schema')"
   OMS__MIGRATE__PARTITIONS="$partitions" \
     "$OMS_BIN" migrate --bootstrap "127.0.0.1:$OMS_BROKER_PORT" --store "$(store_url)"
+  dev_key >/dev/null
   if (( OMS_INSTANCES == 1 )); then
     launch_oms oms "$OMS_HTTP_PORT" "$(store_url)"
     return
@@ -269,7 +273,8 @@ up() {
   if [[ ${OMS_STORE:-redb} == redis ]]; then start_redis; fi
   start_oms
   start_prometheus
-  local base="http://127.0.0.1:$OMS_HTTP_PORT"
+  local base="http://127.0.0.1:$OMS_HTTP_PORT" key
+  key="$(dev_key)"
   cat <<MSG
 
 oms is up ($(( SECONDS - started )) s), store ${OMS_STORE:-redb}$( (( OMS_INSTANCES > 1 )) && echo ", $OMS_INSTANCES instances on ports $((OMS_HTTP_PORT + 1))–$((OMS_HTTP_PORT + OMS_INSTANCES)) behind nginx"):
@@ -278,12 +283,14 @@ oms is up ($(( SECONDS - started )) s), store ${OMS_STORE:-redb}$( (( OMS_INSTAN
   OpenAPI      $base/openapi.yaml
   metrics      $base/metrics
   readiness    $base/readyz
+  API key      $key
+               (development key, account dev, in $OMS_DEV_KEY_FILE; more: just key ACCOUNT)
   broker       127.0.0.1:$OMS_BROKER_PORT (tansu, log in $OMS_STATE/tansu/tansu.db)
   postgres     postgres://oms:oms@127.0.0.1:$OMS_PG_PORT/oms
 $( [[ ${OMS_STORE:-redb} == redis ]] && echo "  redis        redis://127.0.0.1:$OMS_REDIS_PORT/0 (keys $OMS_REDIS_PREFIX:*)" )
   prometheus   http://127.0.0.1:$OMS_PROM_PORT  (try: rate(http_requests_total[1m]))
   logs         $OMS_STATE/log/ ($( (( OMS_INSTANCES > 1 )) && echo "oms-1…oms-$OMS_INSTANCES, lb" || echo oms), broker, postgres, prometheus)
-Try:  curl -si $base/orders -H 'content-type: application/json' \\
+Try:  curl -si $base/orders -H "Authorization: Bearer $key" -H 'content-type: application/json' \\
         -d '{"src_currency":"USD","dst_currency":"EUR","side":"buy","price":"1.085","quantity":"100","channel":11}'
 Stop: just down
 MSG
@@ -307,5 +314,18 @@ case "$cmd" in
   status) status ;;
   start) for c in "$@"; do start "$c"; done ;;
   stop) for c in "$@"; do stop "$c"; done ;;
-  *) die "usage: $0 up|down|status|start NAME...|stop NAME..." ;;
+  key)
+    ensure_oms_bin
+    "$OMS_BIN" keys create --keys-file "$OMS_KEYS_FILE" --account "${1:?usage: $0 key ACCOUNT [trader|reader]}" \
+      --role "${2:-trader}"
+    ;;
+  revoke)
+    ensure_oms_bin
+    "$OMS_BIN" keys revoke --keys-file "$OMS_KEYS_FILE" "${1:?usage: $0 revoke ID}"
+    ;;
+  keys)
+    ensure_oms_bin
+    "$OMS_BIN" keys list --keys-file "$OMS_KEYS_FILE"
+    ;;
+  *) die "usage: $0 up|down|status|start NAME...|stop NAME...|key ACCOUNT [ROLE]|revoke ID|keys" ;;
 esac

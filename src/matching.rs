@@ -8,6 +8,14 @@
 //! price, the oldest resting order first; the trade price is the resting
 //! order's; what is left of the incoming order rests at its limit; every
 //! quantity and price is an exact decimal.
+//!
+//! Self-trade prevention: an order never trades with a resting order of its
+//! own account. The resting one is cancelled instead ("cancel oldest", as
+//! Coinbase's `co` and Binance's `EXPIRE_MAKER`) and the incoming order
+//! goes on to the next resting order: the newer order says what the owner
+//! wants now. Orders of no account (written before accounts) never count
+//! as one owner. The rule reads only the log's records, so a replay
+//! cancels the same orders.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -17,9 +25,22 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::domain::{
-    Amount, Cancel, Event, Fill, Order, OrderState, Positioned, Side, Status, StoredOrder,
+    Account, Amount, Cancel, Event, Fill, Order, OrderState, Positioned, Side, Status, StoredOrder,
     StoredTrade, Trade,
 };
+
+/// Who owns an order, as one book numbers its accounts: 0 is "no account".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Owner(u32);
+
+impl Owner {
+    /// No account: never the same owner as another order.
+    pub const NONE: Owner = Owner(0);
+
+    fn trades_with(self, other: Owner) -> bool {
+        self == Owner::NONE || self != other
+    }
+}
 
 /// An order resting in the book.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +48,23 @@ struct Resting {
     id: Uuid,
     quantity: Decimal,
     remaining: Decimal,
+    owner: Owner,
+}
+
+/// A resting order cancelled because its owner's own order reached it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfTrade {
+    pub id: Uuid,
+    pub quantity: Decimal,
+    pub remaining: Decimal,
+}
+
+/// What one incoming order did: its trades, and the resting orders of its
+/// own account it cancelled on the way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matched {
+    pub executions: Vec<Execution>,
+    pub self_trades: Vec<SelfTrade>,
 }
 
 /// A trade, with what it left of its maker (the taker's own fill is the
@@ -70,14 +108,14 @@ impl Queue {
         self.chunks.front_mut().and_then(VecDeque::front_mut)
     }
 
-    /// Drops the oldest order (it filled).
-    fn pop_front(&mut self) {
-        if let Some(first) = self.chunks.front_mut() {
-            first.pop_front();
-            if first.is_empty() {
-                self.chunks.pop_front();
-            }
+    /// Takes the oldest order out (it filled, or it is cancelled).
+    fn pop_front(&mut self) -> Option<Resting> {
+        let first = self.chunks.front_mut()?;
+        let order = first.pop_front();
+        if first.is_empty() {
+            self.chunks.pop_front();
         }
+        order
     }
 
     /// Takes order `id` out (a cancel: a scan of this one price).
@@ -150,6 +188,8 @@ pub struct Book {
     asks: BTreeMap<Decimal, Queue>,
     /// Orders resting on both sides.
     orders: usize,
+    /// The accounts of this book's orders, numbered from 1 ([`Owner`]).
+    owners: HashMap<Account, Owner>,
 }
 
 impl Book {
@@ -157,10 +197,21 @@ impl Book {
         Self::default()
     }
 
-    /// Matches an incoming limit order, rests what is left, and returns
-    /// the trades in the order they happened. The caller submits an id once:
-    /// [`Matcher::run`] drops an order the store or the batch has seen
-    /// before (a record read twice must not trade twice).
+    /// The number this book gives `account` (`None`: [`Owner::NONE`]).
+    pub fn owner(&mut self, account: Option<&Account>) -> Owner {
+        let Some(account) = account else {
+            return Owner::NONE;
+        };
+        if let Some(owner) = self.owners.get(account) {
+            return *owner;
+        }
+        let owner = Owner(u32::try_from(self.owners.len() + 1).unwrap_or(u32::MAX));
+        self.owners.insert(account.clone(), owner);
+        owner
+    }
+
+    /// Matches an incoming limit order of no account, rests what is left,
+    /// and returns the trades in the order they happened.
     pub fn submit(
         &mut self,
         id: Uuid,
@@ -169,13 +220,37 @@ impl Book {
         quantity: Decimal,
         at: DateTime<Utc>,
     ) -> Vec<Execution> {
+        self.submit_as(id, side, price, quantity, at, Owner::NONE)
+            .executions
+    }
+
+    /// Matches an incoming limit order of `owner`, rests what is left, and
+    /// returns the trades in the order they happened and the owner's resting
+    /// orders it cancelled instead of trading with (self-trade prevention).
+    /// The caller submits an id once: [`Matcher::run`] drops an order the
+    /// store or the batch has seen before (a record read twice must not
+    /// trade twice).
+    pub fn submit_as(
+        &mut self,
+        id: Uuid,
+        side: Side,
+        price: Decimal,
+        quantity: Decimal,
+        at: DateTime<Utc>,
+        owner: Owner,
+    ) -> Matched {
+        let mut matched = Matched::default();
         if quantity <= Decimal::ZERO {
-            return Vec::new();
+            return matched;
         }
         // One key per price, whatever its written scale ("1.50" = "1.5").
         let price = price.normalize();
-        let mut trades = Vec::new();
-        let taker = Taker { id, side, at };
+        let taker = Taker {
+            id,
+            side,
+            at,
+            owner,
+        };
         let (left, filled) = match side {
             Side::Buy => sweep(
                 &mut self.asks,
@@ -183,7 +258,7 @@ impl Book {
                 |p| p <= price,
                 quantity,
                 taker,
-                &mut trades,
+                &mut matched,
             ),
             Side::Sell => sweep(
                 &mut self.bids,
@@ -191,14 +266,14 @@ impl Book {
                 |p| p >= price,
                 quantity,
                 taker,
-                &mut trades,
+                &mut matched,
             ),
         };
         self.orders -= filled;
         if left > Decimal::ZERO {
-            self.rest(id, side, price, quantity, left);
+            self.rest(id, side, price, quantity, left, owner);
         }
-        trades
+        matched
     }
 
     /// Puts an order back in the book as it rested (rebuilding a book from
@@ -211,17 +286,27 @@ impl Book {
         price: Decimal,
         quantity: Decimal,
         remaining: Decimal,
+        owner: Owner,
     ) {
         if remaining > Decimal::ZERO {
-            self.rest(id, side, price.normalize(), quantity, remaining);
+            self.rest(id, side, price.normalize(), quantity, remaining, owner);
         }
     }
 
-    fn rest(&mut self, id: Uuid, side: Side, price: Decimal, quantity: Decimal, left: Decimal) {
+    fn rest(
+        &mut self,
+        id: Uuid,
+        side: Side,
+        price: Decimal,
+        quantity: Decimal,
+        left: Decimal,
+        owner: Owner,
+    ) {
         let resting = Resting {
             id,
             quantity,
             remaining: left,
+            owner,
         };
         match side {
             Side::Buy => self
@@ -308,6 +393,8 @@ pub struct Outcome {
     pub orders: usize,
     /// Cancels that took an order out of a book.
     pub cancelled: usize,
+    /// Resting orders cancelled by self-trade prevention.
+    pub self_trades: usize,
 }
 
 /// The books of the partitions this consumer owns, one per symbol. One
@@ -336,12 +423,15 @@ impl Matcher {
         books.clear();
         for r in resting {
             let quantity = r.order.quantity.value();
-            books.entry(r.order.symbol()).or_default().restore(
+            let book = books.entry(r.order.symbol()).or_default();
+            let owner = book.owner(r.order.account.as_ref());
+            book.restore(
                 r.order.id,
                 r.order.side,
                 r.order.price.value(),
                 quantity,
                 r.fill.remaining(quantity),
+                owner,
             );
         }
     }
@@ -440,13 +530,27 @@ impl Run {
         self.out.orders += 1;
         let symbol = order.symbol();
         let quantity = order.quantity.value();
-        let executions = books.entry(symbol.clone()).or_default().submit(
+        let book = books.entry(symbol.clone()).or_default();
+        let owner = book.owner(order.account.as_ref());
+        let Matched {
+            executions,
+            self_trades,
+        } = book.submit_as(
             order.id,
             order.side,
             order.price.value(),
             quantity,
             order.created_at,
+            owner,
         );
+        for s in self_trades {
+            self.out.self_trades += 1;
+            let fill = Fill {
+                status: Status::Cancelled,
+                filled: s.quantity - s.remaining,
+            };
+            self.set(s.id, at.partition, fill);
+        }
         let mut filled = Decimal::ZERO;
         for e in executions {
             filled += e.trade.quantity;
@@ -517,6 +621,7 @@ struct Taker {
     id: Uuid,
     side: Side,
     at: DateTime<Utc>,
+    owner: Owner,
 }
 
 /// Fills `left` against the opposite side, best level first while its price
@@ -528,7 +633,7 @@ fn sweep<K: Ord + Copy>(
     crosses: impl Fn(Decimal) -> bool,
     mut left: Decimal,
     taker: Taker,
-    trades: &mut Vec<Execution>,
+    matched: &mut Matched,
 ) -> (Decimal, usize) {
     let mut filled = 0;
     while left > Decimal::ZERO {
@@ -544,6 +649,18 @@ fn sweep<K: Ord + Copy>(
             let Some(maker) = orders.front_mut() else {
                 break;
             };
+            if !taker.owner.trades_with(maker.owner) {
+                // Self-trade prevention: the owner's resting order goes.
+                if let Some(own) = orders.pop_front() {
+                    matched.self_trades.push(SelfTrade {
+                        id: own.id,
+                        quantity: own.quantity,
+                        remaining: own.remaining,
+                    });
+                    filled += 1;
+                }
+                continue;
+            }
             let quantity = left.min(maker.remaining);
             let (buy, sell) = match taker.side {
                 Side::Buy => (taker.id, maker.id),
@@ -551,7 +668,7 @@ fn sweep<K: Ord + Copy>(
             };
             left -= quantity;
             maker.remaining -= quantity;
-            trades.push(Execution {
+            matched.executions.push(Execution {
                 trade: Trade {
                     id: Trade::id_for(taker.id, maker.id),
                     price,
@@ -700,6 +817,90 @@ mod tests {
             "the wrong side is not searched"
         );
         assert_eq!(book.len(), 1);
+    }
+
+    #[test]
+    fn an_order_cancels_its_own_accounts_resting_order_and_trades_on() {
+        let mut book = Book::new();
+        let alice = "alice".parse::<Account>().expect("account");
+        let bob = "bob".parse::<Account>().expect("account");
+        let (a, b) = (book.owner(Some(&alice)), book.owner(Some(&bob)));
+        assert_eq!(book.owner(Some(&alice)), a, "one number per account");
+        // Alice rests first at the best price, Bob behind her at the same one.
+        book.submit_as(id(1), Side::Sell, d("1.10"), d("5"), at(), a);
+        book.submit_as(id(2), Side::Sell, d("1.10"), d("4"), at(), b);
+        book.submit_as(id(3), Side::Sell, d("1.20"), d("4"), at(), a);
+        let matched = book.submit_as(id(4), Side::Buy, d("1.20"), d("6"), at(), a);
+        assert_eq!(
+            matched.self_trades,
+            vec![
+                SelfTrade {
+                    id: id(1),
+                    quantity: d("5"),
+                    remaining: d("5")
+                },
+                SelfTrade {
+                    id: id(3),
+                    quantity: d("4"),
+                    remaining: d("4")
+                },
+            ],
+            "both of alice's resting orders on the way are cancelled"
+        );
+        assert_eq!(matched.executions.len(), 1, "only bob's order trades");
+        let t = &matched.executions[0].trade;
+        assert_eq!((t.sell_order_id, t.quantity), (id(2), d("4")));
+        assert_eq!(book.remaining(id(4)), Some(d("2")), "the rest rests");
+        assert_eq!(book.len(), 1);
+        // No account never counts as one owner: such orders trade.
+        let mut old = Book::new();
+        old.submit_as(id(5), Side::Sell, d("1"), d("1"), at(), Owner::NONE);
+        let traded = old.submit_as(id(6), Side::Buy, d("1"), d("1"), at(), Owner::NONE);
+        assert_eq!((traded.executions.len(), traded.self_trades.len()), (1, 0));
+    }
+
+    #[test]
+    fn self_trade_prevention_is_decided_the_same_on_replay() {
+        let own = |n: i64, side: Side, account: &str| {
+            let mut o = contract::order(("USD", "EUR"), n).order;
+            o.side = side;
+            o.account = Some(account.parse().expect("account"));
+            o
+        };
+        let events: Vec<Positioned> = [
+            own(5, Side::Sell, "alice"),
+            own(5, Side::Sell, "bob"),
+            own(9, Side::Buy, "alice"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(offset, o)| Positioned {
+            partition: 0,
+            offset: offset as i64,
+            event: Event::Order(o.clone()),
+        })
+        .collect();
+        let run = || {
+            let out = Matcher::new().run(&events, &HashSet::new());
+            (out.states, out.trades.len(), out.self_trades)
+        };
+        let first = run();
+        assert_eq!(first.2, 1, "alice's sell is cancelled");
+        assert_eq!(first.1, 1, "bob's sell trades");
+        let alices = first
+            .0
+            .iter()
+            .find(|s| s.id == events_id(&events[0]))
+            .expect("alice's sell is touched");
+        assert_eq!(alices.fill.status, Status::Cancelled);
+        assert_eq!(run(), first, "a replay decides the same");
+    }
+
+    fn events_id(p: &Positioned) -> Uuid {
+        match &p.event {
+            Event::Order(o) => o.id,
+            Event::Cancel(c) => c.order_id,
+        }
     }
 
     #[test]

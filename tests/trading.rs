@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestApp, bootstrap, eventually, read_topic, settings};
+use common::{TestApp, Trader, bootstrap, eventually, read_topic, settings};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -30,8 +30,8 @@ async fn json_of(resp: reqwest::Response, status: u16) -> Value {
     resp.json().await.expect("json body")
 }
 
-/// Polls `GET /orders/{id}` until its status is `status`.
-async fn wait_status(app: &TestApp, id: Uuid, status: &str) -> Value {
+/// Polls `GET /orders/{id}`, as the account that owns it, until its status is `status`.
+async fn wait_status(app: &Trader, id: Uuid, status: &str) -> Value {
     eventually(WAIT, || async move {
         let resp = app.get(&format!("/orders/{id}")).await;
         let body: Value = resp.json().await.ok()?;
@@ -42,31 +42,29 @@ async fn wait_status(app: &TestApp, id: Uuid, status: &str) -> Value {
 }
 
 async fn delete(app: &TestApp, path: &str) -> reqwest::Response {
-    app.client
-        .delete(format!("{}{path}", app.base))
-        .send()
-        .await
-        .expect("DELETE")
+    app.me().delete(path).await
 }
 
 #[tokio::test]
 async fn crossing_orders_trade_and_a_cancel_takes_the_rest_out() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = TestApp::spawn(settings(&bootstrap(), dir.path())).await;
+    let (me, other) = (app.me(), app.other());
 
     let sell = app.accept(&order("sell", "1.10", "5")).await;
-    let opened = wait_status(&app, sell, "open").await;
+    let opened = wait_status(&me, sell, "open").await;
     assert_eq!(
         (&opened["filled_quantity"], &opened["remaining_quantity"]),
         (&json!("0"), &json!("5"))
     );
-    let buy = app.accept(&order("buy", "1.20", "3")).await;
-    let bought = wait_status(&app, buy, "filled").await;
+    // Another account buys: the two trade.
+    let buy = other.accept(&order("buy", "1.20", "3")).await;
+    let bought = wait_status(&other, buy, "filled").await;
     assert_eq!(
         (&bought["filled_quantity"], &bought["remaining_quantity"]),
         (&json!("3"), &json!("0"))
     );
-    let sold = wait_status(&app, sell, "partially_filled").await;
+    let sold = wait_status(&me, sell, "partially_filled").await;
     assert_eq!(
         (&sold["filled_quantity"], &sold["remaining_quantity"]),
         (&json!("3"), &json!("2"))
@@ -117,7 +115,7 @@ async fn crossing_orders_trade_and_a_cancel_takes_the_rest_out() {
         format!("/orders/{sell}").as_str()
     );
     json_of(resp, 202).await;
-    let cancelled = wait_status(&app, sell, "cancelled").await;
+    let cancelled = wait_status(&me, sell, "cancelled").await;
     assert_eq!(
         (
             &cancelled["filled_quantity"],
@@ -129,8 +127,8 @@ async fn crossing_orders_trade_and_a_cancel_takes_the_rest_out() {
     assert_eq!((&book["bids"], &book["asks"]), (&json!([]), &json!([])));
 
     // Cancelling what is closed is a conflict; an unknown id is not found.
-    for closed in [sell, buy] {
-        let resp = delete(&app, &format!("/orders/{closed}")).await;
+    for (owner, closed) in [(&me, sell), (&other, buy)] {
+        let resp = owner.delete(&format!("/orders/{closed}")).await;
         assert_eq!(resp.status(), 409);
         assert!(
             resp.headers()["content-type"]
@@ -149,8 +147,8 @@ async fn crossing_orders_trade_and_a_cancel_takes_the_rest_out() {
     assert_eq!(app.get("/orderbook/usd-eur").await.status(), 400);
 
     // A buy that would have met the cancelled sell finds nothing to meet.
-    let late = app.accept(&order("buy", "1.10", "1")).await;
-    wait_status(&app, late, "open").await;
+    let late = other.accept(&order("buy", "1.10", "1")).await;
+    wait_status(&other, late, "open").await;
     app.stop().await.expect("clean stop");
 }
 
@@ -159,7 +157,7 @@ async fn a_repeated_cancel_is_harmless() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = TestApp::spawn(settings(&bootstrap(), dir.path())).await;
     let id = app.accept(&order("sell", "2", "4")).await;
-    wait_status(&app, id, "open").await;
+    wait_status(&app.me(), id, "open").await;
     // Both are accepted while the order is open; the second finds it gone.
     json_of(delete(&app, &format!("/orders/{id}")).await, 202).await;
     let second = delete(&app, &format!("/orders/{id}")).await;
@@ -168,7 +166,7 @@ async fn a_repeated_cancel_is_harmless() {
         "{}",
         second.status()
     );
-    let cancelled = wait_status(&app, id, "cancelled").await;
+    let cancelled = wait_status(&app.me(), id, "cancelled").await;
     assert_eq!(cancelled["filled_quantity"], "0");
     app.wait_caught_up(WAIT).await;
     assert_eq!(delete(&app, &format!("/orders/{id}")).await.status(), 409);
@@ -183,9 +181,9 @@ async fn a_restarted_oms_rebuilds_its_books_from_the_store() {
     let cfg = settings(&bootstrap(), dir.path());
     let app = TestApp::spawn(cfg.clone()).await;
     let resting = app.accept(&order("sell", "3.5", "10")).await;
-    let partly = app.accept(&order("buy", "3.6", "4")).await;
-    wait_status(&app, partly, "filled").await;
-    wait_status(&app, resting, "partially_filled").await;
+    let partly = app.other().accept(&order("buy", "3.6", "4")).await;
+    wait_status(&app.other(), partly, "filled").await;
+    wait_status(&app.me(), resting, "partially_filled").await;
     app.stop().await.expect("clean stop");
 
     let app = TestApp::spawn(cfg).await;
@@ -204,9 +202,9 @@ async fn a_restarted_oms_rebuilds_its_books_from_the_store() {
         json!([{"price": "3.5", "quantity": "6", "orders": 1}]),
         "the book as it was"
     );
-    let taker = app.accept(&order("buy", "4", "6")).await;
-    wait_status(&app, taker, "filled").await;
-    let done = wait_status(&app, resting, "filled").await;
+    let taker = app.other().accept(&order("buy", "4", "6")).await;
+    wait_status(&app.other(), taker, "filled").await;
+    let done = wait_status(&app.me(), resting, "filled").await;
     assert_eq!(done["filled_quantity"], "10");
     let page = json_of(app.get("/trades?symbol=USD-EUR").await, 200).await;
     assert_eq!(page["trades"].as_array().map(Vec::len), Some(2));
@@ -228,5 +226,44 @@ async fn with_matching_off_orders_are_only_stored() {
     assert_eq!(page["trades"], json!([]));
     assert_eq!(delete(&app, &format!("/orders/{sell}")).await.status(), 501);
     assert_eq!(app.get("/orderbook/USD-EUR").await.status(), 501);
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_order_never_trades_with_its_own_account_the_resting_one_is_cancelled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(settings(&bootstrap(), dir.path())).await;
+    let (me, other) = (app.me(), app.other());
+    // My sell rests at the best price, the other account's behind it.
+    let mine = me.accept(&order("sell", "2.00", "5")).await;
+    wait_status(&me, mine, "open").await;
+    let theirs = other.accept(&order("sell", "2.00", "5")).await;
+    wait_status(&other, theirs, "open").await;
+    // My buy crosses both: it cancels my own sell and trades with theirs.
+    let buy = me.accept(&order("buy", "2.00", "3")).await;
+    wait_status(&me, buy, "filled").await;
+    let cancelled = wait_status(&me, mine, "cancelled").await;
+    assert_eq!(
+        (
+            &cancelled["filled_quantity"],
+            &cancelled["remaining_quantity"]
+        ),
+        (&json!("0"), &json!("0"))
+    );
+    let sold = wait_status(&other, theirs, "partially_filled").await;
+    assert_eq!(sold["filled_quantity"], "3");
+    let page = json_of(app.get("/trades?symbol=USD-EUR").await, 200).await;
+    let trades = page["trades"].as_array().expect("trades");
+    assert_eq!(trades.len(), 1, "{page}");
+    assert_eq!(trades[0]["sell_order_id"], theirs.to_string());
+    assert_eq!(trades[0]["buy_order_id"], buy.to_string());
+    let book = json_of(app.get("/orderbook/USD-EUR").await, 200).await;
+    assert_eq!(
+        book["asks"],
+        json!([{"price": "2", "quantity": "2", "orders": 1}]),
+        "only their rest is left"
+    );
+    let matched = common::check_matching(&app, &["USD-EUR"]).await;
+    assert_eq!(matched.trades, 1, "the reference matcher agrees");
     app.stop().await.expect("clean stop");
 }

@@ -20,6 +20,11 @@ function init(args)
   rejected = 0
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
+  -- oms refuses order requests without an API key; the relay ignores it.
+  local key = os.getenv("OMS_KEY")
+  if key and key ~= "" then
+    wrk.headers["Authorization"] = "Bearer " .. key
+  end
 end
 
 function request()

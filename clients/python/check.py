@@ -2,7 +2,7 @@
 live oms: create an order, read it back, receive a typed validation error,
 cancel an order, read a symbol's trades and its book.
 
-Usage: python3 clients/python/check.py GENERATED_DIR BASE_URL
+Usage: python3 clients/python/check.py GENERATED_DIR BASE_URL API_KEY
 (`just clients` generates the client; `just test` runs this.)
 """
 
@@ -12,14 +12,20 @@ import uuid
 
 sys.path.insert(0, sys.argv[1])
 
-from oms_client import Client  # noqa: E402
+from oms_client import AuthenticatedClient, Client  # noqa: E402
 from oms_client.api.orders import cancel_order, create_order, get_order  # noqa: E402
 from oms_client.api.trading import get_order_book, list_trades  # noqa: E402
 from oms_client.models import (  # noqa: E402
     Channel, NewOrder, Order, OrderAccepted, OrderBook, Problem, Side, Status, TradePage,
 )
 
-client = Client(base_url=sys.argv[2], raise_on_unexpected_status=True)
+# The generated client sends the key as `Authorization: Bearer …`.
+client = AuthenticatedClient(base_url=sys.argv[2], token=sys.argv[3], raise_on_unexpected_status=True)
+
+# Without a key every order operation answers a typed 401 Problem.
+anonymous = Client(base_url=sys.argv[2], raise_on_unexpected_status=True)
+refused = get_order.sync(client=anonymous, id=uuid.uuid4())
+assert isinstance(refused, Problem) and refused.status == 401, f"expected a 401 Problem, got {refused!r}"
 
 new = NewOrder(
     src_currency="USD",

@@ -3,15 +3,26 @@
 // typed validation error, cancel an order, read a symbol's trades and its
 // book. `tsc` checks every access against the spec.
 //
-// Usage: node dist/check.js BASE_URL   (`just test` generates, compiles and runs it)
+// Usage: node dist/check.js BASE_URL API_KEY   (`just test` generates, compiles and runs it)
 import createClient from "openapi-fetch";
 import type { components, paths } from "./generated/oms.js";
 
 type Problem = components["schemas"]["Problem"];
 
-const baseUrl = process.argv[2];
-if (!baseUrl) throw new Error("usage: node dist/check.js BASE_URL");
-const client = createClient<paths>({ baseUrl });
+const [baseUrl, key] = process.argv.slice(2);
+if (!baseUrl || !key) throw new Error("usage: node dist/check.js BASE_URL API_KEY");
+const client = createClient<paths>({ baseUrl, headers: { Authorization: `Bearer ${key}` } });
+
+// Without a key every order operation answers a typed 401 Problem.
+const anonymous = createClient<paths>({ baseUrl });
+const refused = await anonymous.GET("/orders/{id}", {
+  params: { path: { id: "00000000-0000-7000-8000-000000000000" } },
+});
+if (refused.response.status !== 401 || !refused.error) {
+  throw new Error(`without a key: expected 401, got ${refused.response.status}`);
+}
+const challenge = refused.response.headers.get("www-authenticate") ?? "";
+if (!challenge.startsWith("Bearer")) throw new Error(`a 401 without a Bearer challenge: ${challenge}`);
 
 const created = await client.POST("/orders", {
   body: {

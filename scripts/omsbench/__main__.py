@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from .charts import charts, dashboard
-from .config import MODES, OMS_PORT, PROM_PORT, ROOT, STATE, STORES
+from .config import MODES, OMS, OMS_PORT, PROM_PORT, ROOT, STATE, STORES
 from .procs import STARTED, say, stop
 from .report import report
 from .results import ModeResult, Profile, Results, from_json, to_json
@@ -78,6 +78,7 @@ def run(args) -> int:
     out = args.out or (Path(tempfile.mkdtemp(prefix="oms-bench-smoke-")) if smoke else ROOT / "bench")
     out.mkdir(parents=True, exist_ok=True)
     STATE.mkdir(parents=True, exist_ok=True)
+    bench_key()
     modes = args.modes.split(",")
     stores = args.stores.split(",")
     command = "just bench" + (" --smoke" if smoke else "") + \
@@ -177,6 +178,17 @@ def check_smoke(results: Results, out: Path, scaled: bool) -> None:
         raise RuntimeError("benchmark smoke run failed:\n  " + "\n  ".join(problems))
     say("benchmark smoke run: every step measured, every accepted order stored, report and charts written")
     shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_key() -> None:
+    """One API key without limits for every oms the benchmark starts (they
+    inherit the key file's path) and every load generator (`OMS_KEY`)."""
+    keys = STATE / "keys.toml"
+    keys.unlink(missing_ok=True)
+    made = subprocess.run([OMS, "keys", "create", "--keys-file", str(keys), "--account", "bench",
+                           "--rate", "0", "--in-flight", "0"], check=True, capture_output=True, text=True)
+    os.environ["OMS__AUTH__KEYS_FILE"] = str(keys)
+    os.environ["OMS_KEY"] = made.stdout.strip().splitlines()[-1].split(" ")[1]
 
 
 def main() -> int:

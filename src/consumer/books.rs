@@ -102,6 +102,8 @@ impl Loop {
         metrics::histogram!("match_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("orders_matched_total").increment(outcome.orders as u64);
         metrics::counter!("orders_cancelled_total").increment(outcome.cancelled as u64);
+        metrics::counter!("orders_self_trade_cancelled_total")
+            .increment(outcome.self_trades as u64);
         metrics::counter!("trades_total").increment(outcome.trades.len() as u64);
         metrics::gauge!("book_resting_orders").set(resting as f64);
         if !outcome.trades.is_empty() {

@@ -30,6 +30,12 @@ pub fn bootstrap() -> String {
 pub const TEST_KEY: &str =
     "oms_7e57000000000001_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 pub const TEST_ACCOUNT: &str = "test";
+/// A second trader (account [`OTHER_ACCOUNT`], no limits), in every test's
+/// key file too: orders of one account never trade with each other
+/// (self-trade prevention), so a crossing pair takes two.
+pub const OTHER_KEY: &str =
+    "oms_7e57000000000002_fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+pub const OTHER_ACCOUNT: &str = "other";
 
 /// Adds a key to the key file of `cfg` (made by the test, so the test knows it).
 pub fn add_key(
@@ -58,12 +64,15 @@ pub fn add_key(
 
 /// An HTTP client that sends [`TEST_KEY`] with every request.
 pub fn client(timeout: Duration) -> reqwest::Client {
+    client_with(TEST_KEY, timeout)
+}
+
+/// An HTTP client that sends `key` with every request.
+pub fn client_with(key: &str, timeout: Duration) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
-        format!("Bearer {TEST_KEY}")
-            .parse()
-            .expect("a header value"),
+        format!("Bearer {key}").parse().expect("a header value"),
     );
     reqwest::Client::builder()
         .timeout(timeout)
@@ -79,6 +88,7 @@ pub fn settings(bootstrap: &str, store: &Path) -> Settings {
     std::fs::create_dir_all(store).expect("the test's store folder");
     s.auth.keys_file = store.join("oms-keys.toml");
     add_key(&s, TEST_KEY, TEST_ACCOUNT, Role::Trader, Some(0), Some(0));
+    add_key(&s, OTHER_KEY, OTHER_ACCOUNT, Role::Trader, Some(0), Some(0));
     let topic = format!("orders-{}", Uuid::now_v7().simple());
     s.http.addr = "127.0.0.1:0".into();
     s.http.shutdown_timeout_ms = 5_000;
@@ -160,6 +170,43 @@ pub fn serve_args(cfg: &Settings) -> Vec<String> {
     args
 }
 
+/// One account's view of an oms: a client sending its key.
+#[derive(Clone)]
+pub struct Trader {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Trader {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    /// Posts a valid order and returns its id (panics unless 202).
+    pub async fn accept(&self, body: &Value) -> Uuid {
+        let resp = self
+            .client
+            .post(format!("{}/orders", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /orders");
+        accepted_id(resp).await
+    }
+}
+
 /// A running oms.
 pub struct TestApp {
     pub base: String,
@@ -239,6 +286,22 @@ impl TestApp {
     /// Posts a valid order and returns its id (panics unless 202).
     pub async fn accept(&self, body: &Value) -> Uuid {
         accepted_id(self.post_json(body).await).await
+    }
+
+    /// The same oms as another account ([`OTHER_KEY`]) sees it.
+    pub fn other(&self) -> Trader {
+        Trader {
+            base: self.base.clone(),
+            client: client_with(OTHER_KEY, Duration::from_secs(10)),
+        }
+    }
+
+    /// This oms as the harness' own account ([`TEST_KEY`]) sees it.
+    pub fn me(&self) -> Trader {
+        Trader {
+            base: self.base.clone(),
+            client: self.client.clone(),
+        }
     }
 
     /// One page of `GET /orders?…` as JSON.
@@ -911,11 +974,16 @@ impl Load {
         let next = std::sync::Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
         let run = format!("load-{}", Uuid::now_v7().simple());
-        let client = client(Duration::from_secs(5));
+        // Two accounts take turns in runs of seven orders: their orders
+        // cross each other (trades) and their own (self-trade prevention).
+        let accounts = [
+            client(Duration::from_secs(5)),
+            client_with(OTHER_KEY, Duration::from_secs(5)),
+        ];
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..clients {
-            let (client, base, next, run, stop) = (
-                client.clone(),
+            let (accounts, base, next, run, stop) = (
+                accounts.clone(),
                 base.to_owned(),
                 next.clone(),
                 run.clone(),
@@ -934,6 +1002,7 @@ impl Load {
                     body["side"] = json!(if (n / 6) % 2 == 0 { "buy" } else { "sell" });
                     body["price"] = json!(format!("{}.25", 100 + (n * 37) % 21));
                     body["quantity"] = json!(format!("{}", 1 + (n * 7) % 13));
+                    let client = &accounts[((n / 7) % 2) as usize];
                     loop {
                         assert!(
                             Instant::now() < deadline,
@@ -1172,6 +1241,8 @@ pub struct RefOrder {
     pub buy: bool,
     pub price: rust_decimal::Decimal,
     pub quantity: rust_decimal::Decimal,
+    /// The owner; `None` (an order of no account) never self-trades.
+    pub account: Option<String>,
 }
 
 /// What the reference matcher computed: each trade as (buy id, sell id,
@@ -1180,11 +1251,15 @@ pub struct RefOrder {
 pub struct RefOutcome {
     pub trades: Vec<(Uuid, Uuid, rust_decimal::Decimal, rust_decimal::Decimal)>,
     pub filled: std::collections::HashMap<Uuid, rust_decimal::Decimal>,
+    /// Resting orders cancelled because their own account's order reached them.
+    pub self_cancelled: std::collections::HashSet<Uuid>,
 }
 
 /// The obvious price-time matcher, independent of oms' book: for each
 /// order in log order, scan every resting order of the other side for the
 /// best price (then the oldest), trade at the resting price, rest the rest.
+/// Self-trade prevention as oms states it: a best resting order of the
+/// incoming order's own account is cancelled instead, and the scan goes on.
 pub fn reference_match(orders: &[RefOrder]) -> RefOutcome {
     use rust_decimal::Decimal;
     let mut out = RefOutcome::default();
@@ -1215,6 +1290,11 @@ pub fn reference_match(orders: &[RefOrder]) -> RefOutcome {
                 })
                 .map(|(i, _)| i);
             let Some(i) = best else { break };
+            if order.account.is_some() && resting[i].1.account == order.account {
+                out.self_cancelled.insert(resting[i].1.id);
+                resting.remove(i);
+                continue;
+            }
             let quantity = left.min(resting[i].2);
             let maker = resting[i].1.clone();
             let (buy, sell) = if order.buy {
@@ -1293,6 +1373,7 @@ pub async fn check_matching_in(
                     buy: o.order.side == oms::domain::Side::Buy,
                     price: o.order.price.value(),
                     quantity: o.order.quantity.value(),
+                    account: o.order.account.as_ref().map(|a| a.as_str().to_owned()),
                 })
                 .collect::<Vec<_>>(),
         );
@@ -1364,7 +1445,9 @@ pub async fn check_matching_in(
         for o in &orders {
             let filled = reference.filled[&o.order.id];
             let quantity = o.order.quantity.value();
-            let status = if filled.is_zero() {
+            let status = if reference.self_cancelled.contains(&o.order.id) {
+                Status::Cancelled
+            } else if filled.is_zero() {
                 Status::Open
             } else if filled == quantity {
                 Status::Filled
