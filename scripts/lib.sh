@@ -49,12 +49,12 @@ OMS_KEYS_FILE="${OMS_KEYS_FILE:-$OMS_STATE/keys.toml}"
 OMS_DEV_KEY_FILE="$OMS_STATE/dev.key"
 
 # The development key (account `dev`, no limits), made once per stack and
-# again if it was revoked; prints the key. Needs $OMS_BIN.
+# again if it was revoked; prints the key. Uses $OMS_BIN, else the release build.
 dev_key() {
-  local id
+  local id bin="${OMS_BIN:-$OMS_TARGET_DIR/release/oms}"
   if [[ -s "$OMS_DEV_KEY_FILE" ]]; then
     id="$(cut -d' ' -f1 "$OMS_DEV_KEY_FILE")"
-    if "$OMS_BIN" keys list --json --keys-file "$OMS_KEYS_FILE" 2>/dev/null \
+    if "$bin" keys list --json --keys-file "$OMS_KEYS_FILE" 2>/dev/null \
         | grep "\"id\":\"$id\"" | grep -qv revoked_at; then
       cut -d' ' -f2 "$OMS_DEV_KEY_FILE"
       return
@@ -62,7 +62,7 @@ dev_key() {
   fi
   say "making a development API key (account dev, no limits) in $OMS_KEYS_FILE"
   mkdir -p "$OMS_STATE"
-  (umask 077 && "$OMS_BIN" keys create --keys-file "$OMS_KEYS_FILE" --account dev --rate 0 --in-flight 0 \
+  (umask 077 && "$bin" keys create --keys-file "$OMS_KEYS_FILE" --account dev --rate 0 --in-flight 0 \
     2>/dev/null | tail -n 1 >"$OMS_DEV_KEY_FILE")
   cut -d' ' -f2 "$OMS_DEV_KEY_FILE"
 }

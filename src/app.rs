@@ -154,7 +154,12 @@ impl Application {
         let lag_status = state.consumer.clone();
         let produced = state.producer.evidence();
         let keys = state.keys.clone();
-        let endpoint = api::routes(state, metrics.clone(), &settings.http, &settings.auth);
+        let endpoint = api::routes(
+            state,
+            metrics.clone(),
+            settings.http.body_limit_bytes,
+            settings.auth.public.clone(),
+        );
         let drain = Duration::from_millis(settings.http.shutdown_timeout_ms);
         tracing::info!(%addr, engine = settings.store.engine().as_str(), topic = %settings.broker.topic, "oms serving");
 

@@ -386,3 +386,53 @@ async fn the_open_paths_are_configurable() {
     assert_eq!(app.get("/metrics").await.status(), 200, "with a key");
     app.stop().await.expect("clean stop");
 }
+
+/// An upgrade: orders a Postgres store held before accounts existed are
+/// carried over by the migration, as orders of no account that no key
+/// owns (not listed, not readable by any account), while new orders carry
+/// their account.
+#[tokio::test]
+async fn postgres_orders_stored_before_accounts_are_carried_over() {
+    use oms::store::postgres::{MIGRATOR, PostgresStore};
+    let url = common::fresh_database("oms_accounts_upgrade").await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < 4)
+                .cloned()
+                .collect(),
+        ),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    };
+    before.run(&pool).await.expect("the schema before accounts");
+    let old = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO orders (id, symbol, src_currency, dst_currency, side, price, quantity, \
+         channel, description, created_at, log_partition, log_offset) \
+         VALUES ($1, 'USD-EUR', 'USD', 'EUR', 'buy', 1.5, 10, 11, 'before accounts', now(), 0, 0)",
+    )
+    .bind(old)
+    .execute(&pool)
+    .await
+    .expect("an order of the old schema");
+    pool.close().await;
+
+    let store = PostgresStore::connect(&url, &Default::default())
+        .await
+        .expect("connect");
+    store.migrate().await.expect("the migrations after it");
+    use oms::store::Store;
+    let read = store.get(old).await.expect("read").expect("carried over");
+    assert_eq!(read.order.account, None, "an order of no account");
+    assert_eq!(read.order.description.as_str(), "before accounts");
+    let owned = store
+        .list_owned(&TEST_ACCOUNT.parse().expect("account"), "USD-EUR", None, 10)
+        .await
+        .expect("list");
+    assert!(owned.is_empty(), "no account owns it");
+}

@@ -44,7 +44,9 @@ fn valid_record(n: i64) -> (Uuid, Vec<u8>) {
         "channel": 1,
         "description": format!("raw {n}"),
     }))
-    .and_then(|o| o.accept(chrono::Utc::now()))
+    // Written as oms writes an order of the harness' account, so the API
+    // reads it back for that account.
+    .and_then(|o| o.accept_for(common::TEST_ACCOUNT.parse().ok(), chrono::Utc::now()))
     .expect("valid");
     (order.id, order.to_record())
 }

@@ -422,6 +422,73 @@ async fn a_partition_nobody_drains_is_reported_on_every_instance(engine: Engine)
     drop((lb, members));
 }
 
+/// Keys in group mode: every instance reads the one key file, so a key
+/// revoked there is refused by all three within seconds — directly and
+/// through nginx — while the key that stays keeps being served.
+async fn a_revoked_key_is_refused_on_every_instance(engine: Engine) {
+    use oms::auth::{KeyFile, Role};
+    let g = Group::new(engine, "oms_group_keys").await;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let bases: Vec<String> = ports.iter().map(|p| base(*p)).collect();
+    let mut members = Vec::new();
+    for (n, port) in ports.iter().enumerate() {
+        members.push(g.member(&format!("oms-{n}"), *port).await);
+    }
+    ready(&bases, Duration::from_secs(60)).await;
+    let lb = Nginx::start(&ports);
+    let file = KeyFile::new(&g.cfg.auth.keys_file);
+    let made = file
+        .create("desk-7".parse().expect("account"), Role::Trader, None, None)
+        .expect("a key");
+    let key = common::client_with(&made.key.expose(), Duration::from_secs(10));
+    let kept = common::client(Duration::from_secs(10));
+    let everywhere: Vec<String> = bases.iter().cloned().chain([lb.base()]).collect();
+    let answers = |client: reqwest::Client| {
+        let everywhere = everywhere.clone();
+        async move {
+            let mut codes = Vec::new();
+            for base in &everywhere {
+                let resp = client
+                    .get(format!("{base}/orders?symbol=USD-EUR"))
+                    .send()
+                    .await
+                    .ok()?;
+                codes.push(resp.status().as_u16());
+            }
+            Some(codes)
+        }
+    };
+    let served = eventually(Duration::from_secs(10), || {
+        let answers = answers(key.clone());
+        async move { answers.await.filter(|c| c.iter().all(|c| *c == 200)) }
+    })
+    .await;
+    assert!(served.is_some(), "a new key is served by every instance");
+    let revoked_at = Instant::now();
+    file.revoke(made.key.id()).expect("revoke");
+    let refused = eventually(Duration::from_secs(10), || {
+        let answers = answers(key.clone());
+        async move { answers.await.filter(|c| c.iter().all(|c| *c == 401)) }
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the revoked key is refused on every instance: {:?}",
+        answers(key.clone()).await
+    );
+    eprintln!(
+        "{engine:?}: a revoked key refused by all {} instances and nginx {:.1?} after the revoke",
+        bases.len(),
+        revoked_at.elapsed()
+    );
+    assert_eq!(
+        answers(kept).await,
+        Some(vec![200; everywhere.len()]),
+        "the other key is still served"
+    );
+    drop((lb, members));
+}
+
 macro_rules! on_engines {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -449,4 +516,5 @@ on_engines!(
     instances_share_the_partitions_through_kill_add_and_remove,
     a_thawed_zombie_never_writes_after_its_replacement,
     a_partition_nobody_drains_is_reported_on_every_instance,
+    a_revoked_key_is_refused_on_every_instance,
 );

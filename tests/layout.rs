@@ -16,6 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &["store"]),
     ("telemetry", &["config"]),
     ("memory", &[]),
+    ("auth", &["config", "domain", "error"]),
     ("broker", &["config", "domain", "error", "telemetry"]),
     (
         "consumer",
@@ -32,6 +33,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "api",
         &[
+            "auth",
             "broker",
             "consumer",
             "domain",
@@ -41,11 +43,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "telemetry",
         ],
     ),
-    ("cli", &["broker", "config", "error"]),
+    ("cli", &["auth", "broker", "config", "domain", "error"]),
     (
         "app",
         &[
             "api",
+            "auth",
             "broker",
             "config",
             "consumer",

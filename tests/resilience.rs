@@ -230,7 +230,8 @@ async fn resume_inside_a_batch(engine: common::BrokerEngine, rewind: i64) {
                 "channel": 1,
                 "description": format!("batched {n}"),
             }))
-            .and_then(|o| o.accept(chrono::Utc::now()))
+            // As oms writes an order of the harness' account (the API reads it back).
+            .and_then(|o| o.accept_for(common::TEST_ACCOUNT.parse().ok(), chrono::Utc::now()))
             .expect("valid")
         })
         .collect();

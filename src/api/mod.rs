@@ -75,15 +75,16 @@ pub fn openapi() -> OpenApiService<(orders::OrdersApi, trading::TradingApi, heal
 }
 
 /// The whole HTTP application.
+/// `body_limit`: `http.body_limit_bytes`; `public`: the paths served
+/// without a key (`auth.public`).
 pub fn routes(
     state: Arc<AppState>,
     metrics: PrometheusHandle,
-    http: &crate::config::HttpSettings,
-    auth: &crate::config::AuthSettings,
-) -> impl Endpoint + use<> {
-    let body_limit = http.body_limit_bytes;
+    body_limit: usize,
+    public: Vec<String>,
+) -> impl Endpoint {
     let keys = state.keys.clone();
-    let public = Arc::new(auth.public.clone());
+    let public = Arc::new(public);
     Route::new()
         .nest("/", openapi())
         .nest("/docs", spec::swagger_ui())

@@ -486,10 +486,24 @@ impl Order {
             }
             _ => return RecordError::Decode(err),
         }
-        // Identity and time are the writer's, not rules of an order.
+        // Identity, time and owner are the writer's, not fields a client
+        // sends; the owner still has its rule.
         map.remove("id");
         map.remove("created_at");
-        match NewOrder::from_json(map) {
+        let account = match map.remove("account") {
+            None | Some(Value::Null) => Ok(()),
+            Some(value) => Account::from_json(&value).map(drop),
+        };
+        let checked: Result<(), ValidationErrors> = match (NewOrder::from_json(map), account) {
+            (Ok(_), Ok(())) => return RecordError::Decode(err),
+            (Ok(_), Err(broken)) => Err(ValidationErrors(vec![FieldError::new("account", broken)])),
+            (Err(mut invalid), Err(broken)) => {
+                invalid.0.push(FieldError::new("account", broken));
+                Err(invalid)
+            }
+            (Err(invalid), Ok(())) => Err(invalid),
+        };
+        match checked {
             Err(invalid)
                 if invalid
                     .0
@@ -762,5 +776,83 @@ mod tests {
         assert!(matches!(err, RecordError::Version { found: 2 }));
         let err = Order::from_record(b"{not json").expect_err("junk");
         assert!(matches!(err, RecordError::Decode(_)), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod account_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn new_order(cid: Option<&str>) -> NewOrder {
+        let mut body = json!({
+            "src_currency": "USD", "dst_currency": "EUR", "side": "buy",
+            "price": "1.25", "quantity": "100", "channel": 11,
+        });
+        if let Some(cid) = cid {
+            body["client_order_id"] = json!(cid);
+        }
+        NewOrder::from_value(body).expect("a valid order")
+    }
+
+    #[test]
+    fn a_record_written_before_accounts_decodes_as_an_order_of_no_account() {
+        let before = br#"{"v":1,"id":"019a0000-0000-7000-8000-000000000001","src_currency":"USD","dst_currency":"EUR","side":"buy","price":"1.25","quantity":"100","channel":11,"description":"","created_at":"2026-11-01T00:00:00Z"}"#;
+        let order = Order::from_record(before).expect("an old record decodes");
+        assert_eq!(order.account, None);
+        // And an order of no account writes no `account` field.
+        let again = String::from_utf8(order.to_record()).expect("utf-8");
+        assert!(!again.contains("account"), "{again}");
+    }
+
+    #[test]
+    fn an_account_travels_in_the_record() {
+        let alice: Account = "alice".parse().expect("account");
+        let order = new_order(None)
+            .accept_for(Some(alice.clone()), Utc::now())
+            .expect("accepted");
+        let back = Order::from_record(&order.to_record()).expect("decodes");
+        assert_eq!(back.account, Some(alice));
+        assert_eq!(back, order);
+        let bad = String::from_utf8(order.to_record())
+            .expect("utf-8")
+            .replace("\"alice\"", "\"al ice\"");
+        assert!(
+            Order::from_record(bad.as_bytes()).is_err(),
+            "an account is checked on read"
+        );
+    }
+
+    #[test]
+    fn a_client_order_id_names_an_order_within_its_account() {
+        let now = Utc::now();
+        let (a, b): (Account, Account) = ("a".parse().expect("a"), "b".parse().expect("b"));
+        let of = |account: Option<Account>| {
+            new_order(Some("inv-1"))
+                .accept_for(account, now)
+                .expect("accepted")
+                .id
+        };
+        assert_eq!(
+            of(Some(a.clone())),
+            of(Some(a.clone())),
+            "a retry is the same order"
+        );
+        assert_ne!(of(Some(a)), of(Some(b)), "two accounts, two orders");
+        // No account: the id as derived before accounts existed.
+        assert_eq!(
+            of(None),
+            new_order(Some("inv-1")).accept(now).expect("ok").id
+        );
+    }
+
+    #[test]
+    fn an_account_name_follows_its_rule() {
+        for good in ["a", "acme-treasury", "desk_7.eu", &"x".repeat(64)] {
+            assert!(good.parse::<Account>().is_ok(), "{good}");
+        }
+        for bad in ["", "-lead", "has space", "slash/no", &"x".repeat(65), "ünï"] {
+            assert!(bad.parse::<Account>().is_err(), "{bad:?}");
+        }
     }
 }

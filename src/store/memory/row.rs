@@ -208,3 +208,59 @@ impl<'a> TradeRow<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row as `OMSMEM03` wrote it: every field of [`OrderRow`] but the account.
+    #[derive(Serialize)]
+    struct RowBeforeAccounts<'a> {
+        id: u128,
+        client_order_id: Option<&'a str>,
+        src: &'a str,
+        dst: &'a str,
+        buy: bool,
+        price: u128,
+        quantity: u128,
+        channel: u16,
+        description: &'a str,
+        created_at: (i64, u32),
+        partition: i32,
+        offset: i64,
+        status: u8,
+        filled: u128,
+    }
+
+    #[test]
+    fn a_row_round_trips_and_one_written_before_accounts_reads_as_no_account() {
+        let mut stored = crate::store::contract::order(("USD", "EUR"), 7);
+        stored.order.account = Some("alice".parse().expect("account"));
+        let bytes = rmp_serde::to_vec(&OrderRow::of(&stored)).expect("encode");
+        let row: OrderRow<'_> = rmp_serde::from_slice(&bytes).expect("decode");
+        assert_eq!(Orders::default().stored(row).expect("an order"), stored);
+
+        let o = &stored.order;
+        let old = RowBeforeAccounts {
+            id: o.id.as_u128(),
+            client_order_id: None,
+            src: "USD",
+            dst: "EUR",
+            buy: false,
+            price: decimal(o.price.value()),
+            quantity: decimal(o.quantity.value()),
+            channel: o.channel.code(),
+            description: o.description.as_str(),
+            created_at: time(o.created_at),
+            partition: stored.partition,
+            offset: stored.offset,
+            status: 0,
+            filled: decimal(Decimal::ZERO),
+        };
+        let bytes = rmp_serde::to_vec(&old).expect("encode");
+        let row: OrderRow<'_> = rmp_serde::from_slice(&bytes).expect("an OMSMEM03 row decodes");
+        let read = Orders::default().stored(row).expect("an order");
+        assert_eq!(read.order.account, None);
+        assert_eq!(read.order.id, o.id);
+    }
+}
