@@ -7,7 +7,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::{Applied, Batch, Store, StoreError};
-use crate::domain::{Amount, Cancel, Description, Event, NewOrder, Side, Symbol};
+use crate::domain::{Account, Amount, Cancel, Description, Event, NewOrder, Side, Symbol};
 use crate::domain::{Fill, Positioned, Status};
 use crate::domain::{Offsets, StoredOrder};
 use crate::matching::Matcher;
@@ -353,6 +353,76 @@ pub async fn lists_by_symbol_with_a_cursor(engine: impl Engine) {
     );
 }
 
+/// `GET /orders` for one account: its orders of a symbol only, in id
+/// order, paged; an order of no account is nobody's; and the account
+/// survives a reopen.
+pub async fn lists_an_accounts_own_orders_with_a_cursor(engine: impl Engine) {
+    let store = engine.open().await;
+    let (alice, bob): (Account, Account) = (
+        "alice".parse().expect("account"),
+        "bob".parse().expect("account"),
+    );
+    let owned = |n: i64, account: Option<&Account>| {
+        let mut o = order(("USD", "EUR"), n);
+        o.order.account = account.cloned();
+        o
+    };
+    let all: Vec<_> = (0..12)
+        .map(|n| match n % 3 {
+            0 => owned(n, Some(&alice)),
+            1 => owned(n, Some(&bob)),
+            _ => owned(n, None),
+        })
+        .chain([{
+            let mut other_symbol = order(("GBP", "EUR"), 20);
+            other_symbol.order.account = Some(alice.clone());
+            other_symbol
+        }])
+        .collect();
+    store
+        .apply(batch(all.clone(), &[(0, 30)]))
+        .await
+        .expect("apply");
+    let mut alices: Vec<_> = all
+        .iter()
+        .filter(|o| o.order.account.as_ref() == Some(&alice) && o.order.symbol() == "USD-EUR")
+        .cloned()
+        .collect();
+    alices.sort_by_key(|o| o.order.id);
+    assert_eq!(alices.len(), 4);
+    let first = store
+        .list_owned(&alice, "USD-EUR", None, 3)
+        .await
+        .expect("page 1");
+    assert_eq!(first, alices[..3]);
+    let rest = store
+        .list_owned(&alice, "USD-EUR", Some(first[2].order.id), 3)
+        .await
+        .expect("page 2");
+    assert_eq!(rest, alices[3..]);
+    let bobs = store
+        .list_owned(&bob, "USD-EUR", None, 100)
+        .await
+        .expect("bob");
+    assert_eq!(bobs.len(), 4);
+    assert!(bobs.iter().all(|o| o.order.account.as_ref() == Some(&bob)));
+    assert!(
+        store
+            .list_owned(&"carol".parse().expect("account"), "USD-EUR", None, 100)
+            .await
+            .expect("carol")
+            .is_empty()
+    );
+    drop(store);
+    let store = engine.open().await;
+    let again = store
+        .get(alices[0].order.id)
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(again.order.account, Some(alice));
+}
+
 pub async fn reopening_keeps_everything(engine: impl Engine) {
     let rows: Vec<_> = (0..4).map(|n| order(("USD", "CHF"), n)).collect();
     {
@@ -589,6 +659,10 @@ macro_rules! store_contract_tests {
             #[tokio::test]
             async fn applies_rows_and_offsets_together() {
                 c::applies_rows_and_offsets_together($engine().await).await;
+            }
+            #[tokio::test]
+            async fn lists_an_accounts_own_orders_with_a_cursor() {
+                c::lists_an_accounts_own_orders_with_a_cursor($engine().await).await;
             }
             #[tokio::test]
             async fn reapplying_a_batch_is_harmless() {

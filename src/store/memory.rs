@@ -34,7 +34,7 @@ use row::{OrderRow, TradeRow};
 
 use super::settings::MemoryStoreSettings;
 use super::{Applied, Batch, Store, StoreError, first_after};
-use crate::domain::{Currency, Offsets, StoredOrder, StoredTrade};
+use crate::domain::{Account, Currency, Offsets, StoredOrder, StoredTrade};
 
 /// The first bytes of every snapshot file; the digits are the format
 /// version (01 was one payload; 02 has sections, decoded in parallel; 03
@@ -906,6 +906,28 @@ impl Store for MemoryStore {
         page(&state.by_symbol, symbol, after, limit, |id| {
             state.orders.get(&id).map(|o| (**o).clone())
         })
+    }
+
+    async fn list_owned(
+        &self,
+        account: &Account,
+        symbol: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        // The symbol's ids in order, the account's kept: nothing is copied
+        // but what is returned.
+        let state = self.now()?;
+        let (Some(start), Some(ids)) = (first_after(after), state.by_symbol.get(symbol)) else {
+            return Ok(Vec::new());
+        };
+        Ok(ids
+            .range(start..)
+            .filter_map(|id| state.orders.get(id))
+            .filter(|o| o.order.account.as_ref() == Some(account))
+            .take(limit)
+            .map(|o| (**o).clone())
+            .collect())
     }
 
     async fn known(&self, ids: Vec<Uuid>) -> Result<HashSet<Uuid>, StoreError> {
