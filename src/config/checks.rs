@@ -7,13 +7,14 @@ use super::{ConfigError, ConsumerMode, Settings};
 type Check = fn(&Settings) -> Result<(), String>;
 
 /// Every rule, in the order they are reported.
-const CHECKS: [Check; 6] = [
+const CHECKS: [Check; 7] = [
     group_needs_a_shared_store,
     instance_ids_are_plain,
     heartbeats_fit_the_session,
     retries_grow,
     batches_hold_something,
     sampling_is_a_share,
+    keys_reload_and_paths_are_sane,
 ];
 
 impl Settings {
@@ -24,6 +25,32 @@ impl Settings {
             .try_for_each(|check| check(self))
             .map_err(ConfigError::Invalid)
     }
+}
+
+/// The key file is read on a timer (a zero period is no timer), and the
+/// open paths are paths: the order operations can never be among them.
+fn keys_reload_and_paths_are_sane(s: &Settings) -> Result<(), String> {
+    let auth = &s.auth;
+    if auth.reload_ms == 0 {
+        return Err(
+            "auth.reload_ms must be at least 1: it is how often the key file is read".into(),
+        );
+    }
+    if let Some(bad) = auth.public.iter().find(|p| !p.starts_with('/')) {
+        return Err(format!(
+            "auth.public: {bad:?} is not a path (start it with `/`)"
+        ));
+    }
+    if let Some(bad) = auth.public.iter().find(|p| {
+        ["/orders", "/trades", "/orderbook"]
+            .iter()
+            .any(|o| p.starts_with(o))
+    }) {
+        return Err(format!(
+            "auth.public: {bad:?} is an order or trading operation, which always needs a key"
+        ));
+    }
+    Ok(())
 }
 
 /// `group` splits the partitions between instances: with an embedded

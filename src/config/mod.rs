@@ -206,6 +206,25 @@ mod tests {
     }
 
     #[test]
+    fn the_key_settings_are_checked_at_load() {
+        for (key, value, says) in [
+            ("OMS__AUTH__RELOAD_MS", "0", "reload_ms"),
+            ("OMS__AUTH__PUBLIC", "[\"metrics\"]", "not a path"),
+            ("OMS__AUTH__PUBLIC", "[\"/orders\"]", "always needs a key"),
+        ] {
+            let mut file = tempfile::NamedTempFile::with_suffix(".toml").expect("temp file");
+            let line = match key {
+                "OMS__AUTH__RELOAD_MS" => format!("[auth]\nreload_ms = {value}"),
+                _ => format!("[auth]\npublic = {value}"),
+            };
+            writeln!(file, "{line}").expect("write");
+            let err = Settings::load_from(Some(file.path()), &[], env(&[])).expect_err(key);
+            let err = crate::error::Chain(&err).to_string();
+            assert!(err.contains(says), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
     fn the_store_is_one_url_with_a_section_per_engine() {
         let s = Settings::load_from(
             None,
