@@ -29,7 +29,9 @@ fresh_stack() {
   # from before keys has no `keys` command and needs none (A/B runs).
   OMS_KEY="$("$bin" keys create --keys-file "$dir/keys.toml" --account bench --rate 0 --in-flight 0 2>/dev/null | tail -n 1 | cut -d' ' -f2 || true)"
   export OMS_KEY
-  env OMS__TELEMETRY__LOG_FILTER=warn OMS__AUTH__KEYS_FILE="$dir/keys.toml" "$@" "$bin" serve --store "$store://$dir/store" \
+  local keys=()
+  if [[ -n "$OMS_KEY" ]]; then keys=(OMS__AUTH__KEYS_FILE="$dir/keys.toml"); fi
+  env OMS__TELEMETRY__LOG_FILTER=warn "${keys[@]}" "$@" "$bin" serve --store "$store://$dir/store" \
     --bootstrap "127.0.0.1:$bport" --http-addr "127.0.0.1:$hport" >"$dir/oms.log" 2>&1 &
   oms_pid=$!
   pids+=("$oms_pid")
