@@ -70,6 +70,17 @@ impl Group {
         OmsProcess::start_with_env(port, &self.args, &env, &self.log(id)).await
     }
 
+    /// `n` members `oms-0`… on free ports: their ports, base URLs, processes.
+    async fn members(&self, n: usize) -> (Vec<u16>, Vec<String>, Vec<OmsProcess>) {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let bases: Vec<String> = ports.iter().map(|p| base(*p)).collect();
+        let mut members = Vec::new();
+        for (n, port) in ports.iter().enumerate() {
+            members.push(self.member(&format!("oms-{n}"), *port).await);
+        }
+        (ports, bases, members)
+    }
+
     fn load(&self, base: &str) -> Load {
         Load::start(base, CLIENTS, self.started + Duration::from_secs(600))
     }
@@ -153,12 +164,7 @@ async fn metric(base: &str, prefix: &str) -> Option<f64> {
 /// started again. Afterwards every partition must move again.
 async fn a_frozen_member_replaced_thawed_and_killed_leaves_nothing_behind(engine: Engine) {
     let g = Group::new(engine, "oms_group_freeze").await;
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let bases: Vec<String> = ports.iter().map(|p| base(*p)).collect();
-    let mut members = Vec::new();
-    for (n, port) in ports.iter().enumerate() {
-        members.push(g.member(&format!("oms-{n}"), *port).await);
-    }
+    let (ports, bases, mut members) = g.members(3).await;
     let formed = ready(&bases, Duration::from_secs(60)).await;
     let lb = Nginx::start(&ports);
     let load = g.load(&lb.base());
@@ -372,12 +378,7 @@ async fn a_thawed_zombie_never_writes_after_its_replacement(engine: Engine) {
 async fn a_partition_nobody_drains_is_reported_on_every_instance(engine: Engine) {
     use oms::store::lease::{Member, MemberState};
     let g = Group::new(engine, "oms_group_ghost").await;
-    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let bases: Vec<String> = ports.iter().map(|p| base(*p)).collect();
-    let mut members = Vec::new();
-    for (n, port) in ports.iter().enumerate() {
-        members.push(g.member(&format!("oms-{n}"), *port).await);
-    }
+    let (ports, bases, members) = g.members(2).await;
     ready(&bases, Duration::from_secs(60)).await;
     let lb = Nginx::start(&ports);
     let load = g.load(&lb.base());
@@ -428,12 +429,7 @@ async fn a_partition_nobody_drains_is_reported_on_every_instance(engine: Engine)
 async fn a_revoked_key_is_refused_on_every_instance(engine: Engine) {
     use oms::auth::{KeyFile, Role};
     let g = Group::new(engine, "oms_group_keys").await;
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let bases: Vec<String> = ports.iter().map(|p| base(*p)).collect();
-    let mut members = Vec::new();
-    for (n, port) in ports.iter().enumerate() {
-        members.push(g.member(&format!("oms-{n}"), *port).await);
-    }
+    let (ports, bases, members) = g.members(3).await;
     ready(&bases, Duration::from_secs(60)).await;
     let lb = Nginx::start(&ports);
     let file = KeyFile::new(&g.cfg.auth.keys_file);

@@ -276,16 +276,12 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("GET")
+        self.me().get(path).await
     }
 
     /// Posts a valid order and returns its id (panics unless 202).
     pub async fn accept(&self, body: &Value) -> Uuid {
-        accepted_id(self.post_json(body).await).await
+        self.me().accept(body).await
     }
 
     /// The same oms as another account ([`OTHER_KEY`]) sees it.
