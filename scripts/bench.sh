@@ -23,14 +23,18 @@ else
   cargo build --quiet --bin oms --example rawlog --example relay
 fi
 
-# The matching benchmark is always an optimised build (cargo's bench profile).
-OMS_MATCHING_BIN="$(cargo bench --quiet --no-run --bench matching --message-format=json \
-  | python3 -c 'import json, sys
+# The in-process benchmarks (the book, the key check) are always optimised
+# builds (cargo's bench profile).
+bench_bin() {
+  cargo bench --quiet --no-run --bench "$1" --message-format=json | python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "matching":
-        print(m["executable"])')"
-export OMS_MATCHING_BIN
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$1"
+}
+OMS_MATCHING_BIN="$(bench_bin matching)"
+OMS_AUTH_BENCH_BIN="$(bench_bin auth)"
+export OMS_MATCHING_BIN OMS_AUTH_BENCH_BIN
 export OMS_BIN="$OMS_TARGET_DIR/$profile/oms"
 export OMS_RAWLOG_BIN="$OMS_TARGET_DIR/$profile/examples/rawlog"
 export OMS_RELAY_BIN="$OMS_TARGET_DIR/$profile/examples/relay"

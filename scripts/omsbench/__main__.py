@@ -40,8 +40,8 @@ from .procs import STARTED, say, stop
 from .report import report
 from .results import ModeResult, Profile, Results, from_json, to_json
 from .stack import pg_env, stack, start_broker
-from .steps import (capacity, ceiling, drain, ingest, machine, matching_bench, raw_broker, scale,
-                    seed_profile)
+from .steps import (capacity, ceiling, drain, ingest, key_check_bench, machine, matching_bench, raw_broker,
+                    scale, seed_profile)
 
 
 def rewrite_report(args) -> int:
@@ -102,6 +102,7 @@ def run(args) -> int:
     results = Results(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine=machine(),
                       command=command, orders=orders, profile=profile, modes={})
     results.matching = matching_bench(smoke)
+    results.key_check = key_check_bench()
     window = [time.time(), time.time()]
     for mode in modes:
         say(f"broker: tansu {MODES[mode]} (a fresh one for the backlog and for each k6 run)")
@@ -172,6 +173,8 @@ def check_smoke(results: Results, out: Path, scaled: bool) -> None:
             problems.append(f"{chart} was not written")
     if not results.dashboard:
         problems.append("no dashboard query returned data")
+    if not results.key_check or results.key_check.ns_per_check_no_limits <= 0:
+        problems.append(f"the key-check benchmark measured nothing: {results.key_check}")
     if not results.matching or results.matching.orders_per_second <= 0 or not results.matching.trades:
         problems.append(f"the matching benchmark measured nothing: {results.matching}")
     if problems:

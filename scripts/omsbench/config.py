@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 STATE = Path(os.environ.get("OMS_STATE", ROOT / ".oms" / "bench"))
 OMS = os.environ.get("OMS_BIN", str(ROOT / "target" / "release" / "oms"))
 MATCHING = os.environ.get("OMS_MATCHING_BIN", "")
+AUTH_BENCH = os.environ.get("OMS_AUTH_BENCH_BIN", "")
 RAWLOG = os.environ.get("OMS_RAWLOG_BIN", str(ROOT / "target" / "release" / "examples" / "rawlog"))
 RELAY = os.environ.get("OMS_RELAY_BIN", str(ROOT / "target" / "release" / "examples" / "relay"))
 TANSU = os.environ.get("OMS_TANSU_BIN", str(Path.home() / ".cache/oms/tools/bin/tansu"))

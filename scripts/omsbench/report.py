@@ -138,6 +138,13 @@ def report(results: Results, out: Path, command: str) -> str:
                      if x.book_bytes_per_order else "")
                   + ". The ingest and drain tables above compare redb with matching on (the default) "
                   "and off.", ""]
+    if results.key_check:
+        k = results.key_check
+        lines += ["## The API key check", "",
+                  f"Every order request passes it (`src/auth/ring.rs`); `cargo bench --bench auth` "
+                  f"({k.keys:,} keys in the file, {k.checks:,} checks): **{k.ns_per_check_no_limits:.0f} ns "
+                  f"per request** without limits, {k.ns_per_check_rate_and_in_flight:.0f} ns with a rate and "
+                  "an in-flight limit. Every k6 and wrk request of this report carries a key.", ""]
     lines += ["## Charts", "", "![throughput](throughput.png)", "", "![latency](latency.png)", "",
               "![drain](drain.png)", ""]
     if results.dashboard:

@@ -182,6 +182,15 @@ class Machine:
 
 
 @dataclass
+class KeyCheckBench:
+    """`cargo bench --bench auth`: the API key check of one request, in process."""
+    keys: int
+    checks: int
+    ns_per_check_no_limits: float
+    ns_per_check_rate_and_in_flight: float
+
+
+@dataclass
 class MatchingBench:
     """`cargo bench --bench matching`: one symbol's book in process."""
     orders: int
@@ -207,6 +216,7 @@ class Results:
     dashboard: bool = False
     window: Optional[list[float]] = None
     matching: Optional[MatchingBench] = None
+    key_check: Optional[KeyCheckBench] = None
 
 
 def to_json(value: Any) -> Any:

@@ -11,13 +11,13 @@ import time
 import uuid
 from pathlib import Path
 
-from .config import (BROKER_PORT, CAPACITY_CONNECTIONS, CAPACITY_P99_MS, INGEST_PARTITIONS, MATCHING, OMS, OMS_PORT,
+from .config import (AUTH_BENCH, BROKER_PORT, CAPACITY_CONNECTIONS, CAPACITY_P99_MS, INGEST_PARTITIONS, MATCHING, OMS, OMS_PORT,
                      RAWLOG, RELAY_CONNECTIONS, ROOT, SCALE_BACKLOG, SCALE_CONNECTIONS, SCALE_INSTANCES, STATE,
                      STORE_TITLES)
 from .procs import (Proc, cpu_seconds, http_get, reaped_children_cpu, reset_child_cpu, rss_peak_mib, start, step, stop,
                     tree_cpu_seconds, wait_until)
-from .results import (Capacity, CapacityStep, CpuCores, CpuPerOrder, Drain, LoadRun, Machine, MatchingBench, Profile,
-                      RawConsume, RawProduce, ReadAfterWrite, ScaleCpu, ScaleRun, from_json)
+from .results import (Capacity, CapacityStep, CpuCores, CpuPerOrder, Drain, KeyCheckBench, LoadRun, Machine,
+                      MatchingBench, Profile, RawConsume, RawProduce, ReadAfterWrite, ScaleCpu, ScaleRun, from_json)
 from .stack import Store, fresh_store, postgres_pid, scrape, start_broker, start_lb, start_oms, start_relay, stored
 
 def rawlog(*args: str) -> dict:
@@ -390,6 +390,16 @@ def machine() -> Machine:
                    k6=os.environ.get("OMS_K6_VERSION", "?"), postgres=os.environ.get("OMS_PG_MAJOR", "?"))
 
 
+
+
+def key_check_bench() -> KeyCheckBench:
+    """The key check every order request passes (`benches/auth.rs`)."""
+    step("the API key check in process: 1,000 keys, 1,000,000 checks")
+    out = subprocess.run([AUTH_BENCH], check=True, capture_output=True, text=True).stdout
+    result = KeyCheckBench(**json.loads(out.strip().splitlines()[-1]))
+    step(f"  {result.ns_per_check_no_limits:.0f} ns per check "
+         f"({result.ns_per_check_rate_and_in_flight:.0f} with a rate and an in-flight limit)")
+    return result
 
 
 def matching_bench(smoke: bool) -> MatchingBench:
