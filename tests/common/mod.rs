@@ -1207,6 +1207,7 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut quiet_since = Instant::now();
+    let mut last_error = None;
     let behind = |next: &std::collections::BTreeMap<i32, i64>| {
         end.iter()
             .any(|(p, e)| next.get(p).copied().unwrap_or(0) < *e)
@@ -1214,13 +1215,22 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
     while behind(&next) || quiet_since.elapsed() < Duration::from_secs(1) {
         assert!(
             Instant::now() < deadline,
-            "{topic}: read {next:?} of {end:?} within 60 s"
+            "{topic}: read {next:?} of {end:?} within 60 s (last error: {last_error:?})"
         );
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
+        // librdkafka reports a dropped connection (`AllBrokersDown` when the
+        // broker closes an idle one) as an error event and reconnects on its
+        // own: keep reading, the deadline bounds it.
+        let m = match message {
+            Ok(m) => m,
+            Err(err) => {
+                last_error = Some(err);
+                continue;
+            }
+        };
         quiet_since = Instant::now();
-        let m = message.expect("a record");
         next.insert(m.partition(), m.offset() + 1);
         out.push((
             String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
