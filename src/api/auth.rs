@@ -10,7 +10,7 @@ use std::sync::Arc;
 use poem::http::{Method, StatusCode, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::SecurityScheme;
-use poem_openapi::auth::Bearer;
+use poem_openapi::auth::{Bearer, BearerAuthorization};
 
 use super::AppState;
 use super::problem::Problem;
@@ -55,6 +55,29 @@ pub enum Refusal {
     Unauthorized(Problem),
     Forbidden(Problem),
     TooManyRequests(Problem, u32),
+}
+
+impl Refusal {
+    /// The answer as the document declares it: problem+json, with
+    /// `WWW-Authenticate` on a 401 and `Retry-After` on a 429.
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Unauthorized(p) => {
+                let mut r = p.into_response();
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    poem::http::HeaderValue::from_static(CHALLENGE),
+                );
+                r
+            }
+            Refusal::Forbidden(p) => p.into_response(),
+            Refusal::TooManyRequests(p, secs) => {
+                let mut r = p.into_response();
+                r.headers_mut().insert(header::RETRY_AFTER, secs.into());
+                r
+            }
+        }
+    }
 }
 
 impl From<&Denied> for Refusal {
@@ -146,26 +169,12 @@ pub async fn guard_unlisted<E: Endpoint>(
         "/metrics" | "/openapi" | "/docs" | "/healthz" | "/readyz"
     ) && !is_public(&public, path);
     if guarded {
-        let token = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if let Err(denied) = keys.check(token, false) {
-            let mut response = match Refusal::from(&denied) {
-                Refusal::Unauthorized(p) | Refusal::Forbidden(p) => p.into_response(),
-                Refusal::TooManyRequests(p, secs) => {
-                    let mut r = p.into_response();
-                    r.headers_mut().insert(header::RETRY_AFTER, secs.into());
-                    r
-                }
-            };
-            if response.status() == StatusCode::UNAUTHORIZED {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    poem::http::HeaderValue::from_static(CHALLENGE),
-                );
-            }
+        // The same reading of the header as the scheme's (`ApiKey`).
+        let token = <Bearer as BearerAuthorization>::from_request(&req)
+            .ok()
+            .map(|bearer| bearer.token);
+        if let Err(denied) = keys.check(token.as_deref(), false) {
+            let response = Refusal::from(&denied).into_response();
             return Ok(response);
         }
     }

@@ -148,6 +148,26 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// The record of `key`, made now: what the file keeps of it.
+    pub fn new(
+        key: &Key,
+        account: Account,
+        role: Role,
+        rate_per_sec: Option<u32>,
+        max_in_flight: Option<u32>,
+    ) -> KeyRecord {
+        KeyRecord {
+            id: key.id().to_owned(),
+            account,
+            role,
+            hash: format!("sha256:{}", hex(&key.hash())),
+            created_at: Utc::now().trunc_subsecs(0),
+            revoked_at: None,
+            rate_per_sec,
+            max_in_flight,
+        }
+    }
+
     /// The stored hash as bytes (`None`: not a hash this oms wrote).
     pub fn hash_bytes(&self) -> Option<[u8; 32]> {
         let hex = self.hash.strip_prefix("sha256:")?;
@@ -250,16 +270,7 @@ impl KeyFile {
         max_in_flight: Option<u32>,
     ) -> Result<Created, KeyFileError> {
         let key = Key::generate()?;
-        let record = KeyRecord {
-            id: key.id().to_owned(),
-            account,
-            role,
-            hash: format!("sha256:{}", hex(&key.hash())),
-            created_at: Utc::now().trunc_subsecs(0),
-            revoked_at: None,
-            rate_per_sec,
-            max_in_flight,
-        };
+        let record = KeyRecord::new(&key, account, role, rate_per_sec, max_in_flight);
         self.add(record.clone())?;
         Ok(Created { record, key })
     }

@@ -566,20 +566,13 @@ impl ClientOrderId {
 impl TryFrom<String> for ClientOrderId {
     type Error = Broken;
     fn try_from(s: String) -> Result<Self, Broken> {
-        let chars = s.chars().count();
-        if chars == 0 || chars > CLIENT_ORDER_ID_MAX_CHARS {
-            Err(Broken::new(
-                "length",
-                format!("must be 1 to {CLIENT_ORDER_ID_MAX_CHARS} characters"),
-            ))
-        } else if !CLIENT_ORDER_ID_RE.is_match(&s) {
-            Err(Broken::new(
-                "pattern",
-                "must not contain control characters",
-            ))
-        } else {
-            Ok(Self(s))
-        }
+        bounded(
+            s,
+            CLIENT_ORDER_ID_MAX_CHARS,
+            &CLIENT_ORDER_ID_RE,
+            "must not contain control characters",
+        )
+        .map(Self)
     }
 }
 
@@ -636,20 +629,13 @@ impl Account {
 impl TryFrom<String> for Account {
     type Error = Broken;
     fn try_from(s: String) -> Result<Self, Broken> {
-        let chars = s.chars().count();
-        if chars == 0 || chars > ACCOUNT_MAX_CHARS {
-            Err(Broken::new(
-                "length",
-                format!("must be 1 to {ACCOUNT_MAX_CHARS} characters"),
-            ))
-        } else if !ACCOUNT_RE.is_match(&s) {
-            Err(Broken::new(
-                "pattern",
-                "letters, digits, `.`, `_` and `-` only, starting with a letter or digit",
-            ))
-        } else {
-            Ok(Self(s))
-        }
+        bounded(
+            s,
+            ACCOUNT_MAX_CHARS,
+            &ACCOUNT_RE,
+            "letters, digits, `.`, `_` and `-` only, starting with a letter or digit",
+        )
+        .map(Self)
     }
 }
 
@@ -693,6 +679,27 @@ impl Field for Account {
 }
 
 // ---- plumbing ---------------------------------------------------------------
+
+/// A string of 1 to `max` characters matching `re` (its rule broken:
+/// `length`, then `pattern` with `pattern_message`).
+fn bounded(
+    s: String,
+    max: usize,
+    re: &Regex,
+    pattern_message: &'static str,
+) -> Result<String, Broken> {
+    let chars = s.chars().count();
+    if chars == 0 || chars > max {
+        Err(Broken::new(
+            "length",
+            format!("must be 1 to {max} characters"),
+        ))
+    } else if !re.is_match(&s) {
+        Err(Broken::new("pattern", pattern_message))
+    } else {
+        Ok(s)
+    }
+}
 
 fn compile(pattern: &str) -> Regex {
     Regex::new(pattern).unwrap_or_else(|e| unreachable!("a rule's own pattern compiles: {e}"))

@@ -47,18 +47,9 @@ pub fn add_key(
     in_flight: Option<u32>,
 ) {
     let key = Key::parse(key).expect("a key of the oms_<id>_<secret> form");
-    let hash: String = key.hash().iter().map(|b| format!("{b:02x}")).collect();
+    let account = account.parse().expect("an account");
     KeyFile::new(&cfg.auth.keys_file)
-        .add(KeyRecord {
-            id: key.id().to_owned(),
-            account: account.parse().expect("an account"),
-            role,
-            hash: format!("sha256:{hash}"),
-            created_at: chrono::Utc::now(),
-            revoked_at: None,
-            rate_per_sec: rate,
-            max_in_flight: in_flight,
-        })
+        .add(KeyRecord::new(&key, account, role, rate, in_flight))
         .expect("write the test's key file");
 }
 
