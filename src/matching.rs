@@ -3,11 +3,23 @@
 //! The book is a pure function of the events fed to it, in log order: the
 //! same records replayed give the same trades with the same ids, which is
 //! what lets the book live in memory only and be rebuilt from the log (one
-//! partition per symbol orders its events). Rules: limit orders; an
-//! incoming order trades against the best opposite price first and, at one
-//! price, the oldest resting order first; the trade price is the resting
-//! order's; what is left of the incoming order rests at its limit; every
-//! quantity and price is an exact decimal.
+//! partition per symbol orders its events). Rules: an incoming order
+//! trades against the best opposite price first and, at one price, the
+//! oldest resting order first; the trade price is the resting order's;
+//! every quantity and price is an exact decimal. What is left of it then
+//! depends on its terms:
+//!
+//! - a limit order, `gtc`: rests at its limit;
+//! - `ioc` (immediate or cancel): expires (`ioc_remainder`);
+//! - a market order (no limit, `ioc` or `fok`): takes every price, and what
+//!   the book could not fill expires (`market_remainder`);
+//! - `fok` (fill or kill): before anything trades, the book counts what it
+//!   could fill within the limit (orders of the taker's own account do not
+//!   count: they would be cancelled, not traded); short of the whole
+//!   quantity, nothing happens and the order expires (`fok_not_fillable`);
+//! - `post_only`: if the best opposite price is within its limit, nothing
+//!   happens and it is rejected (`post_only_would_trade`); otherwise it
+//!   rests (`gtc`) or, under `ioc`/`fok`, expires with nothing filled.
 //!
 //! Self-trade prevention: an order never trades with a resting order of its
 //! own account. The resting one is cancelled instead ("cancel oldest", as
@@ -25,8 +37,8 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::domain::{
-    Account, Amount, Cancel, Event, Fill, Order, OrderState, Positioned, Side, Status, StoredOrder,
-    StoredTrade, Trade,
+    Account, Amount, Cancel, Event, Fill, Order, OrderState, Positioned, Reason, Side, Status,
+    StoredOrder, StoredTrade, TimeInForce, Trade,
 };
 
 /// Who owns an order, as one book numbers its accounts: 0 is "no account".
@@ -59,12 +71,61 @@ pub struct SelfTrade {
     pub remaining: Decimal,
 }
 
-/// What one incoming order did: its trades, and the resting orders of its
-/// own account it cancelled on the way.
+/// An incoming order, as its book reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incoming {
+    pub id: Uuid,
+    pub side: Side,
+    /// The limit price; `None` for a market order (every price).
+    pub limit: Option<Decimal>,
+    pub quantity: Decimal,
+    pub time_in_force: TimeInForce,
+    pub post_only: bool,
+    pub at: DateTime<Utc>,
+    pub owner: Owner,
+}
+
+impl Incoming {
+    /// A limit order of no account that rests what does not fill (`gtc`).
+    pub fn limit(
+        id: Uuid,
+        side: Side,
+        price: Decimal,
+        quantity: Decimal,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            side,
+            limit: Some(price),
+            quantity,
+            time_in_force: TimeInForce::Gtc,
+            post_only: false,
+            at,
+            owner: Owner::NONE,
+        }
+    }
+
+    /// Whether a resting price is within the limit.
+    fn crosses(&self, price: Decimal) -> bool {
+        match (self.side, self.limit) {
+            (_, None) => true,
+            (Side::Buy, Some(limit)) => price <= limit,
+            (Side::Sell, Some(limit)) => price >= limit,
+        }
+    }
+}
+
+/// What one incoming order did: its trades, the resting orders of its own
+/// account it cancelled on the way, and — when what was left of it did
+/// not rest — the status it ended in and why.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Matched {
     pub executions: Vec<Execution>,
     pub self_trades: Vec<SelfTrade>,
+    /// `expired` or `rejected`, with the reason; `None`: it filled, or
+    /// what is left of it rests.
+    pub ended: Option<(Status, Reason)>,
 }
 
 /// A trade, with what it left of its maker (the taker's own fill is the
@@ -220,60 +281,117 @@ impl Book {
         quantity: Decimal,
         at: DateTime<Utc>,
     ) -> Vec<Execution> {
-        self.submit_as(id, side, price, quantity, at, Owner::NONE)
+        self.submit_as(Incoming::limit(id, side, price, quantity, at))
             .executions
     }
 
-    /// Matches an incoming limit order of `owner`, rests what is left, and
-    /// returns the trades in the order they happened and the owner's resting
-    /// orders it cancelled instead of trading with (self-trade prevention).
-    /// The caller submits an id once: [`Matcher::run`] drops an order the
-    /// store or the batch has seen before (a record read twice must not
-    /// trade twice).
-    pub fn submit_as(
-        &mut self,
-        id: Uuid,
-        side: Side,
-        price: Decimal,
-        quantity: Decimal,
-        at: DateTime<Utc>,
-        owner: Owner,
-    ) -> Matched {
+    /// Matches an incoming order by its terms (the module's rules): the
+    /// trades in the order they happened, the owner's resting orders it
+    /// cancelled instead of trading with (self-trade prevention), and how
+    /// it ended if what was left did not rest. The caller submits an id
+    /// once: [`Matcher::run`] drops an order the store or the batch has seen
+    /// before (a record read twice must not trade twice).
+    pub fn submit_as(&mut self, incoming: Incoming) -> Matched {
         let mut matched = Matched::default();
-        if quantity <= Decimal::ZERO {
+        if incoming.quantity <= Decimal::ZERO {
             return matched;
         }
         // One key per price, whatever its written scale ("1.50" = "1.5").
-        let price = price.normalize();
-        let taker = Taker {
-            id,
-            side,
-            at,
-            owner,
+        let incoming = Incoming {
+            limit: incoming.limit.map(|p| p.normalize()),
+            ..incoming
         };
-        let (left, filled) = match side {
+        if incoming.post_only
+            && self
+                .best_opposite(incoming.side)
+                .is_some_and(|p| incoming.crosses(p))
+        {
+            matched.ended = Some((Status::Rejected, Reason::PostOnlyWouldTrade));
+            return matched;
+        }
+        if incoming.time_in_force == TimeInForce::Fok && !self.can_fill(&incoming) {
+            matched.ended = Some((Status::Expired, Reason::FokNotFillable));
+            return matched;
+        }
+        let taker = Taker {
+            id: incoming.id,
+            side: incoming.side,
+            at: incoming.at,
+            owner: incoming.owner,
+        };
+        let crosses = |p| incoming.crosses(p);
+        let (left, filled) = match incoming.side {
             Side::Buy => sweep(
                 &mut self.asks,
                 |p| *p,
-                |p| p <= price,
-                quantity,
+                crosses,
+                incoming.quantity,
                 taker,
                 &mut matched,
             ),
             Side::Sell => sweep(
                 &mut self.bids,
                 |Reverse(p)| *p,
-                |p| p >= price,
-                quantity,
+                crosses,
+                incoming.quantity,
                 taker,
                 &mut matched,
             ),
         };
         self.orders -= filled;
         if left > Decimal::ZERO {
-            self.rest(id, side, price, quantity, left, owner);
+            matched.ended = match (incoming.limit, incoming.time_in_force) {
+                (Some(price), TimeInForce::Gtc) => {
+                    self.rest(
+                        incoming.id,
+                        incoming.side,
+                        price,
+                        incoming.quantity,
+                        left,
+                        incoming.owner,
+                    );
+                    None
+                }
+                (None, _) => Some((Status::Expired, Reason::MarketRemainder)),
+                (Some(_), TimeInForce::Ioc) => Some((Status::Expired, Reason::IocRemainder)),
+                // Counted whole before it traded; kept for completeness.
+                (Some(_), TimeInForce::Fok) => Some((Status::Expired, Reason::FokNotFillable)),
+            };
         }
         matched
+    }
+
+    /// The best price resting against an order of `side`.
+    fn best_opposite(&self, side: Side) -> Option<Decimal> {
+        match side {
+            Side::Buy => self.asks.keys().next().copied(),
+            Side::Sell => self.bids.keys().next().map(|Reverse(p)| *p),
+        }
+    }
+
+    /// Whether the book could fill all of `incoming` now: the resting
+    /// quantity within its limit, not counting its own account's orders
+    /// (they would be cancelled, not traded).
+    fn can_fill(&self, incoming: &Incoming) -> bool {
+        let mut available = Decimal::ZERO;
+        let levels: Box<dyn Iterator<Item = (Decimal, &Queue)>> = match incoming.side {
+            Side::Buy => Box::new(self.asks.iter().map(|(p, q)| (*p, q))),
+            Side::Sell => Box::new(self.bids.iter().map(|(Reverse(p), q)| (*p, q))),
+        };
+        for (price, level) in levels {
+            if !incoming.crosses(price) {
+                break;
+            }
+            for maker in level.iter() {
+                if incoming.owner.trades_with(maker.owner) {
+                    available += maker.remaining;
+                    if available >= incoming.quantity {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
     }
 
     /// Puts an order back in the book as it rested (rebuilding a book from
@@ -395,6 +513,9 @@ pub struct Outcome {
     pub cancelled: usize,
     /// Resting orders cancelled by self-trade prevention.
     pub self_trades: usize,
+    /// The status of each order that ended without resting what was left
+    /// (`expired`, `rejected`), for the metrics.
+    pub ended: Vec<Status>,
 }
 
 /// The books of the partitions this consumer owns, one per symbol. One
@@ -422,13 +543,17 @@ impl Matcher {
         let books = self.books.entry(partition).or_default();
         books.clear();
         for r in resting {
+            // Only limit orders rest.
+            let Some(price) = r.order.limit() else {
+                continue;
+            };
             let quantity = r.order.quantity.value();
             let book = books.entry(r.order.symbol()).or_default();
             let owner = book.owner(r.order.account.as_ref());
             book.restore(
                 r.order.id,
                 r.order.side,
-                r.order.price.value(),
+                price,
                 quantity,
                 r.fill.remaining(quantity),
                 owner,
@@ -535,19 +660,23 @@ impl Run {
         let Matched {
             executions,
             self_trades,
-        } = book.submit_as(
-            order.id,
-            order.side,
-            order.price.value(),
+            ended,
+        } = book.submit_as(Incoming {
+            id: order.id,
+            side: order.side,
+            limit: order.limit(),
             quantity,
-            order.created_at,
+            time_in_force: order.terms.time_in_force,
+            post_only: order.terms.post_only,
+            at: order.created_at,
             owner,
-        );
+        });
         for s in self_trades {
             self.out.self_trades += 1;
             let fill = Fill {
                 status: Status::Cancelled,
                 filled: s.quantity - s.remaining,
+                reason: Some(Reason::SelfTrade),
             };
             self.set(s.id, at.partition, fill);
         }
@@ -570,7 +699,18 @@ impl Run {
                 offset: at.offset,
             });
         }
-        self.set(order.id, at.partition, fill_of(quantity, quantity - filled));
+        let fill = match ended {
+            None => fill_of(quantity, quantity - filled),
+            Some((status, reason)) => Fill {
+                status,
+                filled,
+                reason: Some(reason),
+            },
+        };
+        if let Some((status, _)) = ended {
+            self.out.ended.push(status);
+        }
+        self.set(order.id, at.partition, fill);
     }
 
     /// A cancel: the order out of its book, if it still rests there.
@@ -588,6 +728,7 @@ impl Run {
             let fill = Fill {
                 status: Status::Cancelled,
                 filled: quantity - remaining,
+                reason: None,
             };
             self.set(cancel.order_id, partition, fill);
         }
@@ -612,6 +753,7 @@ fn fill_of(quantity: Decimal, remaining: Decimal) -> Fill {
     Fill {
         status,
         filled: quantity - remaining,
+        reason: None,
     }
 }
 
@@ -722,6 +864,14 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000, 0).expect("time")
     }
 
+    /// A `gtc` limit order of `owner`.
+    fn owned(id: Uuid, side: Side, price: Decimal, quantity: Decimal, owner: Owner) -> Incoming {
+        Incoming {
+            owner,
+            ..Incoming::limit(id, side, price, quantity, at())
+        }
+    }
+
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
     }
@@ -746,6 +896,254 @@ mod tests {
         assert_eq!(t.id, Trade::id_for(id(2), id(1)));
         assert_eq!(book.remaining(id(1)), Some(d("2")), "partially filled");
         assert_eq!(book.remaining(id(2)), None, "filled, not resting");
+    }
+
+    /// A book with asks of 2 at 1.10 and 3 at 1.20 (ids 1 and 2), and a
+    /// bid of 4 at 1.00 (id 3).
+    fn two_asks_one_bid() -> Book {
+        let mut book = Book::new();
+        book.submit(id(1), Side::Sell, d("1.10"), d("2"), at());
+        book.submit(id(2), Side::Sell, d("1.20"), d("3"), at());
+        book.submit(id(3), Side::Buy, d("1.00"), d("4"), at());
+        book
+    }
+
+    fn with_terms(
+        n: u128,
+        side: Side,
+        limit: Option<&str>,
+        quantity: &str,
+        time_in_force: TimeInForce,
+        post_only: bool,
+    ) -> Incoming {
+        Incoming {
+            limit: limit.map(d),
+            time_in_force,
+            post_only,
+            ..Incoming::limit(id(n), side, Decimal::ZERO, d(quantity), at())
+        }
+    }
+
+    fn traded(m: &Matched) -> Vec<(Uuid, Decimal, Decimal)> {
+        m.executions
+            .iter()
+            .map(|e| (e.trade.sell_order_id, e.trade.price, e.trade.quantity))
+            .collect()
+    }
+
+    #[test]
+    fn a_market_order_takes_every_price_and_what_the_book_lacks_expires() {
+        let mut book = two_asks_one_bid();
+        let m = book.submit_as(with_terms(9, Side::Buy, None, "4", TimeInForce::Ioc, false));
+        assert_eq!(
+            traded(&m),
+            [(id(1), d("1.10"), d("2")), (id(2), d("1.20"), d("2"))]
+        );
+        assert_eq!(m.ended, None, "filled whole");
+        let m = book.submit_as(with_terms(
+            10,
+            Side::Buy,
+            None,
+            "5",
+            TimeInForce::Ioc,
+            false,
+        ));
+        assert_eq!(traded(&m), [(id(2), d("1.20"), d("1"))]);
+        assert_eq!(m.ended, Some((Status::Expired, Reason::MarketRemainder)));
+        assert_eq!(book.remaining(id(10)), None, "a market order never rests");
+        let m = book.submit_as(with_terms(
+            11,
+            Side::Buy,
+            None,
+            "1",
+            TimeInForce::Ioc,
+            false,
+        ));
+        assert!(m.executions.is_empty());
+        assert_eq!(m.ended, Some((Status::Expired, Reason::MarketRemainder)));
+    }
+
+    #[test]
+    fn ioc_fills_what_it_can_at_its_limit_and_the_rest_expires() {
+        let mut book = two_asks_one_bid();
+        let m = book.submit_as(with_terms(
+            9,
+            Side::Buy,
+            Some("1.15"),
+            "5",
+            TimeInForce::Ioc,
+            false,
+        ));
+        assert_eq!(traded(&m), [(id(1), d("1.10"), d("2"))]);
+        assert_eq!(m.ended, Some((Status::Expired, Reason::IocRemainder)));
+        assert_eq!(book.remaining(id(9)), None);
+        assert_eq!(book.remaining(id(2)), Some(d("3")), "beyond the limit");
+    }
+
+    #[test]
+    fn fok_fills_all_at_once_or_nothing_trades() {
+        let mut book = two_asks_one_bid();
+        // 5 within 1.20 exist, 6 do not: nothing trades, nothing changes.
+        let m = book.submit_as(with_terms(
+            9,
+            Side::Buy,
+            Some("1.20"),
+            "6",
+            TimeInForce::Fok,
+            false,
+        ));
+        assert!(m.executions.is_empty());
+        assert_eq!(m.ended, Some((Status::Expired, Reason::FokNotFillable)));
+        assert_eq!(
+            (book.remaining(id(1)), book.remaining(id(2))),
+            (Some(d("2")), Some(d("3")))
+        );
+        // Within 1.10 only 2 exist.
+        let m = book.submit_as(with_terms(
+            10,
+            Side::Buy,
+            Some("1.10"),
+            "3",
+            TimeInForce::Fok,
+            false,
+        ));
+        assert_eq!(m.ended, Some((Status::Expired, Reason::FokNotFillable)));
+        let m = book.submit_as(with_terms(
+            11,
+            Side::Buy,
+            Some("1.20"),
+            "5",
+            TimeInForce::Fok,
+            false,
+        ));
+        assert_eq!(
+            traded(&m),
+            [(id(1), d("1.10"), d("2")), (id(2), d("1.20"), d("3"))]
+        );
+        assert_eq!(m.ended, None);
+        // A market fok: the whole book side counts.
+        let m = book.submit_as(with_terms(
+            12,
+            Side::Sell,
+            None,
+            "5",
+            TimeInForce::Fok,
+            false,
+        ));
+        assert_eq!(m.ended, Some((Status::Expired, Reason::FokNotFillable)));
+        assert_eq!(book.remaining(id(3)), Some(d("4")));
+    }
+
+    #[test]
+    fn fok_does_not_count_its_own_accounts_orders_and_cancels_nothing_when_it_fails() {
+        let mut book = Book::new();
+        let a = book.owner(Some(&"alice".parse().expect("account")));
+        let b = book.owner(Some(&"bob".parse().expect("account")));
+        book.submit_as(owned(id(1), Side::Sell, d("1.10"), d("2"), a));
+        book.submit_as(owned(id(2), Side::Sell, d("1.10"), d("2"), b));
+        let fok = Incoming {
+            owner: a,
+            ..with_terms(9, Side::Buy, Some("1.10"), "3", TimeInForce::Fok, false)
+        };
+        let m = book.submit_as(fok);
+        assert_eq!(m.ended, Some((Status::Expired, Reason::FokNotFillable)));
+        assert!(m.self_trades.is_empty(), "a failed fok changes nothing");
+        assert_eq!(book.remaining(id(1)), Some(d("2")));
+        let fits = Incoming {
+            owner: a,
+            ..with_terms(10, Side::Buy, Some("1.10"), "2", TimeInForce::Fok, false)
+        };
+        let m = book.submit_as(fits);
+        assert_eq!(m.ended, None);
+        assert_eq!(traded(&m), [(id(2), d("1.10"), d("2"))]);
+        assert_eq!(
+            m.self_trades.len(),
+            1,
+            "its own resting order went on the way"
+        );
+    }
+
+    #[test]
+    fn post_only_rests_or_is_rejected_and_never_trades() {
+        let mut book = two_asks_one_bid();
+        let m = book.submit_as(with_terms(
+            9,
+            Side::Buy,
+            Some("1.10"),
+            "1",
+            TimeInForce::Gtc,
+            true,
+        ));
+        assert!(m.executions.is_empty());
+        assert_eq!(
+            m.ended,
+            Some((Status::Rejected, Reason::PostOnlyWouldTrade))
+        );
+        assert_eq!(book.remaining(id(1)), Some(d("2")));
+        assert_eq!(book.remaining(id(9)), None);
+        let m = book.submit_as(with_terms(
+            10,
+            Side::Buy,
+            Some("1.05"),
+            "1",
+            TimeInForce::Gtc,
+            true,
+        ));
+        assert_eq!(m, Matched::default(), "rests, as any limit order");
+        assert_eq!(book.remaining(id(10)), Some(d("1")));
+        // Post-only and ioc: it can neither take nor rest.
+        let m = book.submit_as(with_terms(
+            11,
+            Side::Buy,
+            Some("1.05"),
+            "1",
+            TimeInForce::Ioc,
+            true,
+        ));
+        assert_eq!(m.ended, Some((Status::Expired, Reason::IocRemainder)));
+    }
+
+    #[test]
+    fn the_terms_reach_the_fills_through_a_batch() {
+        let mut matcher = Matcher::new();
+        let mut ask = contract::order(("USD", "EUR"), 1);
+        ask.order.side = Side::Sell;
+        ask.order.price = Some("1.10".parse().expect("price"));
+        ask.order.quantity = "2".parse().expect("quantity");
+        let mut taker = contract::order(("USD", "EUR"), 2);
+        taker.order.side = Side::Buy;
+        taker.order.price = None;
+        taker.order.quantity = "3".parse().expect("quantity");
+        taker.order.terms.order_type = crate::domain::OrderType::Market;
+        taker.order.terms.time_in_force = TimeInForce::Ioc;
+        let events: Vec<Positioned> = [&ask, &taker]
+            .iter()
+            .enumerate()
+            .map(|(i, o)| Positioned {
+                partition: 0,
+                offset: i as i64,
+                event: Event::Order(o.order.clone()),
+            })
+            .collect();
+        let outcome = matcher.run(&events, &HashSet::new());
+        let fill_of = |id| {
+            outcome
+                .states
+                .iter()
+                .find(|s| s.id == id)
+                .expect("touched")
+                .fill
+        };
+        assert_eq!(
+            fill_of(taker.order.id),
+            Fill {
+                status: Status::Expired,
+                filled: d("2"),
+                reason: Some(Reason::MarketRemainder)
+            }
+        );
+        assert_eq!(fill_of(ask.order.id).status, Status::Filled);
+        assert_eq!(outcome.ended, [Status::Expired]);
     }
 
     #[test]
@@ -827,10 +1225,10 @@ mod tests {
         let (a, b) = (book.owner(Some(&alice)), book.owner(Some(&bob)));
         assert_eq!(book.owner(Some(&alice)), a, "one number per account");
         // Alice rests first at the best price, Bob behind her at the same one.
-        book.submit_as(id(1), Side::Sell, d("1.10"), d("5"), at(), a);
-        book.submit_as(id(2), Side::Sell, d("1.10"), d("4"), at(), b);
-        book.submit_as(id(3), Side::Sell, d("1.20"), d("4"), at(), a);
-        let matched = book.submit_as(id(4), Side::Buy, d("1.20"), d("6"), at(), a);
+        book.submit_as(owned(id(1), Side::Sell, d("1.10"), d("5"), a));
+        book.submit_as(owned(id(2), Side::Sell, d("1.10"), d("4"), b));
+        book.submit_as(owned(id(3), Side::Sell, d("1.20"), d("4"), a));
+        let matched = book.submit_as(owned(id(4), Side::Buy, d("1.20"), d("6"), a));
         assert_eq!(
             matched.self_trades,
             vec![
@@ -854,8 +1252,8 @@ mod tests {
         assert_eq!(book.len(), 1);
         // No account never counts as one owner: such orders trade.
         let mut old = Book::new();
-        old.submit_as(id(5), Side::Sell, d("1"), d("1"), at(), Owner::NONE);
-        let traded = old.submit_as(id(6), Side::Buy, d("1"), d("1"), at(), Owner::NONE);
+        old.submit_as(owned(id(5), Side::Sell, d("1"), d("1"), Owner::NONE));
+        let traded = old.submit_as(owned(id(6), Side::Buy, d("1"), d("1"), Owner::NONE));
         assert_eq!((traded.executions.len(), traded.self_trades.len()), (1, 0));
     }
 

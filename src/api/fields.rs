@@ -13,8 +13,8 @@ use poem_openapi::types::{
 use serde_json::Value;
 
 use crate::domain::{
-    Account, Amount, Broken, Channel, ClientOrderId, Currency, Description, Field, Rule, Side,
-    Status, Symbol,
+    Account, Amount, Broken, Channel, ClientOrderId, Currency, Description, Field, OrderType,
+    Reason, Rule, Side, Status, Symbol, TimeInForce,
 };
 
 /// A rule as poem-openapi's schema.
@@ -84,6 +84,8 @@ openapi_field!(
     Account => inline,
     Side => component,
     Channel => component,
+    OrderType => component,
+    TimeInForce => component,
 );
 
 impl Type for Symbol {
@@ -125,6 +127,11 @@ pub enum StatusView {
     Filled,
     /// Taken out of the book before it filled.
     Cancelled,
+    /// Never rested: what did not fill at once went (`ioc`, a market
+    /// order's remainder, a `fok` order that could not fill whole).
+    Expired,
+    /// Refused by the book on arrival, nothing traded (`post_only`).
+    Rejected,
 }
 
 /// The API's face of [`Status`] (same words, tied by a test).
@@ -135,6 +142,39 @@ impl From<Status> for StatusView {
             Status::PartiallyFilled => StatusView::PartiallyFilled,
             Status::Filled => StatusView::Filled,
             Status::Cancelled => StatusView::Cancelled,
+            Status::Expired => StatusView::Expired,
+            Status::Rejected => StatusView::Rejected,
+        }
+    }
+}
+
+/// Why the book, not the owner, ended an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[oai(rename = "Reason", rename_all = "snake_case")]
+pub enum ReasonView {
+    /// `ioc`: the part that did not fill at once (`expired`).
+    IocRemainder,
+    /// A market order: the part the book could not fill (`expired`).
+    MarketRemainder,
+    /// `fok`: the book could not fill all of it at once, so none of it
+    /// traded (`expired`).
+    FokNotFillable,
+    /// `post_only`: it would have traded on arrival (`rejected`).
+    PostOnlyWouldTrade,
+    /// Self-trade prevention: an order of the same account reached it
+    /// (`cancelled`).
+    SelfTrade,
+}
+
+/// The API's face of [`Reason`] (same words, tied by a test).
+impl From<Reason> for ReasonView {
+    fn from(reason: Reason) -> Self {
+        match reason {
+            Reason::IocRemainder => ReasonView::IocRemainder,
+            Reason::MarketRemainder => ReasonView::MarketRemainder,
+            Reason::FokNotFillable => ReasonView::FokNotFillable,
+            Reason::PostOnlyWouldTrade => ReasonView::PostOnlyWouldTrade,
+            Reason::SelfTrade => ReasonView::SelfTrade,
         }
     }
 }
@@ -151,6 +191,13 @@ mod tests {
                 view.to_json(),
                 Some(Value::String(status.as_str().to_owned())),
                 "{status:?}"
+            );
+        }
+        for reason in Reason::ALL {
+            assert_eq!(
+                ReasonView::from(reason).to_json(),
+                Some(Value::String(reason.as_str().to_owned())),
+                "{reason:?}"
             );
         }
     }

@@ -9,26 +9,68 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaSchemaRef, Registry};
 use poem_openapi::types::{Example, ParseError, ParseFromJSON, ParseResult, Type};
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Union};
 use uuid::Uuid;
 
 use super::auth::{ApiKey, refused};
-use super::fields::StatusView;
+use super::fields::{ReasonView, StatusView};
 use super::problem::Problem;
 use super::{ApiTags, AppState};
 use crate::broker::producer::ProduceError;
 use crate::domain::StoredOrder;
 use crate::domain::{
-    Account, Amount, Cancel, Channel, ClientOrderId, Currency, Description, NewOrder, Side, Symbol,
+    Account, Amount, Cancel, Channel, ClientOrderId, Currency, Description, NewOrder, OrderType,
+    Side, Symbol, TimeInForce,
 };
 
-// The API's document of [`NewOrder`]: its fields (tied to
-// `NewOrder::FIELDS` by a test), each with the schema its rules build.
-/// An order to submit. Unknown fields are refused (a misspelt
+// The API's document of [`NewOrder`]: two shapes, a limit order and a
+// market order, whose fields together are `NewOrder::FIELDS` (a test ties
+// them), each with the schema its rules build. `oneOf` states the rules
+// between the fields that a single object could not: a limit order has a
+// price, a market order has none, never rests (`ioc` or `fok`) and is never
+// `post_only` (each shape refuses other properties, `api::spec`).
+/// An order to submit: a limit order (`type` absent or `limit`) or a market
+/// order (`type: market`). Unknown fields are refused (a misspelt
 /// `client_order_id` must not silently turn idempotency off).
+#[derive(Debug, Clone, PartialEq, Eq, Union)]
+#[oai(rename = "NewOrder", one_of)]
+pub enum NewOrderSchema {
+    Limit(NewLimitOrder),
+    Market(NewMarketOrder),
+}
+
+/// `limit`: the one value of a limit order's `type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum LimitType {
+    #[default]
+    Limit,
+}
+
+/// `market`: the one value of a market order's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum MarketType {
+    Market,
+}
+
+/// A market order never rests: `ioc` (the default: what the book cannot
+/// fill at once expires) or `fok` (all of it at once, or none of it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum MarketTimeInForce {
+    #[default]
+    Ioc,
+    Fok,
+}
+
+/// A limit order: it trades at its price or better. What does not fill at
+/// once rests (`gtc`, the default), expires (`ioc`), or — `fok` — nothing
+/// trades unless all of it can. `post_only`: rejected instead if it would
+/// trade on arrival.
 #[derive(Debug, Clone, PartialEq, Eq, Object)]
-#[oai(rename = "NewOrder", deny_unknown_fields, example)]
-pub struct NewOrderSchema {
+#[oai(deny_unknown_fields, example)]
+pub struct NewLimitOrder {
     /// Currency given.
     pub src_currency: Currency,
     /// Currency received: a currency code, different from `src_currency`.
@@ -42,20 +84,74 @@ pub struct NewOrderSchema {
     pub description: Description,
     #[oai(skip_serializing_if_is_none)]
     pub client_order_id: Option<ClientOrderId>,
+    #[oai(rename = "type", default)]
+    pub order_type: LimitType,
+    #[oai(default)]
+    pub time_in_force: TimeInForce,
+    /// Add liquidity only: if the order would trade on arrival, it is
+    /// `rejected` (reason `post_only_would_trade`) and never trades.
+    #[oai(default)]
+    pub post_only: bool,
 }
 
-impl Example for NewOrderSchema {
+/// A market order: no price, it takes the best prices the book has. What
+/// the book cannot fill expires (`ioc`, the default); `fok`: nothing
+/// trades unless all of it can (`expired`, reason `fok_not_fillable`).
+#[derive(Debug, Clone, PartialEq, Eq, Object)]
+#[oai(deny_unknown_fields, example)]
+pub struct NewMarketOrder {
+    /// Currency given.
+    pub src_currency: Currency,
+    /// Currency received: a currency code, different from `src_currency`.
+    pub dst_currency: Currency,
+    pub side: Side,
+    pub quantity: Amount,
+    pub channel: Channel,
+    #[oai(default)]
+    pub description: Description,
+    #[oai(skip_serializing_if_is_none)]
+    pub client_order_id: Option<ClientOrderId>,
+    #[oai(rename = "type")]
+    pub order_type: MarketType,
+    #[oai(default)]
+    pub time_in_force: MarketTimeInForce,
+}
+
+impl Example for NewLimitOrder {
     fn example() -> Self {
         let o = NewOrder::example();
         Self {
             src_currency: o.src_currency,
             dst_currency: o.dst_currency,
             side: o.side,
-            price: o.price,
+            price: o
+                .price
+                .unwrap_or_else(|| unreachable!("the example is a limit order")),
             quantity: o.quantity,
             channel: o.channel,
             description: o.description,
             client_order_id: o.client_order_id,
+            order_type: LimitType::Limit,
+            time_in_force: o.terms.time_in_force,
+            post_only: o.terms.post_only,
+        }
+    }
+}
+
+impl Example for NewMarketOrder {
+    fn example() -> Self {
+        let o = NewOrder::example();
+        Self {
+            src_currency: o.src_currency,
+            dst_currency: o.dst_currency,
+            side: Side::Sell,
+            quantity: o.quantity,
+            channel: o.channel,
+            description: Description::try_from("sell at the best bids".to_owned())
+                .unwrap_or_default(),
+            client_order_id: None,
+            order_type: MarketType::Market,
+            time_in_force: MarketTimeInForce::Ioc,
         }
     }
 }
@@ -135,19 +231,30 @@ pub struct OrderView {
     pub src_currency: Currency,
     pub dst_currency: Currency,
     pub side: Side,
-    pub price: Amount,
+    /// The limit price; absent for a market order.
+    #[oai(skip_serializing_if_is_none)]
+    pub price: Option<Amount>,
     pub quantity: Amount,
     pub channel: Channel,
     pub description: Description,
+    #[oai(rename = "type")]
+    pub order_type: OrderType,
+    pub time_in_force: TimeInForce,
+    pub post_only: bool,
     pub created_at: DateTime<Utc>,
     /// Where the order sits on the log.
     pub partition: i32,
     pub offset: i64,
     pub status: StatusView,
+    /// Why it is `expired`, `rejected`, or `cancelled` by the book rather
+    /// than by its owner; absent otherwise.
+    #[oai(skip_serializing_if_is_none)]
+    pub reason: Option<ReasonView>,
     /// How much of `quantity` traded: an exact decimal, as a string.
     pub filled_quantity: String,
     /// How much can still trade: `quantity - filled_quantity` while the
-    /// order is in the book, `0` once it is filled or cancelled.
+    /// order is in the book, `0` once it is filled, cancelled, expired or
+    /// rejected.
     pub remaining_quantity: String,
 }
 
@@ -159,6 +266,7 @@ impl From<StoredOrder> for OrderView {
         let o = stored.order;
         Self {
             status: fill.status.into(),
+            reason: fill.reason.map(Into::into),
             filled_quantity: fill.filled.normalize().to_string(),
             remaining_quantity: remaining.normalize().to_string(),
             id: o.id,
@@ -172,6 +280,9 @@ impl From<StoredOrder> for OrderView {
             quantity: o.quantity,
             channel: o.channel,
             description: o.description,
+            order_type: o.terms.order_type,
+            time_in_force: o.terms.time_in_force,
+            post_only: o.terms.post_only,
             created_at: o.created_at,
             partition: stored.partition,
             offset: stored.offset,
@@ -214,10 +325,14 @@ impl Example for OrderView {
             quantity: body.quantity,
             channel: body.channel,
             description: body.description,
+            order_type: body.terms.order_type,
+            time_in_force: body.terms.time_in_force,
+            post_only: body.terms.post_only,
             created_at: example_time(),
             partition: 1,
             offset: 41_872,
             status: StatusView::PartiallyFilled,
+            reason: None,
             filled_quantity: "1000".into(),
             remaining_quantity: "1500".into(),
         }
@@ -619,7 +734,7 @@ impl OrdersApi {
             order_id: id.0,
             symbol: Symbol::new(&stored.order.src_currency, &stored.order.dst_currency),
             side: Some(stored.order.side),
-            price: Some(stored.order.price),
+            price: stored.order.price,
             // Microseconds, as every order time.
             requested_at: Utc::now().trunc_subsecs(6),
         };
@@ -696,26 +811,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_documented_order_has_exactly_the_domains_fields() {
+    fn the_documented_orders_have_exactly_the_domains_fields() {
         let mut registry = Registry::new();
         NewOrderSchema::register(&mut registry);
-        let schema = registry
-            .schemas
-            .get("NewOrder")
-            .expect("NewOrder is registered");
-        let documented: Vec<&str> = schema.properties.iter().map(|(name, _)| *name).collect();
-        assert_eq!(documented, NewOrder::FIELDS);
+        let fields = |name: &str| {
+            let schema = registry.schemas.get(name).expect("registered");
+            let names: Vec<&str> = schema.properties.iter().map(|(name, _)| *name).collect();
+            (names, schema.required.clone())
+        };
+        let (limit, limit_required) = fields("NewLimitOrder");
+        assert_eq!(limit, NewOrder::FIELDS);
+        let (market, market_required) = fields("NewMarketOrder");
+        let no_price: Vec<&str> = NewOrder::FIELDS
+            .into_iter()
+            .filter(|f| !matches!(*f, "price" | "post_only"))
+            .collect();
+        assert_eq!(market, no_price);
+        let common = ["src_currency", "dst_currency", "side"];
         assert_eq!(
-            schema.required,
-            [
-                "src_currency",
-                "dst_currency",
-                "side",
-                "price",
-                "quantity",
-                "channel"
-            ],
+            limit_required,
+            [&common[..], &["price", "quantity", "channel"]].concat(),
             "what the schema requires is what NewOrder::from_json requires"
         );
+        assert_eq!(
+            market_required,
+            [&common[..], &["quantity", "channel", "type"]].concat()
+        );
+        let union = registry.schemas.get("NewOrder").expect("NewOrder");
+        assert_eq!(union.one_of.len(), 2);
     }
 }

@@ -2,8 +2,8 @@
 //! UI at `/docs`), printed (`oms openapi`) and committed (`openapi/oms.yaml`).
 //!
 //! poem-openapi derives it from the handlers and types; two things its
-//! derive cannot say are added here: that a `NewOrder` has no other
-//! properties (`additionalProperties: false`, so generated clients and
+//! derive cannot say are added here: that each shape of a `NewOrder` has
+//! no other properties (`additionalProperties: false`, so generated clients and
 //! fuzzers know unknown fields are refused), and the link from a `202` to
 //! the order it accepted (`GET /orders/{id}`), which lets clients and
 //! stateful fuzzers follow it.
@@ -21,7 +21,9 @@ static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {
     let derived = openapi().spec();
     let mut doc: Value = serde_json::from_str(&derived)
         .unwrap_or_else(|e| unreachable!("poem-openapi writes JSON: {e}"));
-    doc["components"]["schemas"]["NewOrder"]["additionalProperties"] = Value::Bool(false);
+    for shape in ["NewLimitOrder", "NewMarketOrder"] {
+        doc["components"]["schemas"][shape]["additionalProperties"] = Value::Bool(false);
+    }
     doc["paths"]["/orders"]["post"]["responses"]["202"]["links"] = json!({
         "GetOrderById": {
             "operationId": "getOrder",
@@ -82,10 +84,12 @@ mod tests {
     #[test]
     fn the_document_refuses_unknown_order_fields_and_links_the_202() {
         let doc: Value = serde_json::from_str(&json()).expect("json");
-        assert_eq!(
-            doc["components"]["schemas"]["NewOrder"]["additionalProperties"],
-            false
-        );
+        for shape in ["NewLimitOrder", "NewMarketOrder"] {
+            assert_eq!(
+                doc["components"]["schemas"][shape]["additionalProperties"],
+                false
+            );
+        }
         let link = &doc["paths"]["/orders"]["post"]["responses"]["202"]["links"]["GetOrderById"];
         assert_eq!(link["operationId"], "getOrder");
         assert!(doc["paths"]["/orders/{id}"]["get"]["operationId"] == "getOrder");

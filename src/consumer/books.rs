@@ -22,7 +22,7 @@ use std::time::Instant;
 use super::{Halt, Loop};
 use crate::broker::producer::ProduceError;
 use crate::domain::Event;
-use crate::domain::{Positioned, StoredTrade};
+use crate::domain::{Positioned, Status, StoredTrade};
 use crate::matching::{Matcher, Outcome};
 use crate::store::Batch;
 
@@ -104,6 +104,14 @@ impl Loop {
         metrics::counter!("orders_cancelled_total").increment(outcome.cancelled as u64);
         metrics::counter!("orders_self_trade_cancelled_total")
             .increment(outcome.self_trades as u64);
+        let expired = outcome
+            .ended
+            .iter()
+            .filter(|s| **s == Status::Expired)
+            .count();
+        metrics::counter!("orders_expired_total").increment(expired as u64);
+        metrics::counter!("orders_rejected_total")
+            .increment((outcome.ended.len() - expired) as u64);
         metrics::counter!("trades_total").increment(outcome.trades.len() as u64);
         metrics::gauge!("book_resting_orders").set(resting as f64);
         if !outcome.trades.is_empty() {

@@ -17,14 +17,25 @@ pub enum Status {
     Filled,
     /// Taken out of the book before it filled.
     Cancelled,
+    /// Never rested: what did not fill at once went (an `ioc` or market
+    /// order's remainder, a `fok` order that could not fill whole). How
+    /// much did fill is in the fill; why, in its reason.
+    Expired,
+    /// Refused by the book on arrival, nothing traded: a `post_only` order
+    /// that would have traded.
+    Rejected,
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [
+    /// Every status; a store may keep a status as its place here, so new
+    /// ones are appended.
+    pub const ALL: [Status; 6] = [
         Status::Open,
         Status::PartiallyFilled,
         Status::Filled,
         Status::Cancelled,
+        Status::Expired,
+        Status::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +44,8 @@ impl Status {
             Status::PartiallyFilled => "partially_filled",
             Status::Filled => "filled",
             Status::Cancelled => "cancelled",
+            Status::Expired => "expired",
+            Status::Rejected => "rejected",
         }
     }
 
@@ -55,6 +68,57 @@ impl std::str::FromStr for Status {
     }
 }
 
+/// Why an order left the book, or never entered it, other than by filling
+/// or by its owner's cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// `ioc`: the part that did not fill at once (status `expired`).
+    IocRemainder,
+    /// A market order: the part the book could not fill (`expired`).
+    MarketRemainder,
+    /// `fok`: the book could not fill all of it at once, so none of it
+    /// traded (`expired`).
+    FokNotFillable,
+    /// `post_only`: it would have traded on arrival (`rejected`).
+    PostOnlyWouldTrade,
+    /// Self-trade prevention: an order of the same account reached it
+    /// (`cancelled`).
+    SelfTrade,
+}
+
+impl Reason {
+    /// Every reason; a store may keep a reason as its place here (plus one),
+    /// so new ones are appended.
+    pub const ALL: [Reason; 5] = [
+        Reason::IocRemainder,
+        Reason::MarketRemainder,
+        Reason::FokNotFillable,
+        Reason::PostOnlyWouldTrade,
+        Reason::SelfTrade,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::IocRemainder => "ioc_remainder",
+            Reason::MarketRemainder => "market_remainder",
+            Reason::FokNotFillable => "fok_not_fillable",
+            Reason::PostOnlyWouldTrade => "post_only_would_trade",
+            Reason::SelfTrade => "self_trade",
+        }
+    }
+}
+
+impl std::str::FromStr for Reason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Reason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == s)
+            .ok_or_else(|| format!("unknown order status reason {s:?}"))
+    }
+}
+
 /// How far an order got. An order the store has no fill for is open with
 /// nothing filled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +126,11 @@ pub struct Fill {
     pub status: Status,
     #[serde(with = "rust_decimal::serde::str")]
     pub filled: Decimal,
+    /// Why it expired, was rejected or was cancelled by the book; absent
+    /// for what its own events decided (a fill, its owner's cancel) and in
+    /// fills stored before reasons existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
 }
 
 impl Fill {

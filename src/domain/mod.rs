@@ -10,12 +10,12 @@ pub mod order;
 pub mod trade;
 
 pub use field::{
-    Account, Amount, Broken, CHANNELS, Channel, ClientOrderId, Currency, Description, Field, Rule,
-    Side, Symbol,
+    Account, Amount, Broken, CHANNELS, Channel, ClientOrderId, Currency, Description, Field,
+    OrderType, Rule, Side, Symbol, TimeInForce,
 };
-pub use fill::{Fill, OrderState, Status};
+pub use fill::{Fill, OrderState, Reason, Status};
 pub use log::{Offsets, Positioned, StoredOrder};
 pub use order::{
-    Cancel, Event, FieldError, NewOrder, Order, OrderRecord, RecordError, ValidationErrors,
+    Cancel, Event, FieldError, NewOrder, Order, OrderRecord, RecordError, Terms, ValidationErrors,
 };
 pub use trade::{StoredTrade, Trade};

@@ -14,12 +14,20 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 pub use super::field::{
-    Account, Amount, Broken, CHANNELS, Channel, ClientOrderId, Currency, Description, Field, Side,
-    Symbol,
+    Account, Amount, Broken, CHANNELS, Channel, ClientOrderId, Currency, Description, Field,
+    OrderType, Side, Symbol, TimeInForce,
 };
 
 /// Version of the JSON record of an order on the log. Bump on incompatible change.
 pub const RECORD_VERSION: u32 = 1;
+
+/// Version of the record of an order with terms other than a resting limit
+/// order's (a market order, `ioc`, `fok`, `post_only`): the same fields, but
+/// an oms from before order types would misread it (rest an `ioc` order, or
+/// refuse a market order's missing price as a bad record), so it refuses the
+/// version instead. A plain limit order keeps writing [`RECORD_VERSION`],
+/// which every oms reads.
+pub const TERMS_RECORD_VERSION: u32 = 3;
 
 /// Version of the event envelope (`{"v": 2, "type": ...}`) that carries every
 /// record that is not an order (a cancel). Orders keep writing version 1, so
@@ -75,12 +83,83 @@ pub struct NewOrder {
     /// Currency received: a currency code, different from `src_currency`.
     pub dst_currency: Currency,
     pub side: Side,
-    /// Limit price: an exact decimal greater than zero, as a string.
-    pub price: Amount,
+    /// Limit price: an exact decimal greater than zero, as a string. A
+    /// market order has none.
+    pub price: Option<Amount>,
     pub quantity: Amount,
     pub channel: Channel,
     pub description: Description,
     pub client_order_id: Option<ClientOrderId>,
+    pub terms: Terms,
+}
+
+/// How an order trades: its type, how long it may wait, and whether it
+/// may only rest. Each rule between them and the price is stated once, in
+/// [`Terms::check`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terms {
+    #[serde(rename = "type", default, skip_serializing_if = "OrderType::is_limit")]
+    pub order_type: OrderType,
+    #[serde(default, skip_serializing_if = "TimeInForce::is_gtc")]
+    pub time_in_force: TimeInForce,
+    /// Add liquidity only: an order that would trade on arrival is rejected
+    /// instead, and never trades.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub post_only: bool,
+}
+
+impl Terms {
+    /// A limit order that rests until it fills or is cancelled (what every
+    /// order was before order types).
+    pub fn is_default(&self) -> bool {
+        *self == Terms::default()
+    }
+
+    /// The rules between the terms and the price, each broken one named by
+    /// its field: a limit order has a price, a market order has none, never
+    /// rests (`ioc` or `fok`) and cannot be `post_only`.
+    pub fn check(&self, price: Option<&Amount>) -> Result<(), ValidationErrors> {
+        let mut errors = Vec::new();
+        let mut broken = |field: &str, rule: &'static str, message: &'static str| {
+            errors.push(FieldError::new(
+                field,
+                Broken {
+                    rule,
+                    message: message.into(),
+                },
+            ));
+        };
+        match (self.order_type, price) {
+            (OrderType::Limit, None) => broken("price", "required", "is required"),
+            (OrderType::Market, Some(_)) => broken(
+                "price",
+                "market_has_no_price",
+                "a market order has no price: it takes what the book has",
+            ),
+            _ => {}
+        }
+        if self.order_type == OrderType::Market {
+            if self.time_in_force == TimeInForce::Gtc {
+                broken(
+                    "time_in_force",
+                    "market_never_rests",
+                    "a market order never rests: ioc (the default) or fok",
+                );
+            }
+            if self.post_only {
+                broken(
+                    "post_only",
+                    "limit_only",
+                    "only a limit order can be post_only",
+                );
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errors))
+        }
+    }
 }
 
 /// The one rule a schema cannot state: an order exchanges two currencies.
@@ -138,8 +217,9 @@ impl Reader {
 }
 
 impl NewOrder {
-    /// The JSON field names of a submitted order, as the schema lists them.
-    pub const FIELDS: [&'static str; 8] = [
+    /// The JSON field names of a submitted order, as the schemas list them
+    /// (a market order's has neither `price` nor `post_only`).
+    pub const FIELDS: [&'static str; 11] = [
         "src_currency",
         "dst_currency",
         "side",
@@ -148,6 +228,9 @@ impl NewOrder {
         "channel",
         "description",
         "client_order_id",
+        "type",
+        "time_in_force",
+        "post_only",
     ];
 
     /// Parses a submitted JSON object, reporting every bad field at once
@@ -161,11 +244,14 @@ impl NewOrder {
         let src_currency = r.required("src_currency");
         let dst_currency = r.required("dst_currency");
         let side = r.required("side");
-        let price = r.required("price");
+        let price = r.take::<Amount>("price");
         let quantity = r.required("quantity");
         let channel = r.required("channel");
         let description = r.optional("description");
         let client_order_id = r.optional("client_order_id");
+        let order_type: Option<OrderType> = r.take("type").map(Option::unwrap_or_default);
+        let time_in_force: Option<Option<TimeInForce>> = r.take("time_in_force");
+        let post_only: Option<bool> = r.take("post_only").map(Option::unwrap_or_default);
         for unknown in r.map.keys() {
             r.errors.push(FieldError::new(
                 unknown,
@@ -180,7 +266,37 @@ impl NewOrder {
                 r.errors.extend(e.0);
             }
         }
-        match (src_currency, dst_currency, side, price, quantity, channel) {
+        // Terms whose fields each read: a market order waits for nothing
+        // unless told (`ioc`), every other order rests (`gtc`).
+        let terms = match (order_type, time_in_force, post_only) {
+            (Some(order_type), Some(time_in_force), Some(post_only)) => {
+                let time_in_force = time_in_force.unwrap_or(match order_type {
+                    OrderType::Limit => TimeInForce::Gtc,
+                    OrderType::Market => TimeInForce::Ioc,
+                });
+                let terms = Terms {
+                    order_type,
+                    time_in_force,
+                    post_only,
+                };
+                if let Some(price) = &price {
+                    if let Err(e) = terms.check(price.as_ref()) {
+                        r.errors.extend(e.0);
+                    }
+                }
+                Some(terms)
+            }
+            _ => None,
+        };
+        match (
+            src_currency,
+            dst_currency,
+            side,
+            price,
+            quantity,
+            channel,
+            terms,
+        ) {
             (
                 Some(src_currency),
                 Some(dst_currency),
@@ -188,6 +304,7 @@ impl NewOrder {
                 Some(price),
                 Some(quantity),
                 Some(channel),
+                Some(terms),
             ) if r.errors.is_empty() => Ok(NewOrder {
                 src_currency,
                 dst_currency,
@@ -197,6 +314,7 @@ impl NewOrder {
                 channel,
                 description: description.unwrap_or_default(),
                 client_order_id,
+                terms,
             }),
             _ => Err(ValidationErrors(r.errors)),
         }
@@ -233,6 +351,7 @@ impl NewOrder {
         now: DateTime<Utc>,
     ) -> Result<Order, ValidationErrors> {
         check_pair(&self.src_currency, &self.dst_currency)?;
+        self.terms.check(self.price.as_ref())?;
         let id = match (&self.client_order_id, &account) {
             (Some(cid), None) => Uuid::new_v5(&CLIENT_ORDER_ID_NAMESPACE, cid.as_str().as_bytes()),
             // `/` cannot be part of an account name: the name is unambiguous.
@@ -253,6 +372,7 @@ impl NewOrder {
             quantity: self.quantity,
             channel: self.channel,
             description: self.description,
+            terms: self.terms,
             // Microseconds: what every store (Postgres timestamptz) keeps.
             created_at: now.trunc_subsecs(6),
         })
@@ -290,10 +410,16 @@ pub struct Order {
     pub src_currency: Currency,
     pub dst_currency: Currency,
     pub side: Side,
-    pub price: Amount,
+    /// `None` for a market order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Amount>,
     pub quantity: Amount,
     pub channel: Channel,
     pub description: Description,
+    /// Absent from the record of a limit order that rests (`gtc`), and from
+    /// every record written before order types: those decode as such.
+    #[serde(flatten)]
+    pub terms: Terms,
     pub created_at: DateTime<Utc>,
 }
 
@@ -309,10 +435,13 @@ struct UncheckedOrder {
     src_currency: Currency,
     dst_currency: Currency,
     side: Side,
-    price: Amount,
+    #[serde(default)]
+    price: Option<Amount>,
     quantity: Amount,
     channel: Channel,
     description: Description,
+    #[serde(flatten)]
+    terms: Terms,
     created_at: DateTime<Utc>,
 }
 
@@ -320,6 +449,7 @@ impl TryFrom<UncheckedOrder> for Order {
     type Error = ValidationErrors;
     fn try_from(o: UncheckedOrder) -> Result<Order, ValidationErrors> {
         check_pair(&o.src_currency, &o.dst_currency)?;
+        o.terms.check(o.price.as_ref())?;
         Ok(Order {
             id: o.id,
             client_order_id: o.client_order_id,
@@ -331,6 +461,7 @@ impl TryFrom<UncheckedOrder> for Order {
             quantity: o.quantity,
             channel: o.channel,
             description: o.description,
+            terms: o.terms,
             created_at: o.created_at,
         })
     }
@@ -429,7 +560,7 @@ pub enum RecordError {
     #[error("record is not a valid event (version {EVENT_VERSION}: a cancel)")]
     Event(#[source] serde_json::Error),
     #[error(
-        "unsupported record schema version {found} (this oms reads orders of version {RECORD_VERSION} and events of version {EVENT_VERSION})"
+        "unsupported record schema version {found} (this oms reads orders of versions {RECORD_VERSION} and {TERMS_RECORD_VERSION} and events of version {EVENT_VERSION})"
     )]
     Version { found: u32 },
     #[error(transparent)]
@@ -442,6 +573,11 @@ impl Order {
         Symbol::new(&self.src_currency, &self.dst_currency).into()
     }
 
+    /// The limit price, as the book reads it (`None`: a market order).
+    pub fn limit(&self) -> Option<rust_decimal::Decimal> {
+        self.price.as_ref().map(|p| p.value())
+    }
+
     /// The record value written to the log.
     pub fn to_record(&self) -> Vec<u8> {
         #[derive(Serialize)]
@@ -450,20 +586,21 @@ impl Order {
             #[serde(flatten)]
             order: &'a Order,
         }
-        serde_json::to_vec(&Record {
-            v: RECORD_VERSION,
-            order: self,
-        })
-        .unwrap_or_else(|e| unreachable!("an Order always serialises: {e}"))
+        let v = if self.terms.is_default() {
+            RECORD_VERSION
+        } else {
+            TERMS_RECORD_VERSION
+        };
+        serde_json::to_vec(&Record { v, order: self })
+            .unwrap_or_else(|e| unreachable!("an Order always serialises: {e}"))
     }
 
     /// Decodes a record value read from the log: one parse through the
     /// field types, so a record that decodes is a valid order.
     pub fn from_record(bytes: &[u8]) -> Result<Order, RecordError> {
         match serde_json::from_slice::<OrderRecord>(bytes) {
-            Ok(record) if record.v == RECORD_VERSION => Ok(record.order),
-            Ok(record) if record.v == EVENT_VERSION => {
-                Err(RecordError::Version { found: record.v })
+            Ok(record) if record.v == RECORD_VERSION || record.v == TERMS_RECORD_VERSION => {
+                Ok(record.order)
             }
             Ok(record) => Err(RecordError::Version { found: record.v }),
             Err(err) => Err(Self::explain(bytes, err)),
@@ -478,7 +615,8 @@ impl Order {
             return RecordError::Decode(err);
         };
         match map.remove("v").map(|v| v.as_u64()) {
-            Some(Some(v)) if v == u64::from(RECORD_VERSION) => {}
+            Some(Some(v))
+                if v == u64::from(RECORD_VERSION) || v == u64::from(TERMS_RECORD_VERSION) => {}
             Some(Some(v)) => {
                 return RecordError::Version {
                     found: u32::try_from(v).unwrap_or(u32::MAX),
@@ -558,7 +696,7 @@ mod tests {
             .expect("valid");
         assert_eq!(order.id.get_version_num(), 7);
         assert_eq!(order.symbol(), "USD-EUR");
-        assert_eq!(order.price.to_string(), "1.25");
+        assert_eq!(order.price.expect("a limit price").to_string(), "1.25");
     }
 
     #[test]
@@ -660,6 +798,9 @@ mod tests {
         // (The API's schema lists the same: `api::orders` tests it.)
         let mut body = valid();
         body["client_order_id"] = "k".into();
+        body["type"] = "limit".into();
+        body["time_in_force"] = "ioc".into();
+        body["post_only"] = true.into();
         let map = body.as_object().expect("object");
         assert_eq!(map.len(), NewOrder::FIELDS.len());
         assert!(NewOrder::FIELDS.iter().all(|f| map.contains_key(*f)));
@@ -680,7 +821,7 @@ mod tests {
             order_id: order.id,
             symbol: "USD-EUR".parse().expect("symbol"),
             side: Some(order.side),
-            price: Some(order.price),
+            price: order.price,
             requested_at: Utc::now().trunc_subsecs(6),
         };
         let record = cancel.to_record();
@@ -735,8 +876,98 @@ mod tests {
             assert!(matches!(err, RecordError::Event(_)), "{bad}: {err}");
         }
         assert!(matches!(
-            Event::from_record(br#"{"v": 3}"#),
-            Err(RecordError::Version { found: 3 })
+            Event::from_record(br#"{"v": 4}"#),
+            Err(RecordError::Version { found: 4 })
+        ));
+    }
+
+    fn market() -> Value {
+        let mut body = with("type", "market".into());
+        body.as_object_mut().expect("object").remove("price");
+        body
+    }
+
+    #[test]
+    fn the_terms_default_to_a_resting_limit_order_and_a_market_order_to_ioc() {
+        let limit = NewOrder::from_value(valid()).expect("valid");
+        assert_eq!(limit.terms, Terms::default());
+        assert_eq!(limit.terms.time_in_force, TimeInForce::Gtc);
+        let m = NewOrder::from_value(market()).expect("a market order");
+        assert_eq!(m.price, None);
+        assert_eq!(
+            m.terms,
+            Terms {
+                order_type: OrderType::Market,
+                time_in_force: TimeInForce::Ioc,
+                post_only: false
+            }
+        );
+        let mut fok = market();
+        fok["time_in_force"] = "fok".into();
+        assert_eq!(
+            NewOrder::from_value(fok)
+                .expect("valid")
+                .terms
+                .time_in_force,
+            TimeInForce::Fok
+        );
+        let post = NewOrder::from_value(with("post_only", true.into())).expect("valid");
+        assert!(post.terms.post_only);
+    }
+
+    #[test]
+    fn every_rule_between_the_terms_and_the_price_is_named() {
+        let mut priced = market();
+        priced["price"] = "1.25".into();
+        assert_eq!(errors_of(priced), ["price:market_has_no_price"]);
+        let mut resting = market();
+        resting["time_in_force"] = "gtc".into();
+        assert_eq!(errors_of(resting), ["time_in_force:market_never_rests"]);
+        let mut post = market();
+        post["post_only"] = true.into();
+        assert_eq!(errors_of(post), ["post_only:limit_only"]);
+        let mut no_price = valid();
+        no_price.as_object_mut().expect("object").remove("price");
+        assert_eq!(errors_of(no_price), ["price:required"]);
+        assert_eq!(errors_of(with("type", "stop".into())), ["type:enum"]);
+        assert_eq!(
+            errors_of(with("time_in_force", "day".into())),
+            ["time_in_force:enum"]
+        );
+        assert_eq!(
+            errors_of(with("post_only", "yes".into())),
+            ["post_only:type"]
+        );
+    }
+
+    #[test]
+    fn orders_with_terms_are_a_version_of_their_own_and_old_records_read_as_limit_gtc() {
+        let plain = NewOrder::from_value(valid())
+            .and_then(|o| o.accept(Utc::now()))
+            .expect("valid");
+        let record: Value = serde_json::from_slice(&plain.to_record()).expect("json");
+        assert_eq!(record["v"], RECORD_VERSION);
+        for field in ["type", "time_in_force", "post_only"] {
+            assert!(
+                record.get(field).is_none(),
+                "{field} written for a plain order"
+            );
+        }
+        let m = NewOrder::from_value(market())
+            .and_then(|o| o.accept(Utc::now()))
+            .expect("valid");
+        let record: Value = serde_json::from_slice(&m.to_record()).expect("json");
+        assert_eq!(record["v"], TERMS_RECORD_VERSION);
+        assert_eq!(record["type"], "market");
+        assert_eq!(record["time_in_force"], "ioc");
+        assert!(record.get("price").is_none());
+        assert_eq!(Order::from_record(&m.to_record()).expect("decodes"), m);
+        // A record that breaks a rule between terms is named as such.
+        let mut bad = record.clone();
+        bad["price"] = "1".into();
+        assert!(matches!(
+            Order::from_record(bad.to_string().as_bytes()),
+            Err(RecordError::Invalid(_))
         ));
     }
 

@@ -442,6 +442,65 @@ pub async fn reopening_keeps_everything(engine: impl Engine) {
     );
 }
 
+/// A market order (no price), an order's time in force and post-only flag,
+/// and the reasons of fills that ended without resting come back as they
+/// were written, after a reopen too.
+pub async fn keeps_order_terms_and_fill_reasons(engine: impl Engine) {
+    use crate::domain::{OrderState, OrderType, Reason, Terms, TimeInForce};
+    let mut market = order(("USD", "SEK"), 1);
+    market.order.price = None;
+    market.order.terms = Terms {
+        order_type: OrderType::Market,
+        time_in_force: TimeInForce::Fok,
+        post_only: false,
+    };
+    let mut post = order(("USD", "SEK"), 2);
+    post.order.terms.post_only = true;
+    post.order.terms.time_in_force = TimeInForce::Ioc;
+    let ended = [
+        (&mut market, Status::Expired, Reason::FokNotFillable),
+        (&mut post, Status::Rejected, Reason::PostOnlyWouldTrade),
+    ];
+    let mut states = Vec::new();
+    for (row, status, reason) in ended {
+        row.fill = Fill {
+            status,
+            filled: 0.into(),
+            reason: Some(reason),
+        };
+        states.push(OrderState {
+            id: row.order.id,
+            partition: row.partition,
+            fill: row.fill,
+        });
+    }
+    let rows = vec![market, post];
+    let mut written = rows.clone();
+    for row in &mut written {
+        row.fill = Fill::default();
+    }
+    {
+        let store = engine.open().await;
+        let batch = Batch::new(TOPIC, written, [(1, 10), (2, 10)].into_iter().collect())
+            .matched(states, Vec::new());
+        store.apply(Arc::new(batch)).await.expect("apply");
+        for row in &rows {
+            assert_eq!(
+                store.get(row.order.id).await.expect("get").as_ref(),
+                Some(row)
+            );
+        }
+    }
+    let store = engine.open().await;
+    for row in &rows {
+        assert_eq!(
+            store.get(row.order.id).await.expect("get").as_ref(),
+            Some(row),
+            "after a reopen"
+        );
+    }
+}
+
 /// The batch a consumer writes for `rows` and `cancels` after matching them.
 fn matched(
     matcher: &mut Matcher,
@@ -472,6 +531,7 @@ fn fill(status: Status, filled: i64) -> Fill {
     Fill {
         status,
         filled: filled.into(),
+        reason: None,
     }
 }
 
@@ -592,7 +652,7 @@ async fn a_failed_cancel_leaves_the_fill_and_a_cancel_closes_it(
         order_id: sell.order.id,
         symbol: Symbol::new(&sell.order.src_currency, &sell.order.dst_currency),
         side: Some(sell.order.side),
-        price: Some(sell.order.price),
+        price: sell.order.price,
         requested_at: Utc::now(),
     };
     let mut failing = matched(rebuilt, &[], &[], std::slice::from_ref(&cancel), &[(1, 6)]);
@@ -663,6 +723,10 @@ macro_rules! store_contract_tests {
             #[tokio::test]
             async fn lists_an_accounts_own_orders_with_a_cursor() {
                 c::lists_an_accounts_own_orders_with_a_cursor($engine().await).await;
+            }
+            #[tokio::test]
+            async fn keeps_order_terms_and_fill_reasons() {
+                c::keeps_order_terms_and_fill_reasons($engine().await).await;
             }
             #[tokio::test]
             async fn reapplying_a_batch_is_harmless() {

@@ -39,13 +39,15 @@ use crate::domain::{Account, Currency, Offsets, StoredOrder, StoredTrade};
 /// The first bytes of every snapshot file; the digits are the format
 /// version (01 was one payload; 02 has sections, decoded in parallel; 03
 /// holds positional binary rows, [`row`]; 04 adds the order's account as
-/// the rows' last field). A file of another version is refused like a
-/// damaged one: the log is read from the snapshot before.
-const MAGIC: &[u8; 8] = b"OMSMEM04";
-/// Read as well as [`MAGIC`]: its rows are 04's without the account, which
-/// a row missing its last field decodes as (orders of no account) — a
-/// snapshot written before accounts loads as it was.
-const MAGIC_BEFORE_ACCOUNTS: &[u8; 8] = b"OMSMEM03";
+/// the rows' last field; 05 the order's terms and the fill's reason after
+/// it). A file of another version is refused like a damaged one: the log
+/// is read from the snapshot before.
+const MAGIC: &[u8; 8] = b"OMSMEM05";
+/// Read as well as [`MAGIC`]: their rows are 05's without the last fields,
+/// which a row missing them decodes as (orders of no account, limit `gtc`,
+/// fills without a reason) — a snapshot written before accounts or order
+/// types loads as it was.
+const MAGIC_BEFORE: [&[u8; 8]; 2] = [b"OMSMEM04", b"OMSMEM03"];
 /// What follows the magic, each as a section: its length (u64 LE), its
 /// CRC-32 (u32 LE), its bytes.
 const SECTIONS: usize = 4;
@@ -771,10 +773,11 @@ fn read_snapshot(path: &Path) -> Result<State, SnapshotError> {
     // when whole; nothing writes to a finished one, so the mapping does not
     // change while it is read (and the checksums would notice if it did).
     let bytes = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
-    let Some(mut rest) = bytes
-        .strip_prefix(MAGIC)
-        .or_else(|| bytes.strip_prefix(MAGIC_BEFORE_ACCOUNTS))
-    else {
+    let Some(mut rest) = bytes.strip_prefix(MAGIC).or_else(|| {
+        MAGIC_BEFORE
+            .iter()
+            .find_map(|magic| bytes.strip_prefix(magic.as_slice()))
+    }) else {
         return Err(SnapshotError::Magic);
     };
     let mut sections: [&[u8]; SECTIONS] = [&[]; SECTIONS];

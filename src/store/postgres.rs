@@ -19,8 +19,8 @@ use super::lease::{GroupView, Lease, LeaseRow, Leases, Member, MemberRow, Member
 use super::settings::PostgresSettings;
 use super::{Applied, Batch, Store, StoreError};
 use crate::domain::{
-    Account, Amount, Broken, Channel, ClientOrderId, Description, Fill, Offsets, Order, Status,
-    StoredOrder, StoredTrade, Trade,
+    Account, Amount, Broken, Channel, ClientOrderId, Description, Fill, Offsets, Order, Reason,
+    Status, StoredOrder, StoredTrade, Terms, Trade,
 };
 
 /// The versioned schema (`migrations/`), applied by `oms migrate`.
@@ -30,10 +30,11 @@ const APPLY: &str = r#"
 WITH inserted AS (
     INSERT INTO orders (id, client_order_id, symbol, src_currency, dst_currency, side,
                         price, quantity, channel, description, created_at, log_partition, log_offset,
-                        account)
+                        account, order_type, time_in_force, post_only)
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::numeric[], $8::numeric[], $9::int2[], $10::text[], $11::timestamptz[],
-                         $12::int4[], $13::int8[], $31::text[])
+                         $12::int4[], $13::int8[], $31::text[], $32::text[], $33::text[],
+                         $34::bool[])
     ON CONFLICT (id) DO NOTHING
     RETURNING 1
 ), moved AS (
@@ -44,10 +45,11 @@ WITH inserted AS (
         WHERE log_offsets.next_offset <= EXCLUDED.next_offset
     RETURNING 1
 ), filled AS (
-    INSERT INTO order_fills (id, status, filled_quantity, book_partition)
-    SELECT * FROM UNNEST($17::uuid[], $18::text[], $19::numeric[], $20::int4[])
+    INSERT INTO order_fills (id, status, filled_quantity, book_partition, reason)
+    SELECT * FROM UNNEST($17::uuid[], $18::text[], $19::numeric[], $20::int4[], $35::text[])
     ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,
-        filled_quantity = EXCLUDED.filled_quantity, book_partition = EXCLUDED.book_partition
+        filled_quantity = EXCLUDED.filled_quantity, book_partition = EXCLUDED.book_partition,
+        reason = EXCLUDED.reason
     RETURNING 1
 ), traded AS (
     INSERT INTO trades (id, symbol, price, quantity, buy_order_id, sell_order_id, taker_side,
@@ -63,7 +65,8 @@ SELECT count(*) FROM inserted
 /// An order's columns and its fill's (`orders o LEFT JOIN order_fills f`).
 const COLUMNS: &str = "o.id, o.client_order_id, o.src_currency, o.dst_currency, o.side, o.price, \
                        o.quantity, o.channel, o.description, o.created_at, o.log_partition, \
-                       o.log_offset, o.account, f.status, f.filled_quantity";
+                       o.log_offset, o.account, o.order_type, o.time_in_force, o.post_only, \
+                       f.status, f.filled_quantity, f.reason";
 const FROM: &str = "orders o LEFT JOIN order_fills f ON f.id = o.id";
 
 const TRADE_COLUMNS: &str = "id, symbol, price, quantity, buy_order_id, sell_order_id, \
@@ -94,7 +97,7 @@ struct Row {
     src_currency: String,
     dst_currency: String,
     side: String,
-    price: Decimal,
+    price: Option<Decimal>,
     quantity: Decimal,
     channel: i16,
     description: String,
@@ -102,8 +105,12 @@ struct Row {
     log_partition: i32,
     log_offset: i64,
     account: Option<String>,
+    order_type: String,
+    time_in_force: String,
+    post_only: bool,
     status: Option<String>,
     filled_quantity: Option<Decimal>,
+    reason: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -169,10 +176,19 @@ impl TryFrom<Row> for StoredOrder {
                 src_currency: row.src_currency.parse().map_err(bad("src_currency"))?,
                 dst_currency: row.dst_currency.parse().map_err(bad("dst_currency"))?,
                 side: row.side.parse().map_err(bad("side"))?,
-                price: Amount::try_from(row.price).map_err(bad("price"))?,
+                price: row
+                    .price
+                    .map(Amount::try_from)
+                    .transpose()
+                    .map_err(bad("price"))?,
                 quantity: Amount::try_from(row.quantity).map_err(bad("quantity"))?,
                 channel: Channel::try_from(i64::from(row.channel)).map_err(bad("channel"))?,
                 description: Description::try_from(row.description).map_err(bad("description"))?,
+                terms: Terms {
+                    order_type: row.order_type.parse().map_err(bad("order_type"))?,
+                    time_in_force: row.time_in_force.parse().map_err(bad("time_in_force"))?,
+                    post_only: row.post_only,
+                },
                 created_at: row.created_at,
             },
             partition: row.log_partition,
@@ -181,6 +197,11 @@ impl TryFrom<Row> for StoredOrder {
                 (Some(status), Some(filled)) => Fill {
                     status: status.parse().map_err(StoreError::refused)?,
                     filled,
+                    reason: row
+                        .reason
+                        .map(|r| r.parse())
+                        .transpose()
+                        .map_err(StoreError::refused)?,
                 },
                 _ => Fill::default(),
             },
@@ -294,14 +315,33 @@ impl PostgresStore {
             .bind(next_offsets);
         let query = bind_fills(query, batch);
         let query = bind_trades(query, batch);
-        // `$31`, bound last: the column came after the statement's others.
-        query.bind(
-            batch
-                .orders
-                .iter()
-                .map(|s| s.order.account.as_ref().map(Account::as_str))
-                .collect::<Vec<_>>(),
-        )
+        // `$31`–`$35`, bound last: their columns came after the others.
+        let orders = &batch.orders;
+        let terms = |f: fn(&Terms) -> &'static str| {
+            orders.iter().map(|s| f(&s.order.terms)).collect::<Vec<_>>()
+        };
+        query
+            .bind(
+                orders
+                    .iter()
+                    .map(|s| s.order.account.as_ref().map(Account::as_str))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(terms(|t| t.order_type.as_str()))
+            .bind(terms(|t| t.time_in_force.as_str()))
+            .bind(
+                orders
+                    .iter()
+                    .map(|s| s.order.terms.post_only)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                batch
+                    .states
+                    .iter()
+                    .map(|s| s.fill.reason.map(Reason::as_str))
+                    .collect::<Vec<_>>(),
+            )
     }
 }
 
@@ -332,7 +372,7 @@ fn bind_orders<'q>(query: ApplyQuery<'q>, batch: &'q Batch) -> ApplyQuery<'q> {
         srcs.push(o.src_currency.as_str());
         dsts.push(o.dst_currency.as_str());
         sides.push(o.side.as_str());
-        prices.push(o.price.value());
+        prices.push(o.limit());
         quantities.push(o.quantity.value());
         // Channel codes are at most 61.
         channels.push(i16::try_from(o.channel.code()).unwrap_or(i16::MAX));
@@ -814,11 +854,19 @@ mod tests {
             "migrations/0002_matching.sql's partial index must say {}",
             live_predicate("")
         );
-        let every: Vec<String> = Status::ALL
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect();
-        assert!(migration.contains(&format!("status IN ({})", every.join(", "))));
+        // The latest statement of the statuses and reasons names them all.
+        let latest = include_str!("../../migrations/0005_order_types.sql");
+        let quoted = |words: Vec<&str>| {
+            words
+                .iter()
+                .map(|w| format!("'{w}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let every = quoted(Status::ALL.iter().map(|s| s.as_str()).collect());
+        assert!(latest.contains(&format!("status IN ({every})")));
+        let reasons = quoted(Reason::ALL.iter().map(|r| r.as_str()).collect());
+        assert!(latest.contains(&format!("reason IN ({reasons})")));
     }
 
     async fn engine() -> Postgres {

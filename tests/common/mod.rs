@@ -989,6 +989,9 @@ impl Load {
                     body["side"] = json!(if (n / 6) % 2 == 0 { "buy" } else { "sell" });
                     body["price"] = json!(format!("{}.25", 100 + (n * 37) % 21));
                     body["quantity"] = json!(format!("{}", 1 + (n * 7) % 13));
+                    // Most orders rest what they do not fill (the books need
+                    // depth); some take and never rest, some only rest.
+                    terms_of(n, &mut body);
                     let client = &accounts[((n / 7) % 2) as usize];
                     loop {
                         assert!(
@@ -1231,15 +1234,55 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The terms the crash and group loads give order `n`: one in eleven is a
+/// market order (`fok` every third time, else `ioc`), one a limit `ioc`,
+/// one a limit `fok`, one `post_only`; the rest are limit orders that
+/// rest (`gtc`).
+pub fn terms_of(n: u64, body: &mut Value) {
+    match n % 11 {
+        3 => {
+            body.as_object_mut().expect("an order").remove("price");
+            body["type"] = json!("market");
+            if (n / 11) % 3 == 0 {
+                body["time_in_force"] = json!("fok");
+            }
+        }
+        5 => body["time_in_force"] = json!("ioc"),
+        7 => body["time_in_force"] = json!("fok"),
+        9 => body["post_only"] = json!(true),
+        _ => {}
+    }
+}
+
 /// One order as the reference matcher sees it.
 #[derive(Debug, Clone)]
 pub struct RefOrder {
     pub id: Uuid,
     pub buy: bool,
-    pub price: rust_decimal::Decimal,
+    /// The limit; `None`: a market order.
+    pub price: Option<rust_decimal::Decimal>,
     pub quantity: rust_decimal::Decimal,
     /// The owner; `None` (an order of no account) never self-trades.
     pub account: Option<String>,
+    pub time_in_force: oms::domain::TimeInForce,
+    pub post_only: bool,
+}
+
+impl RefOrder {
+    /// Whether `maker` rests within this order's limit, on the other side.
+    fn reaches(&self, maker: &RefOrder) -> bool {
+        let limit = maker.price.expect("only limit orders rest");
+        maker.buy != self.buy
+            && match self.price {
+                None => true,
+                Some(price) if self.buy => limit <= price,
+                Some(price) => limit >= price,
+            }
+    }
+
+    fn owns_with(&self, maker: &RefOrder) -> bool {
+        self.account.is_some() && maker.account == self.account
+    }
 }
 
 /// What the reference matcher computed: each trade as (buy id, sell id,
@@ -1250,6 +1293,8 @@ pub struct RefOutcome {
     pub filled: std::collections::HashMap<Uuid, rust_decimal::Decimal>,
     /// Resting orders cancelled because their own account's order reached them.
     pub self_cancelled: std::collections::HashSet<Uuid>,
+    /// Orders that did not rest what was left: `expired` or `rejected`.
+    pub ended: std::collections::HashMap<Uuid, oms::domain::Status>,
 }
 
 /// The obvious price-time matcher, independent of oms' book: for each
@@ -1257,7 +1302,12 @@ pub struct RefOutcome {
 /// best price (then the oldest), trade at the resting price, rest the rest.
 /// Self-trade prevention as oms states it: a best resting order of the
 /// incoming order's own account is cancelled instead, and the scan goes on.
+/// The terms as oms states them: a `post_only` order that reaches any
+/// resting order is rejected; a `fok` order expires untouched unless the
+/// orders it reaches, its own account's left out, hold all of it; what a
+/// market or `ioc` order leaves expires.
 pub fn reference_match(orders: &[RefOrder]) -> RefOutcome {
+    use oms::domain::{Status, TimeInForce};
     use rust_decimal::Decimal;
     let mut out = RefOutcome::default();
     // (arrival, order, remaining)
@@ -1265,18 +1315,26 @@ pub fn reference_match(orders: &[RefOrder]) -> RefOutcome {
     for (arrival, order) in orders.iter().enumerate() {
         let mut left = order.quantity;
         out.filled.entry(order.id).or_insert(Decimal::ZERO);
+        if order.post_only && resting.iter().any(|(_, r, _)| order.reaches(r)) {
+            out.ended.insert(order.id, Status::Rejected);
+            continue;
+        }
+        if order.time_in_force == TimeInForce::Fok {
+            let available: Decimal = resting
+                .iter()
+                .filter(|(_, r, _)| order.reaches(r) && !order.owns_with(r))
+                .map(|(_, _, remaining)| *remaining)
+                .sum();
+            if available < order.quantity {
+                out.ended.insert(order.id, Status::Expired);
+                continue;
+            }
+        }
         while !left.is_zero() {
             let best = resting
                 .iter()
                 .enumerate()
-                .filter(|(_, (_, r, _))| {
-                    r.buy != order.buy
-                        && if order.buy {
-                            r.price <= order.price
-                        } else {
-                            r.price >= order.price
-                        }
-                })
+                .filter(|(_, (_, r, _))| order.reaches(r))
                 .min_by(|(_, a), (_, b)| {
                     let by_price = if order.buy {
                         a.1.price.cmp(&b.1.price)
@@ -1287,7 +1345,7 @@ pub fn reference_match(orders: &[RefOrder]) -> RefOutcome {
                 })
                 .map(|(i, _)| i);
             let Some(i) = best else { break };
-            if order.account.is_some() && resting[i].1.account == order.account {
+            if order.owns_with(&resting[i].1) {
                 out.self_cancelled.insert(resting[i].1.id);
                 resting.remove(i);
                 continue;
@@ -1299,7 +1357,12 @@ pub fn reference_match(orders: &[RefOrder]) -> RefOutcome {
             } else {
                 (maker.id, order.id)
             };
-            out.trades.push((buy, sell, maker.price, quantity));
+            out.trades.push((
+                buy,
+                sell,
+                maker.price.expect("only limit orders rest"),
+                quantity,
+            ));
             *out.filled.entry(order.id).or_default() += quantity;
             *out.filled.entry(maker.id).or_default() += quantity;
             left -= quantity;
@@ -1309,7 +1372,11 @@ pub fn reference_match(orders: &[RefOrder]) -> RefOutcome {
             }
         }
         if !left.is_zero() {
-            resting.push((arrival, order.clone(), left));
+            if order.price.is_some() && order.time_in_force == TimeInForce::Gtc {
+                resting.push((arrival, order.clone(), left));
+            } else {
+                out.ended.insert(order.id, Status::Expired);
+            }
         }
     }
     out
@@ -1368,9 +1435,11 @@ pub async fn check_matching_in(
                 .map(|o| RefOrder {
                     id: o.order.id,
                     buy: o.order.side == oms::domain::Side::Buy,
-                    price: o.order.price.value(),
+                    price: o.order.limit(),
                     quantity: o.order.quantity.value(),
                     account: o.order.account.as_ref().map(|a| a.as_str().to_owned()),
+                    time_in_force: o.order.terms.time_in_force,
+                    post_only: o.order.terms.post_only,
                 })
                 .collect::<Vec<_>>(),
         );
@@ -1442,7 +1511,9 @@ pub async fn check_matching_in(
         for o in &orders {
             let filled = reference.filled[&o.order.id];
             let quantity = o.order.quantity.value();
-            let status = if reference.self_cancelled.contains(&o.order.id) {
+            let status = if let Some(ended) = reference.ended.get(&o.order.id) {
+                *ended
+            } else if reference.self_cancelled.contains(&o.order.id) {
                 Status::Cancelled
             } else if filled.is_zero() {
                 Status::Open

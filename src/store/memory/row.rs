@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{
-    Account, Amount, Broken, Channel, ClientOrderId, Currency, Description, Fill, Order, Side,
-    Status, StoredOrder, StoredTrade, Trade,
+    Account, Amount, Broken, Channel, ClientOrderId, Currency, Description, Fill, Order, OrderType,
+    Reason, Side, Status, StoredOrder, StoredTrade, Terms, TimeInForce, Trade,
 };
 
 fn decimal(value: Decimal) -> u128 {
@@ -49,7 +49,9 @@ pub(super) struct OrderRow<'a> {
     src: &'a str,
     dst: &'a str,
     buy: bool,
-    price: u128,
+    /// `None`: a market order (rows written before order types always
+    /// have one, which reads as `Some`).
+    price: Option<u128>,
     quantity: u128,
     channel: u16,
     description: &'a str,
@@ -59,10 +61,37 @@ pub(super) struct OrderRow<'a> {
     /// The status' place in [`Status::ALL`].
     status: u8,
     filled: u128,
-    /// Last, and defaulted: a row of a snapshot written before accounts
-    /// (`OMSMEM03`) ends before it and reads as an order of no account.
+    /// Defaulted, as every field after it: a row of a snapshot written
+    /// before accounts (`OMSMEM03`) ends before it and reads as an order of
+    /// no account.
     #[serde(borrow, default)]
     account: Option<&'a str>,
+    /// The terms' places in [`OrderType::ALL`] and [`TimeInForce::ALL`],
+    /// and the fill's reason's place in [`Reason::ALL`] plus one (0: none).
+    /// A row written before order types (`OMSMEM04`) ends before them: a
+    /// resting limit order with no reason.
+    #[serde(default)]
+    order_type: u8,
+    #[serde(default)]
+    time_in_force: u8,
+    #[serde(default)]
+    post_only: bool,
+    #[serde(default)]
+    reason: u8,
+}
+
+/// `value`'s place in `all` (every value is in its `ALL`).
+fn place<T: PartialEq>(all: &[T], value: &T) -> u8 {
+    all.iter()
+        .position(|v| v == value)
+        .expect("every value is in its ALL") as u8
+}
+
+/// The value at `place` of `all`, or what is wrong with the row.
+fn at_place<T: Copy>(all: &[T], place: u8, what: &str) -> Result<T, String> {
+    all.get(usize::from(place))
+        .copied()
+        .ok_or_else(|| format!("no such {what}: {place}"))
 }
 
 impl<'a> OrderRow<'a> {
@@ -74,19 +103,23 @@ impl<'a> OrderRow<'a> {
             src: o.src_currency.as_str(),
             dst: o.dst_currency.as_str(),
             buy: o.side == Side::Buy,
-            price: decimal(o.price.value()),
+            price: o.price.map(|p| decimal(p.value())),
             quantity: decimal(o.quantity.value()),
             channel: o.channel.code(),
             description: o.description.as_str(),
             created_at: time(o.created_at),
             partition: stored.partition,
             offset: stored.offset,
-            status: Status::ALL
-                .iter()
-                .position(|s| *s == stored.fill.status)
-                .expect("every status is in Status::ALL") as u8,
+            status: place(&Status::ALL, &stored.fill.status),
             filled: decimal(stored.fill.filled),
             account: o.account.as_ref().map(Account::as_str),
+            order_type: place(&OrderType::ALL, &o.terms.order_type),
+            time_in_force: place(&TimeInForce::ALL, &o.terms.time_in_force),
+            post_only: o.terms.post_only,
+            reason: stored
+                .fill
+                .reason
+                .map_or(0, |r| place(&Reason::ALL, &r) + 1),
         }
     }
 
@@ -133,19 +166,26 @@ impl Orders {
             src_currency: src,
             dst_currency: dst,
             side: side(row.buy),
-            price: Amount::checked_before(from_decimal(row.price)),
+            price: row.price.map(|p| Amount::checked_before(from_decimal(p))),
             quantity: Amount::checked_before(from_decimal(row.quantity)),
             channel: Channel::try_from(row.channel).map_err(|e| checked("channel", e))?,
             description: Description::try_from(row.description.to_owned())
                 .map_err(|e| checked("description", e))?,
+            terms: Terms {
+                order_type: at_place(&OrderType::ALL, row.order_type, "order type")?,
+                time_in_force: at_place(&TimeInForce::ALL, row.time_in_force, "time in force")?,
+                post_only: row.post_only,
+            },
             created_at: from_time(row.created_at)?,
         };
         let mut stored = StoredOrder::new(order, row.partition, row.offset);
         stored.fill = Fill {
-            status: *Status::ALL
-                .get(usize::from(row.status))
-                .ok_or_else(|| format!("no such order status: {}", row.status))?,
+            status: at_place(&Status::ALL, row.status, "order status")?,
             filled: from_decimal(row.filled),
+            reason: match row.reason {
+                0 => None,
+                n => Some(at_place(&Reason::ALL, n - 1, "reason")?),
+            },
         };
         Ok(stored)
     }
@@ -247,7 +287,7 @@ mod tests {
             src: "USD",
             dst: "EUR",
             buy: false,
-            price: decimal(o.price.value()),
+            price: decimal(o.price.expect("a limit order").value()),
             quantity: decimal(o.quantity.value()),
             channel: o.channel.code(),
             description: o.description.as_str(),
