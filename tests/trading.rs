@@ -267,3 +267,177 @@ async fn an_order_never_trades_with_its_own_account_the_resting_one_is_cancelled
     assert_eq!(matched.trades, 1, "the reference matcher agrees");
     app.stop().await.expect("clean stop");
 }
+
+/// `order` with `terms` merged in (a market order: `"price": null` drops it).
+fn with_terms(mut body: Value, terms: Value) -> Value {
+    for (field, value) in terms.as_object().expect("terms") {
+        if value.is_null() {
+            body.as_object_mut().expect("order").remove(field);
+        } else {
+            body[field] = value.clone();
+        }
+    }
+    body
+}
+
+#[tokio::test]
+async fn market_and_ioc_orders_take_what_the_book_has_and_the_rest_expires() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(settings(&bootstrap(), dir.path())).await;
+    let (me, other) = (app.me(), app.other());
+    let cheap = other.accept(&order("sell", "1.10", "2")).await;
+    wait_status(&other, cheap, "open").await;
+    let dear = other.accept(&order("sell", "1.30", "3")).await;
+    wait_status(&other, dear, "open").await;
+
+    // ioc at 1.20: takes the 2 at 1.10, the rest expires instead of resting.
+    let ioc = me
+        .accept(&with_terms(
+            order("buy", "1.20", "4"),
+            json!({"time_in_force": "ioc"}),
+        ))
+        .await;
+    let done = wait_status(&me, ioc, "expired").await;
+    assert_eq!(
+        (
+            &done["reason"],
+            &done["filled_quantity"],
+            &done["remaining_quantity"],
+            &done["time_in_force"]
+        ),
+        (
+            &json!("ioc_remainder"),
+            &json!("2"),
+            &json!("0"),
+            &json!("ioc")
+        ),
+        "{done}"
+    );
+    wait_status(&other, cheap, "filled").await;
+    // Nothing left to cancel.
+    assert_eq!(me.delete(&format!("/orders/{ioc}")).await.status(), 409);
+
+    // A market buy of 5 takes every price: the 3 at 1.30, then the book is empty.
+    let market = me
+        .accept(&with_terms(
+            order("buy", "1", "5"),
+            json!({"type": "market", "price": null}),
+        ))
+        .await;
+    let done = wait_status(&me, market, "expired").await;
+    assert_eq!(
+        (
+            &done["reason"],
+            &done["filled_quantity"],
+            &done["type"],
+            done.get("price")
+        ),
+        (&json!("market_remainder"), &json!("3"), &json!("market"), None),
+        "{done}"
+    );
+    wait_status(&other, dear, "filled").await;
+    let book = json_of(app.get("/orderbook/USD-EUR").await, 200).await;
+    assert_eq!(
+        (&book["bids"], &book["asks"]),
+        (&json!([]), &json!([])),
+        "neither rests"
+    );
+    let page = json_of(app.get("/trades?symbol=USD-EUR").await, 200).await;
+    assert_eq!(page["trades"].as_array().expect("trades").len(), 2, "{page}");
+    let matched = common::check_matching(&app, &["USD-EUR"]).await;
+    assert_eq!(matched.trades, 2, "the reference matcher agrees");
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn fok_fills_whole_or_not_at_all_and_post_only_never_trades() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(settings(&bootstrap(), dir.path())).await;
+    let (me, other) = (app.me(), app.other());
+    let ask = other.accept(&order("sell", "2.00", "3")).await;
+    wait_status(&other, ask, "open").await;
+
+    // fok for 4 where 3 rest: nothing trades, the ask is untouched.
+    let kill = me
+        .accept(&with_terms(
+            order("buy", "2.00", "4"),
+            json!({"time_in_force": "fok"}),
+        ))
+        .await;
+    let done = wait_status(&me, kill, "expired").await;
+    assert_eq!(
+        (&done["reason"], &done["filled_quantity"]),
+        (&json!("fok_not_fillable"), &json!("0"))
+    );
+    // post_only that would trade: rejected, nothing trades.
+    let post = me
+        .accept(&with_terms(
+            order("buy", "2.00", "1"),
+            json!({"post_only": true}),
+        ))
+        .await;
+    let done = wait_status(&me, post, "rejected").await;
+    assert_eq!(done["reason"], "post_only_would_trade");
+    assert_eq!(wait_status(&other, ask, "open").await["filled_quantity"], "0");
+    // post_only below the ask rests like any limit order.
+    let maker = me
+        .accept(&with_terms(
+            order("buy", "1.90", "1"),
+            json!({"post_only": true}),
+        ))
+        .await;
+    let rests = wait_status(&me, maker, "open").await;
+    assert_eq!(rests["post_only"], true);
+    assert!(rests.get("reason").is_none(), "{rests}");
+    // A market fok for exactly what rests fills whole.
+    let fill = me
+        .accept(&with_terms(
+            order("buy", "1", "3"),
+            json!({"type": "market", "price": null, "time_in_force": "fok"}),
+        ))
+        .await;
+    wait_status(&me, fill, "filled").await;
+    wait_status(&other, ask, "filled").await;
+    let matched = common::check_matching(&app, &["USD-EUR"]).await;
+    assert_eq!(matched.trades, 1, "the reference matcher agrees");
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn terms_that_contradict_each_other_are_refused_with_every_field_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(settings(&bootstrap(), dir.path())).await;
+    let market = |terms: Value| {
+        with_terms(
+            order("buy", "1", "1"),
+            with_terms(json!({"type": "market", "price": null}), terms),
+        )
+    };
+    for (body, fields) in [
+        (market(json!({"price": "1.5"})), vec!["price"]),
+        (market(json!({"time_in_force": "gtc"})), vec!["time_in_force"]),
+        (market(json!({"post_only": true})), vec!["post_only"]),
+        (
+            with_terms(order("buy", "1", "1"), json!({"price": null})),
+            vec!["price"],
+        ),
+        (
+            with_terms(
+                order("buy", "1", "1"),
+                json!({"type": "stop", "time_in_force": "day"}),
+            ),
+            vec!["type", "time_in_force"],
+        ),
+    ] {
+        let resp = app.post_json(&body).await;
+        let problem = json_of(resp, 422).await;
+        let named: Vec<&str> = problem["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .map(|e| e["field"].as_str().expect("field"))
+            .collect();
+        assert_eq!(named, fields, "{body}: {problem}");
+    }
+    app.stop().await.expect("clean stop");
+}
