@@ -1,7 +1,8 @@
 //! Matching throughput in process: orders/s through one symbol's book at a
 //! realistic depth, and the heap the book holds per resting order —
 //! `cargo bench --bench matching` (prints one JSON line; `OMS_BENCH_ORDERS`,
-//! default 1,000,000).
+//! default 1,000,000; `OMS_BENCH_TERMS=mixed` sends one order in ten each as
+//! a market order, `ioc`, `fok` and `post_only`).
 //!
 //! The book is first filled with resting orders on 200 price levels each
 //! side of the mid (20 orders per level, 8,000 in all); then a stream of
@@ -16,8 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::Utc;
-use oms::domain::Side;
-use oms::matching::Book;
+use oms::domain::{Side, Status, TimeInForce};
+use oms::matching::{Book, Incoming};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -74,6 +75,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    // `mixed`: the order types too (`limit`: every order a resting limit order).
+    let terms = std::env::var("OMS_BENCH_TERMS").unwrap_or_else(|_| "limit".into());
+    let mixed = terms == "mixed";
     let at = Utc::now();
     let before = HELD.load(Ordering::Relaxed);
     let mut book = Book::new();
@@ -113,19 +117,39 @@ fn main() {
             let offset = rng.next(LEVELS as u64) as i64 - LEVELS / 2;
             let price = Decimal::new(MID + offset, 2);
             let quantity = Decimal::new(1 + rng.next(200) as i64, 1);
-            (Uuid::from_u128(n), side, price, quantity)
+            let mut incoming = Incoming::limit(Uuid::from_u128(n), side, price, quantity, at);
+            if mixed {
+                // One in ten each: a market order, ioc, fok, post-only.
+                match rng.next(10) {
+                    0 => {
+                        incoming.limit = None;
+                        incoming.time_in_force = TimeInForce::Ioc;
+                    }
+                    1 => incoming.time_in_force = TimeInForce::Ioc,
+                    2 => incoming.time_in_force = TimeInForce::Fok,
+                    3 => incoming.post_only = true,
+                    _ => {}
+                }
+            }
+            incoming
         })
         .collect();
     let started = Instant::now();
-    let mut trades = 0usize;
-    for (id, side, price, quantity) in stream {
-        trades += book.submit(id, side, price, quantity, at).len();
+    let (mut trades, mut expired, mut rejected) = (0usize, 0usize, 0usize);
+    for incoming in stream {
+        let matched = book.submit_as(incoming);
+        trades += matched.executions.len();
+        match matched.ended {
+            Some((Status::Expired, _)) => expired += 1,
+            Some(_) => rejected += 1,
+            None => {}
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     // The stream is consumed and freed by now: what is left is the book.
     let book_bytes = HELD.load(Ordering::Relaxed).saturating_sub(before);
     println!(
-        "{{\"orders\": {orders}, \"seconds\": {seconds:.3}, \"orders_per_second\": {:.0}, \"ns_per_order\": {:.0}, \"trades\": {trades}, \"resting_before\": {depth}, \"resting_after\": {}, \"book_bytes_per_order\": {:.1}}}",
+        "{{\"orders\": {orders}, \"seconds\": {seconds:.3}, \"orders_per_second\": {:.0}, \"ns_per_order\": {:.0}, \"trades\": {trades}, \"terms\": \"{terms}\", \"expired\": {expired}, \"rejected\": {rejected}, \"resting_before\": {depth}, \"resting_after\": {}, \"book_bytes_per_order\": {:.1}}}",
         orders as f64 / seconds,
         seconds * 1e9 / orders as f64,
         book.len(),

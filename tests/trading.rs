@@ -332,7 +332,12 @@ async fn market_and_ioc_orders_take_what_the_book_has_and_the_rest_expires() {
             &done["type"],
             done.get("price")
         ),
-        (&json!("market_remainder"), &json!("3"), &json!("market"), None),
+        (
+            &json!("market_remainder"),
+            &json!("3"),
+            &json!("market"),
+            None
+        ),
         "{done}"
     );
     wait_status(&other, dear, "filled").await;
@@ -343,7 +348,11 @@ async fn market_and_ioc_orders_take_what_the_book_has_and_the_rest_expires() {
         "neither rests"
     );
     let page = json_of(app.get("/trades?symbol=USD-EUR").await, 200).await;
-    assert_eq!(page["trades"].as_array().expect("trades").len(), 2, "{page}");
+    assert_eq!(
+        page["trades"].as_array().expect("trades").len(),
+        2,
+        "{page}"
+    );
     let matched = common::check_matching(&app, &["USD-EUR"]).await;
     assert_eq!(matched.trades, 2, "the reference matcher agrees");
     app.stop().await.expect("clean stop");
@@ -378,7 +387,10 @@ async fn fok_fills_whole_or_not_at_all_and_post_only_never_trades() {
         .await;
     let done = wait_status(&me, post, "rejected").await;
     assert_eq!(done["reason"], "post_only_would_trade");
-    assert_eq!(wait_status(&other, ask, "open").await["filled_quantity"], "0");
+    assert_eq!(
+        wait_status(&other, ask, "open").await["filled_quantity"],
+        "0"
+    );
     // post_only below the ask rests like any limit order.
     let maker = me
         .accept(&with_terms(
@@ -415,7 +427,10 @@ async fn terms_that_contradict_each_other_are_refused_with_every_field_named() {
     };
     for (body, fields) in [
         (market(json!({"price": "1.5"})), vec!["price"]),
-        (market(json!({"time_in_force": "gtc"})), vec!["time_in_force"]),
+        (
+            market(json!({"time_in_force": "gtc"})),
+            vec!["time_in_force"],
+        ),
         (market(json!({"post_only": true})), vec!["post_only"]),
         (
             with_terms(order("buy", "1", "1"), json!({"price": null})),

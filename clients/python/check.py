@@ -1,6 +1,7 @@
 """Exercises the generated Python client (openapi-python-client) against a
 live oms: create an order, read it back, receive a typed validation error,
-cancel an order, read a symbol's trades and its book.
+cancel an order, read a symbol's trades and its book, and see a market
+order with nothing to take expire.
 
 Usage: python3 clients/python/check.py GENERATED_DIR BASE_URL API_KEY
 (`just clients` generates the client; `just test` runs this.)
@@ -16,7 +17,8 @@ from oms_client import AuthenticatedClient, Client  # noqa: E402
 from oms_client.api.orders import cancel_order, create_order, get_order  # noqa: E402
 from oms_client.api.trading import get_order_book, list_trades  # noqa: E402
 from oms_client.models import (  # noqa: E402
-    Channel, NewOrder, Order, OrderAccepted, OrderBook, Problem, Side, Status, TradePage,
+    Channel, MarketType, NewLimitOrder, NewMarketOrder, Order, OrderAccepted, OrderBook, Problem,
+    Reason, Side, Status, TradePage,
 )
 
 # The generated client sends the key as `Authorization: Bearer …`.
@@ -27,7 +29,7 @@ anonymous = Client(base_url=sys.argv[2], raise_on_unexpected_status=True)
 refused = get_order.sync(client=anonymous, id=uuid.uuid4())
 assert isinstance(refused, Problem) and refused.status == 401, f"expected a 401 Problem, got {refused!r}"
 
-new = NewOrder(
+new = NewLimitOrder(
     src_currency="USD",
     dst_currency="EUR",
     side=Side.BUY,
@@ -48,14 +50,14 @@ assert stored.id == accepted.id and stored.price == "1.0850" and stored.side == 
 
 bad = create_order.sync(
     client=client,
-    body=NewOrder(src_currency="usd", dst_currency="EUR", side=Side.SELL, price="-1", quantity="1", channel=Channel.VALUE_1),
+    body=NewLimitOrder(src_currency="usd", dst_currency="EUR", side=Side.SELL, price="-1", quantity="1", channel=Channel.VALUE_1),
 )
 assert isinstance(bad, Problem) and bad.status == 422, f"expected a typed 422 Problem, got {bad!r}"
 fields = sorted(e.field for e in bad.errors)
 assert fields == ["price", "src_currency"], fields
 
 # Trading: a buy far below any sell rests, is cancelled, and its book empties.
-resting = create_order.sync(client=client, body=NewOrder(
+resting = create_order.sync(client=client, body=NewLimitOrder(
     src_currency="PYA", dst_currency="CLT", side=Side.BUY, price="0.0001", quantity="3",
     channel=Channel.VALUE_11, client_order_id=f"py-{uuid.uuid4()}"))
 assert isinstance(resting, OrderAccepted), resting
@@ -75,6 +77,20 @@ again = cancel_order.sync(client=client, id=resting.id)
 assert isinstance(again, Problem) and again.status == 409, f"expected a typed 409, got {again!r}"
 trades = list_trades.sync(client=client, symbol=resting.symbol)
 assert isinstance(trades, TradePage) and trades.trades == [], trades
+
+# A market order (its own model: no price) on a symbol with no book:
+# nothing to take, so it expires, and says why.
+market = create_order.sync(client=client, body=NewMarketOrder(
+    src_currency="PYM", dst_currency="CLT", side=Side.SELL, quantity="2",
+    channel=Channel.VALUE_11, type_=MarketType.MARKET))
+assert isinstance(market, OrderAccepted), market
+for _ in range(100):
+    ended = get_order.sync(client=client, id=market.id)
+    if isinstance(ended, Order) and ended.status == Status.EXPIRED:
+        break
+    time.sleep(0.05)
+assert isinstance(ended, Order) and ended.status == Status.EXPIRED, ended
+assert ended.reason == Reason.MARKET_REMAINDER and ended.filled_quantity == "0", ended
 
 print(f"python client: created {accepted.id}, read it back, typed 422 naming {fields}; "
       f"cancelled {resting.id} (then a typed 409), read {resting.symbol}'s book and trades")

@@ -1,7 +1,8 @@
 // Exercises the generated TypeScript types (openapi-typescript) through
 // openapi-fetch against a live oms: create an order, read it back, receive a
 // typed validation error, cancel an order, read a symbol's trades and its
-// book. `tsc` checks every access against the spec.
+// book, and see a market order with nothing to take expire. `tsc` checks
+// every access against the spec.
 //
 // Usage: node dist/check.js BASE_URL API_KEY   (`just test` generates, compiles and runs it)
 import createClient from "openapi-fetch";
@@ -66,7 +67,7 @@ if (!rest.data) throw new Error(`expected 202, got ${rest.response.status}`);
 const restingId: string = rest.data.id;
 const symbol: string = rest.data.symbol;
 const opened = await client.GET("/orders/{id}", { params: { path: { id: restingId } } });
-const status: "open" | "partially_filled" | "filled" | "cancelled" | undefined = opened.data?.status;
+const status: components["schemas"]["Status"] | undefined = opened.data?.status;
 if (status !== "open") throw new Error(`a resting order reads ${status}`);
 const book = await client.GET("/orderbook/{symbol}", { params: { path: { symbol }, query: { depth: 5 } } });
 if (book.data?.bids[0]?.price !== "0.0001") throw new Error(`book ${JSON.stringify(book.data)}`);
@@ -84,6 +85,21 @@ const conflict: Problem | undefined = again.error;
 if (again.response.status !== 409 || !conflict) throw new Error(`expected a typed 409, got ${again.response.status}`);
 const trades = await client.GET("/trades", { params: { query: { symbol } } });
 if (!trades.data || trades.data.trades.length !== 0) throw new Error(`trades ${JSON.stringify(trades.data)}`);
+
+// A market order (no price) on a symbol with no book expires, and says why.
+const market = await client.POST("/orders", {
+  body: { type: "market", src_currency: "TSM", dst_currency: "CLT", side: "sell", quantity: "2", channel: 11 },
+});
+if (!market.data) throw new Error(`a market order: expected 202, got ${market.response.status}`);
+let ended: components["schemas"]["Order"] | undefined;
+for (let i = 0; i < 100 && ended?.status !== "expired"; i++) {
+  ended = (await client.GET("/orders/{id}", { params: { path: { id: market.data.id } } })).data;
+  if (ended?.status !== "expired") await new Promise((r) => setTimeout(r, 50));
+}
+const reason: components["schemas"]["Reason"] | undefined = ended?.reason;
+if (ended?.status !== "expired" || reason !== "market_remainder" || ended.price !== undefined) {
+  throw new Error(`a market order with nothing to take: ${JSON.stringify(ended)}`);
+}
 
 console.log(
   `typescript client: created ${id}, read it back, typed 422 naming ${fields.join(", ")}; ` +

@@ -102,6 +102,7 @@ def run(args) -> int:
     results = Results(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine=machine(),
                       command=command, orders=orders, profile=profile, modes={})
     results.matching = matching_bench(smoke)
+    results.matching_terms = matching_bench(smoke, "mixed")
     results.key_check = key_check_bench()
     window = [time.time(), time.time()]
     for mode in modes:
@@ -177,6 +178,9 @@ def check_smoke(results: Results, out: Path, scaled: bool) -> None:
         problems.append(f"the key-check benchmark measured nothing: {results.key_check}")
     if not results.matching or results.matching.orders_per_second <= 0 or not results.matching.trades:
         problems.append(f"the matching benchmark measured nothing: {results.matching}")
+    t = results.matching_terms
+    if not t or t.orders_per_second <= 0 or not t.trades or not t.expired or not t.rejected:
+        problems.append(f"the order-types matching benchmark measured nothing: {t}")
     if problems:
         raise RuntimeError("benchmark smoke run failed:\n  " + "\n  ".join(problems))
     say("benchmark smoke run: every step measured, every accepted order stored, report and charts written")

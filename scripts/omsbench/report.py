@@ -138,6 +138,13 @@ def report(results: Results, out: Path, command: str) -> str:
                      if x.book_bytes_per_order else "")
                   + ". The ingest and drain tables above compare redb with matching on (the default) "
                   "and off.", ""]
+        t = results.matching_terms
+        if t:
+            lines += [f"With the order types (`OMS_BENCH_TERMS=mixed`: one order in ten each a market "
+                      f"order, `ioc`, `fok` and `post_only`, the rest resting limit orders): "
+                      f"**{fmt(t.orders_per_second)} orders/s, {t.ns_per_order:.0f} ns per order**, "
+                      f"{t.trades:,} trades, {t.expired:,} expired, {t.rejected:,} rejected, "
+                      f"{t.resting_after:,} resting at the end.", ""]
     if results.key_check:
         k = results.key_check
         lines += ["## The API key check", "",

@@ -202,6 +202,11 @@ class MatchingBench:
     resting_after: int
     # Heap the book holds per resting order (reports before it was measured lack it).
     book_bytes_per_order: Optional[float] = None
+    # The order types of the stream (`limit` or `mixed`) and what ended without
+    # resting (reports before order types lack them).
+    terms: str = "limit"
+    expired: int = 0
+    rejected: int = 0
 
 
 @dataclass
@@ -216,6 +221,7 @@ class Results:
     dashboard: bool = False
     window: Optional[list[float]] = None
     matching: Optional[MatchingBench] = None
+    matching_terms: Optional[MatchingBench] = None
     key_check: Optional[KeyCheckBench] = None
 
 

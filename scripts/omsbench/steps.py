@@ -402,12 +402,16 @@ def key_check_bench() -> KeyCheckBench:
     return result
 
 
-def matching_bench(smoke: bool) -> MatchingBench:
-    """The book in process (`benches/matching.rs`, built by scripts/bench.sh)."""
+def matching_bench(smoke: bool, terms: str = "limit") -> MatchingBench:
+    """The book in process (`benches/matching.rs`, built by scripts/bench.sh): every
+    order a resting limit order (`terms="limit"`), or one in ten each a market
+    order, `ioc`, `fok` and `post_only` (`"mixed"`)."""
     orders = 50_000 if smoke else 1_000_000
-    step(f"matching in process: {orders:,} orders into one symbol's book")
-    out = subprocess.run([MATCHING], env={**os.environ, "OMS_BENCH_ORDERS": str(orders)},
+    step(f"matching in process: {orders:,} orders ({terms}) into one symbol's book")
+    out = subprocess.run([MATCHING], env={**os.environ, "OMS_BENCH_ORDERS": str(orders),
+                                          "OMS_BENCH_TERMS": terms},
                          check=True, capture_output=True, text=True).stdout
     result = MatchingBench(**json.loads(out.strip().splitlines()[-1]))
-    step(f"  {result.orders_per_second:,.0f} orders/s, {result.ns_per_order:.0f} ns per order")
+    step(f"  {result.orders_per_second:,.0f} orders/s, {result.ns_per_order:.0f} ns per order"
+         + (f", {result.expired:,} expired, {result.rejected:,} rejected" if terms != "limit" else ""))
     return result

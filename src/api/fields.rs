@@ -148,7 +148,9 @@ impl From<Status> for StatusView {
     }
 }
 
-/// Why the book, not the owner, ended an order.
+/// Why the book, not the owner, ended an order: set on an `expired` or
+/// `rejected` order and on one `cancelled` by self-trade prevention;
+/// absent otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
 #[oai(rename = "Reason", rename_all = "snake_case")]
 pub enum ReasonView {

@@ -39,11 +39,10 @@ pub enum NewOrderSchema {
     Market(NewMarketOrder),
 }
 
-/// `limit`: the one value of a limit order's `type`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Enum)]
+/// `limit` (the default): the one value of a limit order's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum LimitType {
-    #[default]
     Limit,
 }
 
@@ -56,10 +55,9 @@ pub enum MarketType {
 
 /// A market order never rests: `ioc` (the default: what the book cannot
 /// fill at once expires) or `fok` (all of it at once, or none of it).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum MarketTimeInForce {
-    #[default]
     Ioc,
     Fok,
 }
@@ -84,10 +82,13 @@ pub struct NewLimitOrder {
     pub description: Description,
     #[oai(skip_serializing_if_is_none)]
     pub client_order_id: Option<ClientOrderId>,
-    #[oai(rename = "type", default)]
-    pub order_type: LimitType,
-    #[oai(default)]
-    pub time_in_force: TimeInForce,
+    // Enum fields carry neither a description nor a default: either makes
+    // poem-openapi wrap the reference in an `allOf`, which client
+    // generators cannot take for a string. Their types say both.
+    #[oai(rename = "type", skip_serializing_if_is_none)]
+    pub order_type: Option<LimitType>,
+    #[oai(skip_serializing_if_is_none)]
+    pub time_in_force: Option<TimeInForce>,
     /// Add liquidity only: if the order would trade on arrival, it is
     /// `rejected` (reason `post_only_would_trade`) and never trades.
     #[oai(default)]
@@ -113,8 +114,8 @@ pub struct NewMarketOrder {
     pub client_order_id: Option<ClientOrderId>,
     #[oai(rename = "type")]
     pub order_type: MarketType,
-    #[oai(default)]
-    pub time_in_force: MarketTimeInForce,
+    #[oai(skip_serializing_if_is_none)]
+    pub time_in_force: Option<MarketTimeInForce>,
 }
 
 impl Example for NewLimitOrder {
@@ -131,8 +132,8 @@ impl Example for NewLimitOrder {
             channel: o.channel,
             description: o.description,
             client_order_id: o.client_order_id,
-            order_type: LimitType::Limit,
-            time_in_force: o.terms.time_in_force,
+            order_type: Some(LimitType::Limit),
+            time_in_force: Some(o.terms.time_in_force),
             post_only: o.terms.post_only,
         }
     }
@@ -151,7 +152,7 @@ impl Example for NewMarketOrder {
                 .unwrap_or_default(),
             client_order_id: None,
             order_type: MarketType::Market,
-            time_in_force: MarketTimeInForce::Ioc,
+            time_in_force: Some(MarketTimeInForce::Ioc),
         }
     }
 }
@@ -246,8 +247,8 @@ pub struct OrderView {
     pub partition: i32,
     pub offset: i64,
     pub status: StatusView,
-    /// Why it is `expired`, `rejected`, or `cancelled` by the book rather
-    /// than by its owner; absent otherwise.
+    // (Documented by its type: a description here would wrap the
+    // reference in an `allOf`.)
     #[oai(skip_serializing_if_is_none)]
     pub reason: Option<ReasonView>,
     /// How much of `quantity` traded: an exact decimal, as a string.
