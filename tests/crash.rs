@@ -100,15 +100,23 @@ async fn crash_and_count(
     // before them: every symbol trades all along the kills.
     let matched = check_matching(&app, &SYMBOLS).await;
     eprintln!(
-        "crash test [{} on tansu {}]: matching as the reference matcher: {} orders, {} trades (none twice), {} traded, {} trade records on the trades topic",
+        "crash test [{} on tansu {}]: matching as the reference matcher: {} orders, {} trades (none twice), {} traded, {} trade records on the trades topic, {} expired, {} rejected",
         engine.as_str(),
         broker.as_str(),
         matched.orders,
         matched.trades,
         matched.traded,
-        matched.published
+        matched.published,
+        matched.expired,
+        matched.rejected
     );
     assert!(matched.trades > 0, "the workload must trade");
+    assert!(
+        matched.expired > 0 && matched.rejected > 0,
+        "the workload sends every order type: {} expired, {} rejected",
+        matched.expired,
+        matched.rejected
+    );
     app.stop().await.expect("clean stop");
     assert_broker_serves(&cfg.broker.bootstrap, &cfg.broker.dlq_topic).await;
     result.unavailable

@@ -1391,6 +1391,11 @@ pub struct MatchCheck {
     /// Trade records on the trades topic (a retry publishes one again,
     /// under the same id).
     pub published: usize,
+    /// Orders that ended without resting what was left, each as the
+    /// reference matcher says: `expired` (market, `ioc`, `fok`) and
+    /// `rejected` (`post_only`).
+    pub expired: usize,
+    pub rejected: usize,
 }
 
 /// Checks what `app`'s store holds of matching against [`reference_match`]
@@ -1531,6 +1536,14 @@ pub async fn check_matching_in(
             );
         }
         check.orders += orders.len();
+        check.expired += orders
+            .iter()
+            .filter(|o| o.fill.status == Status::Expired)
+            .count();
+        check.rejected += orders
+            .iter()
+            .filter(|o| o.fill.status == Status::Rejected)
+            .count();
         check.trades += trades.len();
         check.traded += trades.iter().map(|t| t.trade.quantity).sum::<Decimal>();
     }
