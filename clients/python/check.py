@@ -93,4 +93,5 @@ assert isinstance(ended, Order) and ended.status == Status.EXPIRED, ended
 assert ended.reason == Reason.MARKET_REMAINDER and ended.filled_quantity == "0", ended
 
 print(f"python client: created {accepted.id}, read it back, typed 422 naming {fields}; "
-      f"cancelled {resting.id} (then a typed 409), read {resting.symbol}'s book and trades")
+      f"cancelled {resting.id} (then a typed 409), read {resting.symbol}'s book and trades; "
+      f"market order {market.id} expired ({ended.reason.value})")

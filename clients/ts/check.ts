@@ -46,7 +46,7 @@ const id: string = created.data.id;
 // waits for its consumer instead of answering 404).
 const got = await client.GET("/orders/{id}", { params: { path: { id } } });
 if (!got.data) throw new Error(`order ${id} not readable right after its 202: ${got.response.status}`);
-const price: string = got.data.price;
+const price: string | undefined = got.data.price;
 if (price !== "1.0850") throw new Error(`price came back as ${price}`);
 
 // The types already rule out a wrong side or channel; patterns are the
