@@ -421,114 +421,88 @@ impl Field for Side {
 
 // ---- order type, time in force, post-only ----------------------------------
 
-/// How an order is priced: `limit` (at most its price, the rest may rest)
-/// or `market` (no price: it takes what the book has and never rests).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OrderType {
-    #[default]
-    Limit,
-    Market,
-}
-
-impl OrderType {
-    pub const ALL: [OrderType; 2] = [OrderType::Limit, OrderType::Market];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderType::Limit => "limit",
-            OrderType::Market => "market",
+/// A field whose value is one of a few words: its variants and words, the
+/// `ALL` list, `as_str`, parsing (rule `enum`, with `expected` as the
+/// message) and the [`Field`] that states them (`doc` as the schema's
+/// description). The first variant is the default.
+macro_rules! word_enum {
+    ($(#[$meta:meta])* $name:ident, $doc:literal, $expected:literal, $is_default:ident,
+     { $first:ident => $first_word:literal $(, $variant:ident => $word:literal)* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name {
+            #[default]
+            $first,
+            $($variant,)*
         }
-    }
 
-    pub fn is_limit(&self) -> bool {
-        *self == OrderType::Limit
-    }
-}
+        impl $name {
+            pub const ALL: &'static [$name] = &[$name::$first $(, $name::$variant)*];
 
-impl FromStr for OrderType {
-    type Err = Broken;
-    fn from_str(s: &str) -> Result<Self, Broken> {
-        OrderType::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| Broken::new("enum", "must be \"limit\" or \"market\""))
-    }
-}
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $name::$first => $first_word,
+                    $($name::$variant => $word,)*
+                }
+            }
 
-impl Field for OrderType {
-    const NAME: &'static str = "OrderType";
-    fn rule() -> Rule {
-        Rule {
-            description: Some("limit (default) or market."),
-            one_of: OrderType::ALL.iter().map(|t| t.as_str().into()).collect(),
-            ..Rule::new("string")
+            /// The default (what a record without the field means).
+            pub fn $is_default(&self) -> bool {
+                *self == $name::$first
+            }
         }
-    }
-    fn from_json(value: &Value) -> Result<Self, Broken> {
-        string_of(value)?.parse()
-    }
-    fn to_json(&self) -> Value {
-        self.as_str().into()
-    }
-}
 
-/// How long an order may wait for its fill: `gtc` (good till cancelled:
-/// what does not fill rests), `ioc` (immediate or cancel: what does not
-/// fill at once expires) or `fok` (fill or kill: all of it at once, or none).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TimeInForce {
-    #[default]
-    Gtc,
-    Ioc,
-    Fok,
-}
-
-impl TimeInForce {
-    pub const ALL: [TimeInForce; 3] = [TimeInForce::Gtc, TimeInForce::Ioc, TimeInForce::Fok];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TimeInForce::Gtc => "gtc",
-            TimeInForce::Ioc => "ioc",
-            TimeInForce::Fok => "fok",
+        impl FromStr for $name {
+            type Err = Broken;
+            fn from_str(s: &str) -> Result<Self, Broken> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| Broken::new("enum", $expected))
+            }
         }
-    }
 
-    pub fn is_gtc(&self) -> bool {
-        *self == TimeInForce::Gtc
-    }
-}
-
-impl FromStr for TimeInForce {
-    type Err = Broken;
-    fn from_str(s: &str) -> Result<Self, Broken> {
-        TimeInForce::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| Broken::new("enum", "must be \"gtc\", \"ioc\" or \"fok\""))
-    }
-}
-
-impl Field for TimeInForce {
-    const NAME: &'static str = "TimeInForce";
-    fn rule() -> Rule {
-        Rule {
-            description: Some(
-                "gtc (default): what does not fill rests; ioc: what does not fill at once expires; fok: all of it fills at once or none of it does.",
-            ),
-            one_of: TimeInForce::ALL.iter().map(|t| t.as_str().into()).collect(),
-            ..Rule::new("string")
+        impl Field for $name {
+            const NAME: &'static str = stringify!($name);
+            fn rule() -> Rule {
+                Rule {
+                    description: Some($doc),
+                    one_of: $name::ALL.iter().map(|v| v.as_str().into()).collect(),
+                    ..Rule::new("string")
+                }
+            }
+            fn from_json(value: &Value) -> Result<Self, Broken> {
+                string_of(value)?.parse()
+            }
+            fn to_json(&self) -> Value {
+                self.as_str().into()
+            }
         }
-    }
-    fn from_json(value: &Value) -> Result<Self, Broken> {
-        string_of(value)?.parse()
-    }
-    fn to_json(&self) -> Value {
-        self.as_str().into()
-    }
+    };
 }
+
+word_enum!(
+    /// How an order is priced: `limit` (at most its price, the rest may rest)
+    /// or `market` (no price: it takes what the book has and never rests).
+    OrderType,
+    "limit (default) or market.",
+    "must be \"limit\" or \"market\"",
+    is_limit,
+    { Limit => "limit", Market => "market" }
+);
+
+word_enum!(
+    /// How long an order may wait for its fill: `gtc` (good till cancelled:
+    /// what does not fill rests), `ioc` (immediate or cancel: what does not
+    /// fill at once expires) or `fok` (fill or kill: all of it at once, or none).
+    TimeInForce,
+    "gtc (default): what does not fill rests; ioc: what does not fill at once expires; fok: all of it fills at once or none of it does.",
+    "must be \"gtc\", \"ioc\" or \"fok\"",
+    is_gtc,
+    { Gtc => "gtc", Ioc => "ioc", Fok => "fok" }
+);
 
 /// A flag (`post_only`).
 impl Field for bool {

@@ -113,8 +113,8 @@ impl<'a> OrderRow<'a> {
             status: place(&Status::ALL, &stored.fill.status),
             filled: decimal(stored.fill.filled),
             account: o.account.as_ref().map(Account::as_str),
-            order_type: place(&OrderType::ALL, &o.terms.order_type),
-            time_in_force: place(&TimeInForce::ALL, &o.terms.time_in_force),
+            order_type: place(OrderType::ALL, &o.terms.order_type),
+            time_in_force: place(TimeInForce::ALL, &o.terms.time_in_force),
             post_only: o.terms.post_only,
             reason: stored
                 .fill
@@ -172,8 +172,8 @@ impl Orders {
             description: Description::try_from(row.description.to_owned())
                 .map_err(|e| checked("description", e))?,
             terms: Terms {
-                order_type: at_place(&OrderType::ALL, row.order_type, "order type")?,
-                time_in_force: at_place(&TimeInForce::ALL, row.time_in_force, "time in force")?,
+                order_type: at_place(OrderType::ALL, row.order_type, "order type")?,
+                time_in_force: at_place(TimeInForce::ALL, row.time_in_force, "time in force")?,
                 post_only: row.post_only,
             },
             created_at: from_time(row.created_at)?,
