@@ -14,6 +14,8 @@
 #   back and get a typed validation error;
 # - Swagger UI at /docs in headless Chromium: "Try it out" on POST /orders
 #   answers 202 (screenshot in $OMS_STATE/swagger-ui.png);
+# - the live feed page at /feed in headless Chromium: its EventSource shows
+#   the trade of a crossing pair (screenshot in $OMS_STATE/feed.png);
 # - with OMS_PROM_URL set (a Prometheus scraping this oms): Prometheus holds
 #   oms' series, and every query of the Grafana dashboard returns data.
 source "$(dirname "$0")/lib.sh"
@@ -29,7 +31,7 @@ orders_read() {
 say "every protected operation refuses a request without a key"
 probe_id="00000000-0000-7000-8000-000000000000"
 for op in "POST /orders" "GET /orders?symbol=USD-EUR" "GET /orders/$probe_id" "DELETE /orders/$probe_id" \
-    "GET /trades?symbol=USD-EUR" "GET /orderbook/USD-EUR"; do
+    "GET /trades?symbol=USD-EUR" "GET /orderbook/USD-EUR" "GET /stream"; do
   for credential in "" "Authorization: Bearer oms_0000000000000000_$(printf '0%.0s' {1..64})"; do
     headers="$(curl -s -o /dev/null -D - -X "${op%% *}" ${credential:+-H "$credential"} \
       -H 'content-type: application/json' -d '{}' "$base${op#* }" | tr -d '\r')"
@@ -38,12 +40,12 @@ for op in "POST /orders" "GET /orders?symbol=USD-EUR" "GET /orders/$probe_id" "D
     grep -qi '^content-type: application/problem+json' <<<"$headers" || die "$op: a 401 that is not problem+json"
   done
 done
-for open_path in /healthz /readyz /metrics /docs/ /openapi.json /openapi.yaml; do
+for open_path in /healthz /readyz /metrics /docs/ /feed/ /openapi.json /openapi.yaml; do
   code="$(curl -s -o /dev/null -w '%{http_code}' "$base$open_path")"
   [[ $code == 200 ]] || die "GET $open_path without a key answered $code (auth.public lists it)"
 done
 
-say "schemathesis against $base/openapi.json (every check but use_after_free, every phase), with the API key"
+say "schemathesis against $base/openapi.json (every check but use_after_free, every phase, all but the long-lived /stream), with the API key"
 read_before="$(orders_read)"
 # The hooks tell the fuzzer the one order rule a schema cannot state.
 # Every check but one: `use_after_free` expects a resource gone after a 2xx
@@ -54,6 +56,7 @@ SCHEMATHESIS_HOOKS="$OMS_ROOT/e2e/schemathesis_hooks.py" st run "$base/openapi.j
   --checks all \
   "${auth[@]}" \
   --exclude-checks use_after_free \
+  --exclude-path /stream \
   --max-examples "${OMS_FUZZ_EXAMPLES:-50}" \
   --seed "${OMS_FUZZ_SEED:-20261127}" \
   --workers 1 \
@@ -75,6 +78,12 @@ say "generated TypeScript client against $base"
 say "Swagger UI in headless Chromium against $base/docs"
 (cd "$OMS_ROOT/e2e/browser" && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
   && node swagger.mjs "$base" "$OMS_STATE/swagger-ui.png" "$key")
+say "the live feed page in headless Chromium against $base/feed"
+# A second account, so the two orders of the page's pair can cross.
+other="$("${OMS_BIN:-$OMS_TARGET_DIR/release/oms}" keys create --keys-file "$OMS_KEYS_FILE" \
+  --account e2e-feed --rate 0 --in-flight 0 2>/dev/null | tail -n 1 | cut -d' ' -f2)"
+[[ -n "$other" ]] || die "could not make the feed test's second key in $OMS_KEYS_FILE"
+(cd "$OMS_ROOT/e2e/browser" && node feed.mjs "$base" "$OMS_STATE/feed.png" "$key" "$other")
 
 if [[ -n "${OMS_PROM_URL:-}" ]]; then
   say "Prometheus ($OMS_PROM_URL): oms' series and every dashboard query"

@@ -115,6 +115,7 @@ impl Application {
             books,
             matching: settings.consumer.matching,
             keys: Arc::new(keys),
+            feed: crate::feed::Feed::new(settings.broker.clone(), settings.feed.clone()),
         });
         Ok(Self {
             settings,

@@ -17,6 +17,7 @@
 //! - [`app`]: builds the pieces from settings and runs them until shutdown.
 //! - [`cli`]: what the `oms dlq` commands print.
 //! - [`error`]: an error with its causes, for logs and dead letters.
+//! - [`feed`]: the live feed of trades, books and order updates, read from the log.
 //! - [`matching`]: the price-time order books the consumer feeds, order
 //!   status, trades.
 //! - [`memory`]: the allocator oms runs on (jemalloc) and giving freed heap back.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod consumer;
 pub mod domain;
 pub mod error;
+pub mod feed;
 pub mod matching;
 pub mod memory;
 pub mod store;

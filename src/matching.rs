@@ -135,6 +135,7 @@ pub struct Execution {
     pub trade: Trade,
     pub maker_quantity: Decimal,
     pub maker_remaining: Decimal,
+    pub maker_owner: Owner,
 }
 
 /// Orders per chunk of a [`Queue`]: 64 × 48 bytes, one 3 KiB allocation.
@@ -218,9 +219,11 @@ impl Queue {
 }
 
 /// One aggregated price level, for `GET /orderbook/{symbol}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Level {
+    #[serde(with = "rust_decimal::serde::str")]
     pub price: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
     pub quantity: Decimal,
     pub orders: usize,
 }
@@ -232,6 +235,7 @@ pub enum Cancelled {
     Removed {
         quantity: Decimal,
         remaining: Decimal,
+        owner: Owner,
     },
     /// It is not in the book: filled, already cancelled, or never seen.
     NotResting,
@@ -251,6 +255,8 @@ pub struct Book {
     orders: usize,
     /// The accounts of this book's orders, numbered from 1 ([`Owner`]).
     owners: HashMap<Account, Owner>,
+    /// The same, by number (`accounts[n - 1]` is owner `n`'s).
+    accounts: Vec<Account>,
 }
 
 impl Book {
@@ -268,7 +274,14 @@ impl Book {
         }
         let owner = Owner(u32::try_from(self.owners.len() + 1).unwrap_or(u32::MAX));
         self.owners.insert(account.clone(), owner);
+        self.accounts.push(account.clone());
         owner
+    }
+
+    /// The account this book numbered `owner` (`None`: no account).
+    pub fn account_of(&self, owner: Owner) -> Option<&Account> {
+        let n = usize::try_from(owner.0).ok()?.checked_sub(1)?;
+        self.accounts.get(n)
     }
 
     /// Matches an incoming limit order of no account, rests what is left,
@@ -453,6 +466,7 @@ impl Book {
                 Cancelled::Removed {
                     quantity: order.quantity,
                     remaining: order.remaining,
+                    owner: order.owner,
                 }
             }
             None => Cancelled::NotResting,
@@ -516,7 +530,32 @@ pub struct Outcome {
     /// The status of each order that ended without resting what was left
     /// (`expired`, `rejected`), for the metrics.
     pub ended: Vec<Status>,
+    /// What the batch did, symbol by symbol, in the order the symbols were
+    /// first touched: for the live feed.
+    pub symbols: Vec<SymbolChange>,
 }
+
+/// One order's state after a batch, with its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touched {
+    pub account: Option<Account>,
+    pub state: OrderState,
+}
+
+/// What one batch did to one symbol's book: the orders it touched (in the
+/// order first touched, each with its state after the batch) and the best
+/// levels of each side after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymbolChange {
+    pub symbol: String,
+    pub partition: i32,
+    pub orders: Vec<Touched>,
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
+}
+
+/// Levels of each side a [`SymbolChange`] carries.
+pub const CHANGE_DEPTH: usize = 10;
 
 /// The books of the partitions this consumer owns, one per symbol. One
 /// partition orders every event of a symbol, so a book is a function of
@@ -624,7 +663,7 @@ impl Matcher {
                 Event::Cancel(cancel) => run.cancel(books, positioned.partition, cancel),
             }
         }
-        run.finish()
+        run.finish(&self.books)
     }
 }
 
@@ -635,18 +674,38 @@ struct Run {
     touched: HashMap<Uuid, OrderState>,
     /// Orders of this batch already matched (a record repeated in it).
     seen: HashSet<Uuid>,
+    /// Each touched order's symbol and owner, and the symbols in the order
+    /// first touched (with their partition) and their orders in the same way.
+    whose: HashMap<Uuid, Option<Account>>,
+    symbols: Vec<(String, i32, Vec<Uuid>)>,
 }
 
 impl Run {
-    fn set(&mut self, id: Uuid, partition: i32, fill: Fill) {
-        self.touched.insert(
+    fn set(
+        &mut self,
+        symbol: &str,
+        account: Option<&Account>,
+        id: Uuid,
+        partition: i32,
+        fill: Fill,
+    ) {
+        let state = OrderState {
             id,
-            OrderState {
-                id,
-                partition,
-                fill,
-            },
-        );
+            partition,
+            fill,
+        };
+        if self.touched.insert(id, state).is_none() {
+            self.whose.insert(id, account.cloned());
+            let at = match self.symbols.iter().position(|(s, _, _)| s == symbol) {
+                Some(at) => at,
+                None => {
+                    self.symbols
+                        .push((symbol.to_owned(), partition, Vec::new()));
+                    self.symbols.len() - 1
+                }
+            };
+            self.symbols[at].2.push(id);
+        }
     }
 
     /// An order through its symbol's book: the trades it makes, its fill
@@ -678,7 +737,7 @@ impl Run {
                 filled: s.quantity - s.remaining,
                 reason: Some(Reason::SelfTrade),
             };
-            self.set(s.id, at.partition, fill);
+            self.set(&symbol, order.account.as_ref(), s.id, at.partition, fill);
         }
         let mut filled = Decimal::ZERO;
         for e in executions {
@@ -687,7 +746,10 @@ impl Run {
                 Side::Buy => e.trade.sell_order_id,
                 Side::Sell => e.trade.buy_order_id,
             };
+            let account = book.account_of(e.maker_owner).cloned();
             self.set(
+                &symbol,
+                account.as_ref(),
                 maker,
                 at.partition,
                 fill_of(e.maker_quantity, e.maker_remaining),
@@ -710,7 +772,13 @@ impl Run {
         if let Some((status, _)) = ended {
             self.out.ended.push(status);
         }
-        self.set(order.id, at.partition, fill);
+        self.set(
+            &symbol,
+            order.account.as_ref(),
+            order.id,
+            at.partition,
+            fill,
+        );
     }
 
     /// A cancel: the order out of its book, if it still rests there.
@@ -722,6 +790,7 @@ impl Run {
         if let Cancelled::Removed {
             quantity,
             remaining,
+            owner,
         } = book.cancel(cancel.order_id, at)
         {
             self.out.cancelled += 1;
@@ -730,11 +799,39 @@ impl Run {
                 filled: quantity - remaining,
                 reason: None,
             };
-            self.set(cancel.order_id, partition, fill);
+            let account = book.account_of(owner).cloned();
+            self.set(
+                cancel.symbol.as_str(),
+                account.as_ref(),
+                cancel.order_id,
+                partition,
+                fill,
+            );
         }
     }
 
-    fn finish(mut self) -> Outcome {
+    fn finish(mut self, books: &HashMap<i32, HashMap<String, Book>>) -> Outcome {
+        for (symbol, partition, ids) in std::mem::take(&mut self.symbols) {
+            let (bids, asks) = books
+                .get(&partition)
+                .and_then(|b| b.get(&symbol))
+                .map(|book| book.depth(CHANGE_DEPTH))
+                .unwrap_or_default();
+            let orders = ids
+                .iter()
+                .map(|id| Touched {
+                    account: self.whose.remove(id).flatten(),
+                    state: self.touched[id],
+                })
+                .collect();
+            self.out.symbols.push(SymbolChange {
+                symbol,
+                partition,
+                orders,
+                bids,
+                asks,
+            });
+        }
         self.out.states = self.touched.into_values().collect();
         self.out.states.sort_by_key(|s| s.id);
         self.out
@@ -822,6 +919,7 @@ fn sweep<K: Ord + Copy>(
                 },
                 maker_quantity: maker.quantity,
                 maker_remaining: maker.remaining,
+                maker_owner: maker.owner,
             });
             if maker.remaining.is_zero() {
                 orders.pop_front();
@@ -1187,7 +1285,8 @@ mod tests {
             book.cancel(id(1), Some((Side::Sell, d("5.00")))),
             Cancelled::Removed {
                 quantity: d("2"),
-                remaining: d("2")
+                remaining: d("2"),
+                owner: Owner::NONE
             }
         );
         assert_eq!(
@@ -1199,7 +1298,8 @@ mod tests {
             book.cancel(id(3), None),
             Cancelled::Removed {
                 quantity: d("1"),
-                remaining: d("1")
+                remaining: d("1"),
+                owner: Owner::NONE
             }
         );
         assert_eq!(book.cancel(id(3), None), Cancelled::NotResting);

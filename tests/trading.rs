@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestApp, Trader, bootstrap, eventually, read_topic, settings};
+use oms::feed::FeedRecord;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -103,10 +104,21 @@ async fn crossing_orders_trade_and_a_cancel_takes_the_rest_out() {
         &app.settings.broker.bootstrap,
         &app.settings.broker.trades_topic,
     );
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].0, "USD-EUR");
-    let published: Value = serde_json::from_slice(&records[0].1).expect("json");
+    let trades: Vec<_> = records
+        .iter()
+        .filter(|(_, v)| matches!(FeedRecord::decode(v), Some(FeedRecord::Trade(_))))
+        .collect();
+    assert_eq!(trades.len(), 1);
+    assert_eq!(trades[0].0, "USD-EUR");
+    let published: Value = serde_json::from_slice(&trades[0].1).expect("json");
     assert_eq!(published["id"], trade["id"]);
+    // Beside it, the feed's record of each batch that changed the symbol.
+    assert!(
+        records
+            .iter()
+            .all(|(key, v)| key == "USD-EUR" && FeedRecord::decode(v).is_some())
+    );
+    assert!(records.len() > 1);
 
     // Cancel: accepted, then the order leaves the book with what had filled.
     let resp = delete(&app, &format!("/orders/{sell}")).await;

@@ -41,8 +41,9 @@ try {
   // "Authorize": the bearer scheme's dialog takes the key.
   await page.locator('.auth-wrapper button.authorize').click();
   const dialog = page.locator('.dialog-ux .modal-ux');
+  // The first scheme is the bearer one (the stream's `?key=` is the other).
   await dialog.locator('input[type=text], input[type=password]').first().fill(key);
-  await dialog.locator('button.authorize').click();
+  await dialog.locator('button.authorize').first().click();
   await dialog.locator('button.btn-done, button.close-modal').first().click();
   await op.locator('button.execute').click();
   const status = op.locator('.live-responses-table .response .response-col_status').first();

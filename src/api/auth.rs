@@ -2,7 +2,7 @@
 //! and every order and trading operation takes ([`ApiKey`]), the answers
 //! of a refused request (`401` with `WWW-Authenticate`, `403`, `429` with
 //! `Retry-After`, each problem+json), and the guard of the paths outside
-//! the document (`/metrics`, `/docs`, the spec) when `auth.public` leaves
+//! the document (`/metrics`, `/docs`, `/feed`, the spec) when `auth.public` leaves
 //! them out.
 
 use std::sync::Arc;
@@ -38,12 +38,17 @@ fn trades(method: &Method) -> bool {
 }
 
 async fn check_key(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
+    check(req, &bearer.token)
+}
+
+/// Checks `key` for `req` against the keys in force.
+pub fn check(req: &Request, key: &str) -> poem::Result<Caller> {
     let Some(state) = req.data::<Arc<AppState>>() else {
         return Err(poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR));
     };
     state
         .keys
-        .check(Some(&bearer.token), trades(req.method()))
+        .check(Some(key), trades(req.method()))
         .map_err(|denied| poem::Error::new(denied, StatusCode::UNAUTHORIZED))
 }
 
@@ -166,7 +171,7 @@ pub async fn guard_unlisted<E: Endpoint>(
     let path = req.uri().path();
     let guarded = matches!(
         super::route_label(path),
-        "/metrics" | "/openapi" | "/docs" | "/healthz" | "/readyz"
+        "/metrics" | "/openapi" | "/docs" | "/feed" | "/healthz" | "/readyz"
     ) && !is_public(&public, path);
     if guarded {
         // The same reading of the header as the scheme's (`ApiKey`).

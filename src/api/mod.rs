@@ -8,6 +8,7 @@ pub mod health;
 pub mod orders;
 pub mod problem;
 pub mod spec;
+pub mod stream;
 pub mod trading;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub matching: bool,
     /// The API keys in force (`src/auth`).
     pub keys: Arc<crate::auth::Keyring>,
+    /// The live feed (`GET /stream`).
+    pub feed: crate::feed::Feed,
 }
 
 #[derive(Tags)]
@@ -58,10 +61,22 @@ pub enum ApiTags {
 
 /// The OpenAPI service: the handlers and the document derived from them
 /// ([`spec`] serves and prints it).
-pub fn openapi() -> OpenApiService<(orders::OrdersApi, trading::TradingApi, health::HealthApi), ()>
-{
+pub fn openapi() -> OpenApiService<
+    (
+        orders::OrdersApi,
+        trading::TradingApi,
+        stream::StreamApi,
+        health::HealthApi,
+    ),
+    (),
+> {
     OpenApiService::new(
-        (orders::OrdersApi, trading::TradingApi, health::HealthApi),
+        (
+            orders::OrdersApi,
+            trading::TradingApi,
+            stream::StreamApi,
+            health::HealthApi,
+        ),
         "oms",
         env!("CARGO_PKG_VERSION"),
     )
@@ -88,6 +103,7 @@ pub fn routes(
     Route::new()
         .nest("/", openapi())
         .nest("/docs", spec::swagger_ui())
+        .nest("/feed", feed_page())
         .at("/openapi.json", spec::json_endpoint())
         .at("/openapi.yaml", spec::yaml_endpoint())
         .at("/metrics", get(render_metrics).data(metrics))
@@ -129,11 +145,12 @@ pub fn routes(
 /// and the methods it answers — the one table behind the `Allow` header of
 /// a 405 and the route label of the metrics. The handlers' `#[oai(path)]`s
 /// must say the same: a test compares this table with the document.
-const ROUTES: [(&str, &str); 6] = [
+const ROUTES: [(&str, &str); 7] = [
     ("/orders", "GET, POST"),
     ("/orders/{id}", "GET, DELETE"),
     ("/trades", "GET"),
     ("/orderbook/{symbol}", "GET"),
+    ("/stream", "GET"),
     ("/healthz", "GET"),
     ("/readyz", "GET"),
 ];
@@ -209,6 +226,15 @@ async fn limit_body<E: Endpoint>(ep: E, mut req: Request, limit: usize) -> poem:
     ep.call(req).await.map(IntoResponse::into_response)
 }
 
+/// The feed's page (`/feed`): `GET /stream` in the browser, with
+/// `EventSource`.
+fn feed_page() -> impl Endpoint {
+    poem::Route::new().at(
+        "/",
+        poem::endpoint::make_sync(|_| poem::web::Html(include_str!("static/feed.html"))),
+    )
+}
+
 /// Bounded-cardinality route label: the matched template, never the raw path.
 fn route_label(path: &str) -> &'static str {
     if let Some((template, _)) = service_route(path) {
@@ -218,6 +244,7 @@ fn route_label(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/openapi.json" | "/openapi.yaml" => "/openapi",
         p if p.starts_with("/docs") => "/docs",
+        p if p == "/feed" || p.starts_with("/feed/") => "/feed",
         _ => "other",
     }
 }

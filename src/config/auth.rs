@@ -38,6 +38,7 @@ impl Default for AuthSettings {
                 "/readyz",
                 "/metrics",
                 "/docs",
+                "/feed",
                 "/openapi.json",
                 "/openapi.yaml",
             ]

@@ -7,12 +7,13 @@ use super::{ConfigError, ConsumerMode, Settings};
 type Check = fn(&Settings) -> Result<(), String>;
 
 /// Every rule, in the order they are reported.
-const CHECKS: [Check; 7] = [
+const CHECKS: [Check; 8] = [
     group_needs_a_shared_store,
     instance_ids_are_plain,
     heartbeats_fit_the_session,
     retries_grow,
     batches_hold_something,
+    feed_serves_someone,
     sampling_is_a_share,
     keys_reload_and_paths_are_sane,
 ];
@@ -103,6 +104,16 @@ fn retries_grow(s: &Settings) -> Result<(), String> {
             "consumer.retry_min_ms ({}) must be above 0 and at most consumer.retry_max_ms ({})",
             c.retry_min_ms, c.retry_max_ms
         ));
+    }
+    Ok(())
+}
+
+fn feed_serves_someone(s: &Settings) -> Result<(), String> {
+    if s.feed.max_clients == 0 || s.feed.buffer == 0 || s.feed.dedupe == 0 {
+        return Err("feed.max_clients, feed.buffer and feed.dedupe must be at least 1".into());
+    }
+    if s.feed.lookback < 0 {
+        return Err("feed.lookback cannot be negative".into());
     }
     Ok(())
 }

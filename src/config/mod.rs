@@ -14,6 +14,7 @@ mod checks;
 pub mod consumer;
 mod deprecated;
 pub mod dlq;
+pub mod feed;
 pub mod http;
 pub mod memory;
 pub mod migrate;
@@ -31,6 +32,7 @@ pub use auth::AuthSettings;
 pub use broker::BrokerSettings;
 pub use consumer::{ConsumerMode, ConsumerSettings};
 pub use dlq::DlqSettings;
+pub use feed::FeedSettings;
 pub use http::HttpSettings;
 pub use memory::MemorySettings;
 pub use migrate::MigrateSettings;
@@ -48,6 +50,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub memory: MemorySettings,
     pub dlq: DlqSettings,
+    pub feed: FeedSettings,
     pub migrate: MigrateSettings,
     /// What the operator should change (deprecated keys), to log once
     /// logging is set up.

@@ -22,7 +22,8 @@ use std::time::Instant;
 use super::{Halt, Loop};
 use crate::broker::producer::ProduceError;
 use crate::domain::Event;
-use crate::domain::{Positioned, Status, StoredTrade};
+use crate::domain::{Positioned, Status};
+use crate::feed::SymbolRecord;
 use crate::matching::{Matcher, Outcome};
 use crate::store::Batch;
 
@@ -114,10 +115,10 @@ impl Loop {
             .increment((outcome.ended.len() - expired) as u64);
         metrics::counter!("trades_total").increment(outcome.trades.len() as u64);
         metrics::gauge!("book_resting_orders").set(resting as f64);
-        if !outcome.trades.is_empty() {
+        if !outcome.trades.is_empty() || !outcome.symbols.is_empty() {
             self.still_current(fence).await?;
             self.retry
-                .run("publishing trades", || self.publish(&outcome.trades))
+                .run("publishing trades", || self.publish(&outcome))
                 .await?;
         }
         Ok(outcome)
@@ -148,17 +149,26 @@ impl Loop {
     /// trade's deterministic id inside) and waits for every ack. Before
     /// the store commits them: a retry or a replay publishes a trade again
     /// under the same id, never a different trade.
-    async fn publish(&self, trades: &[StoredTrade]) -> Result<(), ProduceError> {
-        let records: Vec<Vec<u8>> = trades
-            .iter()
-            .map(|t| {
-                serde_json::to_vec(t).unwrap_or_else(|e| unreachable!("a trade serialises: {e}"))
-            })
-            .collect();
-        let sends = trades.iter().zip(&records).map(|(t, payload)| {
+    /// The batch's trades, then one record per symbol it touched (its
+    /// orders' new states and the top of its book: what the live feed
+    /// shows), each keyed by its symbol, so a symbol's records keep their
+    /// order in one partition.
+    async fn publish(&self, outcome: &Outcome) -> Result<(), ProduceError> {
+        let trades = outcome.trades.iter().map(|t| {
+            let value =
+                serde_json::to_vec(t).unwrap_or_else(|e| unreachable!("a trade serialises: {e}"));
+            (t.symbol.as_str(), value)
+        });
+        let symbols = outcome.symbols.iter().map(|change| {
+            let value = serde_json::to_vec(&SymbolRecord::from(change))
+                .unwrap_or_else(|e| unreachable!("a symbol record serialises: {e}"));
+            (change.symbol.as_str(), value)
+        });
+        let records: Vec<(&str, Vec<u8>)> = trades.chain(symbols).collect();
+        let sends = records.iter().map(|(symbol, payload)| {
             self.trades.deliver(
                 rdkafka::producer::FutureRecord::to(&self.broker.trades_topic)
-                    .key(t.symbol.as_str())
+                    .key(*symbol)
                     .payload(payload.as_slice()),
             )
         });

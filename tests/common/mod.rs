@@ -1547,17 +1547,19 @@ pub async fn check_matching_in(
         check.trades += trades.len();
         check.traded += trades.iter().map(|t| t.trade.quantity).sum::<Decimal>();
     }
-    let published = read_topic(&settings.broker.bootstrap, &settings.broker.trades_topic);
+    // The topic also holds the feed's per-batch symbol records.
+    let published: Vec<oms::domain::StoredTrade> =
+        read_topic(&settings.broker.bootstrap, &settings.broker.trades_topic)
+            .iter()
+            .filter_map(|(_, value)| {
+                match oms::feed::FeedRecord::decode(value).expect("a feed record") {
+                    oms::feed::FeedRecord::Trade(t) => Some(t),
+                    oms::feed::FeedRecord::Symbol(_) => None,
+                }
+            })
+            .collect();
     check.published = published.len();
-    let topic_ids: std::collections::HashSet<Uuid> = published
-        .iter()
-        .map(|(_, value)| {
-            serde_json::from_slice::<oms::domain::StoredTrade>(value)
-                .expect("a trade record")
-                .trade
-                .id
-        })
-        .collect();
+    let topic_ids: std::collections::HashSet<Uuid> = published.iter().map(|t| t.trade.id).collect();
     assert!(
         topic_ids == stored_ids,
         "the trades topic holds {} trade ids, the store {} ({} only on the topic, {} only in the store)",
