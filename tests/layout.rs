@@ -18,6 +18,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("memory", &[]),
     ("auth", &["config", "domain", "error"]),
     ("broker", &["config", "domain", "error", "telemetry"]),
+    ("feed", &["broker", "config", "domain", "matching"]),
     (
         "consumer",
         &[
@@ -25,6 +26,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "domain",
             "error",
+            "feed",
             "matching",
             "store",
             "telemetry",
@@ -38,6 +40,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "consumer",
             "domain",
             "error",
+            "feed",
             "matching",
             "store",
             "telemetry",
@@ -52,6 +55,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "broker",
             "config",
             "consumer",
+            "feed",
             "memory",
             "store",
             "telemetry",
