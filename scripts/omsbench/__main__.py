@@ -153,6 +153,9 @@ def check_smoke(results: Results, out: Path, scaled: bool) -> None:
         for i in r.ingest + [r.ceiling]:
             if i.requests == 0 or i.failed_pct > 0 or i.checks_pct < 100:
                 problems.append(f"{mode}: a k6 run had no requests or failures: {i}")
+        f = r.seed.feed if r.seed else None
+        if r.seed and (not f or not f.events or not f.probe_trades or f.probe_trades < f.probes or f.dropped):
+            problems.append(f"{mode}: the feed subscriber of the seed profile: {f}")
         cap = r.capacity
         for x in r.scale:
             if x.ingest_requests == 0 or x.ingest_rejected or x.stored < x.drain_orders + x.ingest_requests:
@@ -196,6 +199,11 @@ def bench_key() -> None:
                            "--rate", "0", "--in-flight", "0"], check=True, capture_output=True, text=True)
     os.environ["OMS__AUTH__KEYS_FILE"] = str(keys)
     os.environ["OMS_KEY"] = made.stdout.strip().splitlines()[-1].split(" ")[1]
+    # A second account: the feed watcher's probe pairs cross between the two
+    # (an account's orders never trade with each other).
+    other = subprocess.run([OMS, "keys", "create", "--keys-file", str(keys), "--account", "bench-other",
+                            "--rate", "0", "--in-flight", "0"], check=True, capture_output=True, text=True)
+    os.environ["OMS_KEY_OTHER"] = other.stdout.strip().splitlines()[-1].split(" ")[1]
 
 
 def main() -> int:

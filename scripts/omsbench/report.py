@@ -65,6 +65,15 @@ def report(results: Results, out: Path, command: str) -> str:
                          f"{x.p99_ms:.2f} | {x.failed_pct:.2f} | {lag[0]} | {lag[1]} | {lag[2]} | "
                          f"{x.oms_rss_mib:.0f} | {mib(x.store_rss_mib)} | {c.oms:.2f} / {c.tansu:.2f} / {c.k6:.2f} | "
                          f"{x.cpu_us_per_order('oms'):.0f} / {x.cpu_us_per_order('tansu'):.0f} |")
+        f = r.seed.feed if r.seed else None
+        if f:
+            kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(f.by_kind.items()))
+            lines += ["", f"A live-feed subscriber followed the seed profile (`bench/feed_watch.py`: `GET /stream`, "
+                      f"every symbol and kind): **{fmt(f.events_per_second)} events/s delivered** "
+                      f"({f.events:,} in {f.seconds:.0f} s: {kinds}); its probe pairs crossing on a symbol of their "
+                      f"own, **202 → trade event p50 {f.p50_ms} / p99 {f.p99_ms} ms** (max {f.max_ms}) over "
+                      f"{f.probe_trades} of {f.probes} probes"
+                      + (f"; the feed dropped it: {f.dropped}" if f.dropped else "; never dropped") + "."]
         cap = r.capacity
         if cap:
             lines += ["", "### Capacity: wrk POST /orders (one thread, rising connections), redb", "",

@@ -27,6 +27,22 @@ class CpuCores:
 
 
 @dataclass
+class FeedWatch:
+    """A GET /stream subscriber during a load (bench/feed_watch.py)."""
+    seconds: float
+    events: int
+    events_per_second: float
+    probes: int
+    probe_trades: int
+    p50_ms: Optional[float]
+    p99_ms: Optional[float]
+    max_ms: Optional[float]
+    probe_failures: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    dropped: Optional[str] = None
+
+
+@dataclass
 class LoadRun:
     """One k6 run (ingest, seed profile or the /healthz ceiling)."""
     requests: int
@@ -44,6 +60,8 @@ class LoadRun:
     store_rss_mib: Optional[float] = None
     # Only for POST /orders runs: acknowledged − stored while loaded.
     lag_max: Optional[float] = None
+    # A live-feed subscriber attached during the run (the seed profile).
+    feed: Optional[FeedWatch] = None
     lag_mean: Optional[float] = None
     catch_up_s: Optional[float] = None
     stored: Optional[float] = None

@@ -16,7 +16,7 @@ from .config import (AUTH_BENCH, BROKER_PORT, CAPACITY_CONNECTIONS, CAPACITY_P99
                      STORE_TITLES)
 from .procs import (Proc, cpu_seconds, http_get, reaped_children_cpu, reset_child_cpu, rss_peak_mib, start, step, stop,
                     tree_cpu_seconds, wait_until)
-from .results import (Capacity, CapacityStep, CpuCores, CpuPerOrder, Drain, KeyCheckBench, LoadRun, Machine,
+from .results import (Capacity, CapacityStep, CpuCores, CpuPerOrder, Drain, FeedWatch, KeyCheckBench, LoadRun, Machine,
                       MatchingBench, Profile, RawConsume, RawProduce, ReadAfterWrite, ScaleCpu, ScaleRun, from_json)
 from .stack import Store, fresh_store, postgres_pid, scrape, start_broker, start_lb, start_oms, start_relay, stored
 
@@ -165,10 +165,19 @@ def make_topics(topic: str) -> None:
                    stdout=subprocess.DEVNULL, env={**os.environ, "OMS__MIGRATE__PARTITIONS": str(INGEST_PARTITIONS)})
 
 
-def k6_against_fresh_oms(script: str, store_name: str, profile: Profile, mode: str, label: str) -> LoadRun:
+def profile_seconds(profile: Profile) -> float:
+    """How long k6 runs a profile (`2m` ramp + `1s` steady)."""
+    def secs(d: str) -> float:
+        return float(d[:-1]) * {"s": 1, "m": 60, "h": 3600}[d[-1]]
+    return secs(profile.ramp) + secs(profile.steady)
+
+
+def k6_against_fresh_oms(script: str, store_name: str, profile: Profile, mode: str, label: str,
+                         watch_feed: bool = False) -> LoadRun:
     """A fresh broker (an empty log: tansu's sqlite engine slows down as its
     file grows, so no run inherits another's records), an empty store, a
-    fresh oms, one k6 run against it."""
+    fresh oms, one k6 run against it — with `watch_feed`, a live-feed
+    subscriber (bench/feed_watch.py) following it all along."""
     broker = start_broker(mode)
     topic = f"{label}-{uuid.uuid4().hex[:6]}"
     try:
@@ -176,8 +185,16 @@ def k6_against_fresh_oms(script: str, store_name: str, profile: Profile, mode: s
         store = fresh_store(store_name, f"{label}_{mode}")
         try:
             oms = start_oms(store, topic, f"{label}-{mode}")
+            watcher = None
+            if watch_feed:
+                watcher = subprocess.Popen([sys.executable, str(ROOT / "bench" / "feed_watch.py"),
+                                            f"http://127.0.0.1:{OMS_PORT}", str(profile_seconds(profile))],
+                                           stdout=subprocess.PIPE, text=True)
             reset_child_cpu()
             result = load(script, profile, f"{label}-{mode}", broker, oms, track_lag=script == "orders")
+            if watcher:
+                out, _ = watcher.communicate(timeout=120)
+                result.feed = from_json(FeedWatch, json.loads(out.strip().splitlines()[-1]))
             if store.server:
                 result.store_rss_mib = rss_peak_mib(store.server.pid)
             stop(oms)
@@ -364,9 +381,14 @@ def seed_profile(mode: str, smoke: bool) -> LoadRun:
     minutes, on `just up` defaults (redb)."""
     profile = Profile(vus=35, ramp="3s" if smoke else "2m", steady="1s")
     step(f"seed profile: k6 POST /orders ramping 0 → 35 VUs over {profile.ramp}, redb")
-    result = k6_against_fresh_oms("orders", "redb", profile, mode, "seed")
+    result = k6_against_fresh_oms("orders", "redb", profile, mode, "seed", watch_feed=True)
     result.store = "redb"
     step(f"  {result.rps:,.0f} req/s, p95 {result.p95_ms:.2f} ms, {result.failed_pct:.2f} % failed")
+    f = result.feed
+    if f:
+        step(f"  a feed subscriber alongside: {f.events_per_second:,.0f} events/s delivered; "
+             f"202 → trade event p50 {f.p50_ms} p99 {f.p99_ms} ms over {f.probe_trades} of {f.probes} probes"
+             + (f"; dropped: {f.dropped}" if f.dropped else ""))
     return result
 
 
