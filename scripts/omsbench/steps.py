@@ -42,6 +42,9 @@ def raw_broker(topic: str, orders: int) -> tuple[RawProduce, RawConsume]:
 
 def drain(store_name: str, topic: str, backlog: int, mode: str) -> Drain:
     step(f"consumer alone: draining {backlog:,} orders into an empty {STORE_TITLES[store_name]}")
+    # The trades topic oms publishes each batch's feed records to (the
+    # backlog's own topic exists: the raw producer made it).
+    make_topics(topic)
     store = fresh_store(store_name, f"drain_{mode}")
     try:
         oms = start_oms(store, topic, f"drain-{store_name}-{mode}")
@@ -234,6 +237,7 @@ def scale(mode: str, smoke: bool) -> list[ScaleRun]:
         lb = None
         try:
             rawlog("produce", "--bootstrap", f"127.0.0.1:{BROKER_PORT}", "--topic", topic, "--count", str(backlog))
+            make_topics(topic)  # its trades topic (the feed's records)
             store = fresh_store("postgres", f"scale{n}_{mode}")
             try:
                 ports = [OMS_PORT + i for i in range(1, n + 1)]
