@@ -110,16 +110,7 @@ impl Feed {
     }
 }
 
-fn order(side: &str, price: &str, quantity: &str) -> Value {
-    json!({
-        "src_currency": "USD",
-        "dst_currency": "EUR",
-        "side": side,
-        "price": price,
-        "quantity": quantity,
-        "channel": 11,
-    })
-}
+use common::usd_eur as order;
 
 fn has_order(events: &[Sse], id: uuid::Uuid, status: &str) -> bool {
     events.iter().any(|e| {

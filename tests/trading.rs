@@ -15,16 +15,7 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn order(side: &str, price: &str, quantity: &str) -> Value {
-    json!({
-        "src_currency": "USD",
-        "dst_currency": "EUR",
-        "side": side,
-        "price": price,
-        "quantity": quantity,
-        "channel": 11,
-    })
-}
+use common::usd_eur as order;
 
 async fn json_of(resp: reqwest::Response, status: u16) -> Value {
     assert_eq!(resp.status(), status);

@@ -5,7 +5,7 @@
 // orders, with its log position as the event id. Saves a screenshot.
 //
 // Usage: node feed.mjs BASE_URL SCREENSHOT.png API_KEY OTHER_API_KEY
-import { chromium } from 'playwright-core';
+import { launch } from './launch.mjs';
 
 const [base, screenshot, key, other] = process.argv.slice(2);
 if (!base || !screenshot || !key || !other) {
@@ -33,14 +33,7 @@ async function submit(apiKey, side) {
   throw new Error('the second key was never accepted');
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   await page.goto(`${base}/feed/#key=${encodeURIComponent(key)}&symbols=${symbol}`, { waitUntil: 'load' });

@@ -4,21 +4,12 @@
 // a 401 before authorizing. Saves a screenshot of the page.
 //
 // Usage: node swagger.mjs BASE_URL SCREENSHOT.png API_KEY
-import { chromium } from 'playwright-core';
+import { launch } from './launch.mjs';
 
 const [base, screenshot, key] = process.argv.slice(2);
 if (!base || !screenshot || !key) throw new Error('usage: node swagger.mjs BASE_URL SCREENSHOT.png API_KEY');
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  // A fresh temporary profile each launch (Playwright's default). No network
-  // beyond loopback here: keep Chromium from trying.
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 1500 } });
   await page.goto(`${base}/docs`, { waitUntil: 'load' });

@@ -124,6 +124,19 @@ pub fn order_body(n: u64) -> Value {
     })
 }
 
+/// A `USD-EUR` limit order of `side`, `price` and `quantity` (the trading
+/// and feed tests' orders).
+pub fn usd_eur(side: &str, price: &str, quantity: &str) -> Value {
+    json!({
+        "src_currency": "USD",
+        "dst_currency": "EUR",
+        "side": side,
+        "price": price,
+        "quantity": quantity,
+        "channel": 11,
+    })
+}
+
 /// `oms serve` flags for the store, broker and topics of `cfg`.
 pub fn serve_args(cfg: &Settings) -> Vec<String> {
     let mut args: Vec<String> = [
