@@ -235,9 +235,11 @@ impl Reader {
             };
             let message = match message {
                 Ok(m) => m,
-                // librdkafka reconnects on its own (a broker restart).
+                // librdkafka reconnects on its own (a broker restart); a
+                // pause, so a broker that stays away is not polled in a spin.
                 Err(err) => {
                     tracing::debug!(error = %err, "feed: the trades topic could not be read");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
